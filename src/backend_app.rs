@@ -1,0 +1,380 @@
+//! `pibl backend`: one replica of the demo web application.
+//!
+//! A small HTTP/1.1 origin server, one thread per connection (it is the
+//! application pibl balances, not pibl itself).  Every response names the
+//! replica in an `X-Backend` field, and the resources below let a user (and
+//! the tests) exercise each way a body can be framed:
+//!
+//!   /                 an HTML page naming the replica
+//!   /whoami           the replica's name, as text
+//!   /big?kb=N         N KiB (default 1024), Content-Length, streamed
+//!   /chunked?n=N      N chunks (default 4), chunked transfer coding
+//!   /close            a body delimited by closing the connection
+//!   /slow?ms=N        answers after N ms (default 1000)
+//!   /status?code=N    an empty response with status N (e.g. 204, 304)
+//!   /headers          the request head as the replica received it
+//!   /echo             the request body, sent back as it came
+//!   /sink             reads the body; answers its length and FNV-1a hash
+
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, SystemTime};
+
+use crate::body::{self, Encode};
+use clap::CommandFactory;
+
+use crate::cli::{BackendArgs, Cli};
+use crate::clock;
+use crate::error::Error;
+use crate::http::{self, Framing, RequestHead};
+use crate::relay::{HeadError, read_head};
+use crate::wire::Reader;
+
+const BUFFER_SIZE: usize = 64 * 1024;
+
+pub fn run(cli: &Cli, args: &BackendArgs) -> Result<(), Error> {
+    let Some(port) = cli.port else {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "pibl backend needs --port N",
+            )
+            .exit();
+    };
+    let listen = cli.listen.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let addr = SocketAddr::new(listen, port);
+    let listener =
+        TcpListener::bind(addr).map_err(|e| Error::os(format!("cannot listen on {addr}"), e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::os("cannot read the listening address", e))?;
+    let name: Arc<str> = args
+        .name
+        .clone()
+        .unwrap_or_else(|| bound.to_string())
+        .into();
+    eprintln!("pibl backend {name}: listening on {bound}");
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let name = Arc::clone(&name);
+        thread::spawn(move || {
+            let _ = serve(&stream, &name);
+        });
+    }
+    Ok(())
+}
+
+fn serve(stream: &TcpStream, name: &str) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut reader = Reader::with_capacity(stream, BUFFER_SIZE);
+    loop {
+        let req = match read_head(&mut reader, BUFFER_SIZE, http::parse_request) {
+            Ok(Some(req)) => req,
+            Ok(None) => return Ok(()),
+            Err(HeadError::Reject(_)) => {
+                return reply(stream, name, 400, false, &[], b"bad request\n");
+            }
+            Err(HeadError::Io(e)) => return Err(e),
+        };
+        let Ok(framing) = http::request_framing(&req) else {
+            return reply(stream, name, 400, false, &[], b"bad framing\n");
+        };
+        if http::expects_continue(&req) && framing != Framing::Empty {
+            (&mut &*stream).write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
+        let keep = http::client_keeps_alive(&req);
+        if !respond(&mut reader, stream, name, &req, framing, keep)? || !keep {
+            return Ok(());
+        }
+    }
+}
+
+/// `value` of `key` in the query string of `target`, as a number.
+fn query_number(target: &str, key: &str) -> Option<u64> {
+    let query = target.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Answers one request.  False when the connection must close.
+fn respond(
+    reader: &mut Reader<&TcpStream>,
+    stream: &TcpStream,
+    name: &str,
+    req: &RequestHead,
+    framing: Framing,
+    keep: bool,
+) -> io::Result<bool> {
+    let path = req.target.split('?').next().unwrap_or("/");
+    let head_only = req.method == "HEAD";
+    match path {
+        "/echo" => return echo(reader, stream, name, framing, keep, head_only),
+        "/sink" => {
+            let mut hash = Fnv::default();
+            body::relay(reader, &mut hash, framing, Encode::Plain).map_err(copy_error)?;
+            let text = format!("bytes={} fnv1a={:016x}\n", hash.len, hash.state);
+            reply(stream, name, 200, keep, &[], text.as_bytes())?;
+            return Ok(true);
+        }
+        _ => {
+            body::relay(reader, &mut io::sink(), framing, Encode::Plain).map_err(copy_error)?;
+        }
+    }
+    let text = |s: String| s.into_bytes();
+    match path {
+        "/" => {
+            let page = format!(
+                "<!DOCTYPE html>\n<html><head><title>{name}</title></head>\n<body><h1>Replica {name}</h1>\n<p>This answer came from replica <b>{name}</b>, through pibl.</p></body></html>\n"
+            );
+            let ctype = [("Content-Type", "text/html; charset=utf-8")];
+            reply_maybe_head(stream, name, 200, keep, &ctype, page.as_bytes(), head_only)?;
+        }
+        "/whoami" => reply_maybe_head(
+            stream,
+            name,
+            200,
+            keep,
+            &[],
+            &text(format!("{name}\n")),
+            head_only,
+        )?,
+        "/big" => big(
+            stream,
+            name,
+            query_number(&req.target, "kb").unwrap_or(1024),
+            keep,
+            head_only,
+        )?,
+        "/chunked" => chunked(
+            stream,
+            name,
+            query_number(&req.target, "n").unwrap_or(4),
+            keep,
+            head_only,
+        )?,
+        "/close" => {
+            let head = response_head(200, name, &[("Connection", "close")]);
+            let mut out = stream;
+            out.write_all(head.as_bytes())?;
+            if !head_only {
+                out.write_all(format!("closing after this, from {name}\n").as_bytes())?;
+            }
+            return Ok(false);
+        }
+        "/slow" => {
+            thread::sleep(Duration::from_millis(
+                query_number(&req.target, "ms").unwrap_or(1000),
+            ));
+            reply_maybe_head(
+                stream,
+                name,
+                200,
+                keep,
+                &[],
+                &text(format!("slow answer from {name}\n")),
+                head_only,
+            )?;
+        }
+        "/status" => {
+            let code = query_number(&req.target, "code").unwrap_or(200) as u16;
+            let code = if (200..600).contains(&code) {
+                code
+            } else {
+                400
+            };
+            reply_maybe_head(stream, name, code, keep, &[], b"", true)?;
+        }
+        "/headers" => {
+            let mut seen = format!("{} {} HTTP/1.{}\r\n", req.method, req.target, req.minor);
+            for f in &req.fields {
+                seen.push_str(&format!(
+                    "{}: {}\r\n",
+                    f.name,
+                    String::from_utf8_lossy(&f.value)
+                ));
+            }
+            reply_maybe_head(stream, name, 200, keep, &[], seen.as_bytes(), head_only)?;
+        }
+        _ => reply_maybe_head(
+            stream,
+            name,
+            404,
+            keep,
+            &[],
+            &text(format!("no {path} on {name}\n")),
+            head_only,
+        )?,
+    }
+    Ok(true)
+}
+
+fn copy_error(e: body::CopyError) -> io::Error {
+    match e {
+        body::CopyError::Read(e) | body::CopyError::Write(e) => e,
+    }
+}
+
+fn response_head(status: u16, name: &str, fields: &[(&str, &str)]) -> String {
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nServer: pibl-backend\r\nDate: {}\r\nX-Backend: {name}\r\n",
+        http::reason(status).replace("Unknown", "Status"),
+        clock::http_date(SystemTime::now())
+    );
+    for (k, v) in fields {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+fn reply(
+    stream: &TcpStream,
+    name: &str,
+    status: u16,
+    keep: bool,
+    fields: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<()> {
+    reply_maybe_head(stream, name, status, keep, fields, body, false)
+}
+
+/// A response with a Content-Length body; `head_only` sends the head alone
+/// (HEAD requests, and statuses without a body).
+fn reply_maybe_head(
+    stream: &TcpStream,
+    name: &str,
+    status: u16,
+    keep: bool,
+    fields: &[(&str, &str)],
+    body: &[u8],
+    head_only: bool,
+) -> io::Result<()> {
+    let len = body.len().to_string();
+    let mut all: Vec<(&str, &str)> = fields.to_vec();
+    if status != 204 && status != 304 {
+        all.push(("Content-Length", &len));
+    }
+    if !keep {
+        all.push(("Connection", "close"));
+    }
+    let mut out = response_head(status, name, &all).into_bytes();
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    let mut stream = stream;
+    stream.write_all(&out)
+}
+
+fn big(stream: &TcpStream, name: &str, kb: u64, keep: bool, head_only: bool) -> io::Result<()> {
+    let len = (kb * 1024).to_string();
+    let mut fields = vec![
+        ("Content-Length", len.as_str()),
+        ("Content-Type", "application/octet-stream"),
+    ];
+    if !keep {
+        fields.push(("Connection", "close"));
+    }
+    let mut out = stream;
+    out.write_all(response_head(200, name, &fields).as_bytes())?;
+    if head_only {
+        return Ok(());
+    }
+    let block = pattern_block();
+    let mut left = kb * 1024;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        out.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// 64 KiB of the byte pattern `/big` repeats: byte i is i mod 251, so a
+/// misplaced or lost block shows.
+pub fn pattern_block() -> Vec<u8> {
+    (0..BUFFER_SIZE).map(|i| (i % 251) as u8).collect()
+}
+
+fn chunked(stream: &TcpStream, name: &str, n: u64, keep: bool, head_only: bool) -> io::Result<()> {
+    let mut fields = vec![
+        ("Transfer-Encoding", "chunked"),
+        ("Content-Type", "text/plain"),
+    ];
+    if !keep {
+        fields.push(("Connection", "close"));
+    }
+    let mut out = stream;
+    out.write_all(response_head(200, name, &fields).as_bytes())?;
+    if head_only {
+        return Ok(());
+    }
+    for i in 1..=n {
+        let data = format!("chunk {i} of {n} from {name}\n");
+        out.write_all(format!("{:x}\r\n{data}\r\n", data.len()).as_bytes())?;
+    }
+    out.write_all(b"0\r\n\r\n")
+}
+
+/// Sends the body back in the framing it came in.
+fn echo(
+    reader: &mut Reader<&TcpStream>,
+    stream: &TcpStream,
+    name: &str,
+    framing: Framing,
+    keep: bool,
+    head_only: bool,
+) -> io::Result<bool> {
+    let (field, value, encode) = match framing {
+        Framing::Chunked => (
+            "Transfer-Encoding",
+            String::from("chunked"),
+            Encode::Chunked,
+        ),
+        Framing::Length(n) => ("Content-Length", n.to_string(), Encode::Plain),
+        _ => ("Content-Length", String::from("0"), Encode::Plain),
+    };
+    let mut fields = vec![(field, value.as_str())];
+    if !keep {
+        fields.push(("Connection", "close"));
+    }
+    let mut out = stream;
+    out.write_all(response_head(200, name, &fields).as_bytes())?;
+    if head_only {
+        body::relay(reader, &mut io::sink(), framing, Encode::Plain).map_err(copy_error)?;
+    } else {
+        body::relay(reader, &mut out, framing, encode).map_err(copy_error)?;
+    }
+    Ok(true)
+}
+
+/// Counts and hashes what is written to it (FNV-1a, 64 bits).
+struct Fnv {
+    len: u64,
+    state: u64,
+}
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv {
+            len: 0,
+            state: 0xcbf2_9ce4_8422_2325,
+        }
+    }
+}
+
+impl Write for Fnv {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        for &b in buf {
+            self.state = (self.state ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.len += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

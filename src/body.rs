@@ -1,0 +1,220 @@
+//! Message bodies: read in one framing, written in another, through the
+//! reader's fixed buffer, so a body of any size passes in constant memory.
+//!
+//! Chunked bodies are decoded and re-encoded rather than copied blindly:
+//! what pibl sends is always framed by pibl, so a peer's odd chunk
+//! extensions or trailers never reach the other side (RFC 9112 §7.1).
+
+use std::io::{self, Read, Write};
+
+use crate::http::Framing;
+use crate::wire::{Reader, invalid, write_all_vectored};
+
+/// Longest chunk-size line, extensions included, and longest trailer line.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Most trailer fields read (and dropped) after the last chunk.
+const MAX_TRAILERS: usize = 64;
+
+/// Which side a body copy failed on.
+#[derive(Debug)]
+pub enum CopyError {
+    /// Reading from the source, or its framing was invalid (InvalidData).
+    Read(io::Error),
+    /// Writing to the destination.
+    Write(io::Error),
+}
+
+/// How the copy delimits what it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encode {
+    /// The bytes as they are (Content-Length, or the end of the connection).
+    Plain,
+    /// Chunked transfer coding.
+    Chunked,
+}
+
+/// Copies one body framed as `framing` from `src` to `dst`, encoded as
+/// `encode`.  Returns the number of payload bytes.
+pub fn relay<R: Read, W: Write>(
+    src: &mut Reader<R>,
+    dst: &mut W,
+    framing: Framing,
+    encode: Encode,
+) -> Result<u64, CopyError> {
+    let sent = match framing {
+        Framing::Empty => 0,
+        Framing::Length(n) => copy_exact(src, dst, n, encode)?,
+        Framing::Chunked => copy_chunked(src, dst, encode)?,
+        Framing::UntilClose => copy_until_close(src, dst, encode)?,
+    };
+    if encode == Encode::Chunked && framing != Framing::Empty {
+        dst.write_all(b"0\r\n\r\n").map_err(CopyError::Write)?;
+    }
+    Ok(sent)
+}
+
+/// Writes `data` once, as one chunk if `encode` asks for it.
+fn emit<W: Write>(dst: &mut W, data: &[u8], encode: Encode) -> Result<(), CopyError> {
+    let result = match encode {
+        Encode::Plain => dst.write_all(data),
+        Encode::Chunked => {
+            let size = format!("{:x}\r\n", data.len());
+            write_all_vectored(dst, &[size.as_bytes(), data, b"\r\n"])
+        }
+    };
+    result.map_err(CopyError::Write)
+}
+
+fn copy_exact<R: Read, W: Write>(
+    src: &mut Reader<R>,
+    dst: &mut W,
+    len: u64,
+    encode: Encode,
+) -> Result<u64, CopyError> {
+    let mut left = len;
+    while left > 0 {
+        if !src.fill_some().map_err(CopyError::Read)? {
+            return Err(CopyError::Read(io::ErrorKind::UnexpectedEof.into()));
+        }
+        let take = src
+            .buffered()
+            .len()
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
+        emit(dst, &src.buffered()[..take], encode)?;
+        src.consume(take);
+        left -= take as u64;
+    }
+    Ok(len)
+}
+
+fn copy_until_close<R: Read, W: Write>(
+    src: &mut Reader<R>,
+    dst: &mut W,
+    encode: Encode,
+) -> Result<u64, CopyError> {
+    let mut total = 0u64;
+    while src.fill_some().map_err(CopyError::Read)? {
+        let n = src.buffered().len();
+        emit(dst, src.buffered(), encode)?;
+        src.consume(n);
+        total += n as u64;
+    }
+    Ok(total)
+}
+
+fn copy_chunked<R: Read, W: Write>(
+    src: &mut Reader<R>,
+    dst: &mut W,
+    encode: Encode,
+) -> Result<u64, CopyError> {
+    let mut total = 0u64;
+    loop {
+        let line = src.line(MAX_CHUNK_LINE).map_err(CopyError::Read)?;
+        let size = parse_chunk_size(&src.buffered()[..line - 2]).map_err(CopyError::Read)?;
+        src.consume(line);
+        if size == 0 {
+            skip_trailers(src).map_err(CopyError::Read)?;
+            return Ok(total);
+        }
+        if encode == Encode::Chunked {
+            let head = format!("{size:x}\r\n");
+            dst.write_all(head.as_bytes()).map_err(CopyError::Write)?;
+        }
+        copy_exact(src, dst, size, Encode::Plain)?;
+        let end = src.line(2).map_err(CopyError::Read)?;
+        if end != 2 {
+            return Err(CopyError::Read(invalid("chunk data longer than its size")));
+        }
+        src.consume(2);
+        if encode == Encode::Chunked {
+            dst.write_all(b"\r\n").map_err(CopyError::Write)?;
+        }
+        total += size;
+    }
+}
+
+/// `chunk-size [ chunk-ext ]` (RFC 9112 §7.1): hex digits, then nothing or
+/// extensions after optional blanks and a `;`.  Extensions are dropped.
+pub fn parse_chunk_size(line: &[u8]) -> io::Result<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 15 {
+        return Err(invalid("bad chunk size"));
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !rest.is_empty() && rest[0] != b';' {
+        return Err(invalid("bad chunk size"));
+    }
+    if rest.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(invalid("control character in chunk extension"));
+    }
+    let text = std::str::from_utf8(&line[..digits]).map_err(|_| invalid("bad chunk size"))?;
+    u64::from_str_radix(text, 16).map_err(|_| invalid("bad chunk size"))
+}
+
+/// Reads the trailer section up to its empty line; pibl forwards no
+/// trailer fields.
+fn skip_trailers<R: Read>(src: &mut Reader<R>) -> io::Result<()> {
+    for _ in 0..=MAX_TRAILERS {
+        let line = src.line(MAX_CHUNK_LINE)?;
+        src.consume(line);
+        if line == 2 {
+            return Ok(());
+        }
+    }
+    Err(invalid("too many trailer fields"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(input: &[u8], framing: Framing, encode: Encode) -> Result<(Vec<u8>, u64), CopyError> {
+        // A small buffer, so bodies cross many refills.
+        let mut src =
+            Reader::with_capacity(input, if framing == Framing::Chunked { 16 } else { 7 });
+        let mut out = Vec::new();
+        let n = relay(&mut src, &mut out, framing, encode)?;
+        Ok((out, n))
+    }
+
+    #[test]
+    fn chunked_is_decoded_and_reencoded() {
+        let input = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let (plain, n) = run(input, Framing::Chunked, Encode::Plain).unwrap();
+        assert_eq!((plain.as_slice(), n), (&b"hello world"[..], 11));
+        let (chunked, _) = run(input, Framing::Chunked, Encode::Chunked).unwrap();
+        assert_eq!(chunked, b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    }
+
+    #[test]
+    fn length_and_close_framings() {
+        let (out, n) = run(b"abcdefghijXYZ", Framing::Length(10), Encode::Plain).unwrap();
+        assert_eq!((out.as_slice(), n), (&b"abcdefghij"[..], 10));
+        let (out, _) = run(b"abcdefghij", Framing::UntilClose, Encode::Chunked).unwrap();
+        assert_eq!(out, b"7\r\nabcdefg\r\n3\r\nhij\r\n0\r\n\r\n");
+        assert!(matches!(
+            run(b"abc", Framing::Length(10), Encode::Plain),
+            Err(CopyError::Read(_))
+        ));
+    }
+
+    #[test]
+    fn bad_chunks_are_read_errors() {
+        for bad in [
+            &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhelloX\r\n0\r\n\r\n",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+            b"ffffffffffffffffff\r\n",
+            b"5\nhello\n0\n\n",
+            b"-5\r\nhello\r\n",
+        ] {
+            assert!(
+                matches!(
+                    run(bad, Framing::Chunked, Encode::Plain),
+                    Err(CopyError::Read(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! The command line.  Flags override pibl.conf.
+
+use std::net::IpAddr;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pibl",
+    version,
+    about = "A forking HTTP/1.1 reverse proxy and round-robin load balancer",
+    long_about = "A forking HTTP/1.1 reverse proxy and round-robin load balancer.\n\n\
+                  With no command, pibl reads its configuration and serves: one child \
+                  process per client connection, requests spread over the backends in \
+                  strict round robin."
+)]
+pub struct Cli {
+    /// Configuration file
+    #[arg(short, long, global = true, value_name = "PATH", default_value = crate::config::DEFAULT_PATH)]
+    pub config: String,
+
+    /// Listen on this port instead of the configured one (0: any free port)
+    #[arg(short, long, global = true, value_name = "N")]
+    pub port: Option<u16>,
+
+    /// Listen on this address instead of the configured one
+    #[arg(short, long, global = true, value_name = "ADDR")]
+    pub listen: Option<IpAddr>,
+
+    /// Check the configuration and exit: 0 if valid, 78 if not
+    #[arg(short = 't', long)]
+    pub check: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the demo: one replica per configured backend, and the proxy
+    Demo,
+    /// Run one replica of the demo web application on --port (and --listen,
+    /// default 127.0.0.1)
+    Backend(BackendArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// Name the replica gives itself (default: its address)
+    #[arg(short, long, value_name = "NAME")]
+    pub name: Option<String>,
+}

@@ -1,0 +1,593 @@
+//! HTTP/1.1 message heads (RFC 9110, RFC 9112): parsing with httparse,
+//! framing rules, and the heads pibl forwards in each direction.
+//!
+//! Pure: bytes in, heads and bytes out.  No I/O happens here.
+
+use std::net::IpAddr;
+
+/// Most fields pibl accepts in one head; more is a 431 (requests) or a 502.
+pub const MAX_FIELDS: usize = 100;
+
+/// What pibl adds to `Via` (RFC 9110 §7.6.3).
+pub const VIA: &str = "1.1 pibl";
+
+#[derive(Debug, Clone)]
+pub struct Field {
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub method: String,
+    pub target: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+    pub fields: Vec<Field>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub reason: String,
+    pub fields: Vec<Field>,
+}
+
+/// How a message body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body at all.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Everything up to the end of the connection (responses only).
+    UntilClose,
+}
+
+/// Why a head was refused, and the status that says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reject {
+    pub status: u16,
+    pub why: &'static str,
+}
+
+const fn reject(status: u16, why: &'static str) -> Reject {
+    Reject { status, why }
+}
+
+pub enum Parsed<T> {
+    /// The head, and its length in bytes.
+    Done(T, usize),
+    Partial,
+}
+
+fn parse_error(e: httparse::Error) -> Reject {
+    match e {
+        httparse::Error::TooManyHeaders => reject(431, "too many header fields"),
+        httparse::Error::Version => reject(505, "unsupported HTTP version"),
+        _ => reject(400, "malformed head"),
+    }
+}
+
+fn own_fields(headers: &[httparse::Header<'_>]) -> Vec<Field> {
+    headers
+        .iter()
+        .map(|h| Field {
+            name: h.name.to_string(),
+            value: h.value.to_vec(),
+        })
+        .collect()
+}
+
+pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, Reject> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf).map_err(parse_error)? {
+        httparse::Status::Partial => Ok(Parsed::Partial),
+        httparse::Status::Complete(len) => Ok(Parsed::Done(
+            RequestHead {
+                method: req.method.unwrap_or_default().to_string(),
+                target: req.path.unwrap_or_default().to_string(),
+                minor: req.version.unwrap_or(1),
+                fields: own_fields(req.headers),
+            },
+            len,
+        )),
+    }
+}
+
+pub fn parse_response(buf: &[u8]) -> Result<Parsed<ResponseHead>, Reject> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(buf).map_err(parse_error)? {
+        httparse::Status::Partial => Ok(Parsed::Partial),
+        httparse::Status::Complete(len) => Ok(Parsed::Done(
+            ResponseHead {
+                status: resp.code.unwrap_or_default(),
+                reason: resp.reason.unwrap_or_default().to_string(),
+                fields: own_fields(resp.headers),
+            },
+            len,
+        )),
+    }
+}
+
+/// The values of every field called `name`.
+pub fn values<'a>(fields: &'a [Field], name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    fields
+        .iter()
+        .filter(move |f| f.name.eq_ignore_ascii_case(name))
+        .map(|f| f.value.as_slice())
+}
+
+/// The first value of `name`, as text.
+pub fn value<'a>(fields: &'a [Field], name: &'a str) -> Option<&'a str> {
+    values(fields, name)
+        .next()
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// The comma-separated list elements of every `name` field, trimmed and
+/// lower-cased (RFC 9110 §5.6.1).
+pub fn tokens(fields: &[Field], name: &str) -> Vec<String> {
+    values(fields, name)
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(|t| String::from_utf8_lossy(t).trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// The single Content-Length, or a reason to refuse the message: several
+/// differing values, or one that is not a decimal number (RFC 9112 §6.3).
+fn content_length(fields: &[Field]) -> Result<Option<u64>, &'static str> {
+    let mut found: Option<u64> = None;
+    for value in values(fields, "content-length") {
+        for item in value.split(|&b| b == b',') {
+            let item = item.trim_ascii();
+            if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+                return Err("invalid Content-Length");
+            }
+            let n: u64 = std::str::from_utf8(item)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or("invalid Content-Length")?;
+            if found.is_some_and(|m| m != n) {
+                return Err("conflicting Content-Length values");
+            }
+            found = Some(n);
+        }
+    }
+    Ok(found)
+}
+
+/// Framing of a request body.  Refused: Transfer-Encoding beside
+/// Content-Length, a final coding other than chunked, any coding pibl does
+/// not implement (501), a bad Content-Length.
+pub fn request_framing(req: &RequestHead) -> Result<Framing, Reject> {
+    let codings = tokens(&req.fields, "transfer-encoding");
+    let length = content_length(&req.fields).map_err(|why| reject(400, why))?;
+    if values(&req.fields, "transfer-encoding").next().is_some() {
+        if length.is_some() {
+            return Err(reject(400, "both Transfer-Encoding and Content-Length"));
+        }
+        if req.minor == 0 {
+            return Err(reject(400, "Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        if codings.last().map(String::as_str) != Some("chunked") {
+            return Err(reject(400, "final transfer coding is not chunked"));
+        }
+        if codings.len() > 1 {
+            return Err(reject(501, "unsupported transfer coding"));
+        }
+        return Ok(Framing::Chunked);
+    }
+    Ok(match length {
+        Some(0) | None => Framing::Empty,
+        Some(n) => Framing::Length(n),
+    })
+}
+
+/// Framing of a response body, given the request's method and the status
+/// (RFC 9112 §6.3 rules 1 to 7).
+pub fn response_framing(method: &str, resp: &ResponseHead) -> Result<Framing, &'static str> {
+    let length = content_length(&resp.fields)?;
+    if method == "HEAD" || resp.status < 200 || resp.status == 204 || resp.status == 304 {
+        return Ok(Framing::Empty);
+    }
+    if values(&resp.fields, "transfer-encoding").next().is_some() {
+        if length.is_some() {
+            return Err("both Transfer-Encoding and Content-Length");
+        }
+        let codings = tokens(&resp.fields, "transfer-encoding");
+        return Ok(match codings.as_slice() {
+            [only] if only == "chunked" => Framing::Chunked,
+            // Other codings: pibl cannot decode them, so the end of the
+            // connection is the only delimiter left (rule 4).
+            _ => Framing::UntilClose,
+        });
+    }
+    Ok(match length {
+        Some(n) => Framing::Length(n),
+        None => Framing::UntilClose,
+    })
+}
+
+/// Does the client want the connection kept open after this request?
+pub fn client_keeps_alive(req: &RequestHead) -> bool {
+    let connection = tokens(&req.fields, "connection");
+    if req.minor == 0 {
+        connection.iter().any(|t| t == "keep-alive")
+    } else {
+        !connection.iter().any(|t| t == "close")
+    }
+}
+
+/// Does the client ask for `100 Continue` before it sends the body?
+pub fn expects_continue(req: &RequestHead) -> bool {
+    value(&req.fields, "expect").is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+}
+
+/// Fields that describe one connection, not the message (RFC 9110 §7.6.1),
+/// plus those pibl writes itself.
+fn is_hop_by_hop(name: &str, listed: &[String]) -> bool {
+    const ALWAYS: [&str; 13] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+        // Rewritten by pibl below, not copied.
+        "content-length",
+        "expect",
+        "via",
+        "x-forwarded-proto",
+    ];
+    ALWAYS.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || listed.iter().any(|t| name.eq_ignore_ascii_case(t))
+}
+
+fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Copies the end-to-end fields, dropping hop-by-hop ones and any also named
+/// in `skip`.
+fn push_end_to_end(out: &mut Vec<u8>, fields: &[Field], skip: &[&str]) {
+    let listed = tokens(fields, "connection");
+    for f in fields {
+        if !is_hop_by_hop(&f.name, &listed) && !skip.iter().any(|s| f.name.eq_ignore_ascii_case(s))
+        {
+            push_field(out, &f.name, &f.value);
+        }
+    }
+}
+
+/// `existing, ours` for list fields such as Via and X-Forwarded-For.
+fn appended(fields: &[Field], name: &str, ours: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for v in values(fields, name) {
+        out.extend_from_slice(v);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(ours.as_bytes());
+    out
+}
+
+fn push_framing(out: &mut Vec<u8>, framing: Framing) {
+    match framing {
+        Framing::Length(n) => push_field(out, "Content-Length", n.to_string().as_bytes()),
+        Framing::Chunked => push_field(out, "Transfer-Encoding", b"chunked"),
+        Framing::Empty | Framing::UntilClose => {}
+    }
+}
+
+/// The head pibl sends to a backend: HTTP/1.1, origin-form target, Host
+/// kept, hop-by-hop fields dropped, X-Forwarded-For/-Proto and Via added, one
+/// unambiguous framing, and `Connection: close` since each backend connection
+/// carries one request.
+pub fn forward_request(
+    req: &RequestHead,
+    target: &str,
+    client: IpAddr,
+    backend_host: &str,
+    framing: Framing,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.extend_from_slice(req.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    push_end_to_end(out, &req.fields, &["x-forwarded-for"]);
+    if values(&req.fields, "host").next().is_none() {
+        push_field(out, "Host", backend_host.as_bytes());
+    }
+    push_field(
+        out,
+        "X-Forwarded-For",
+        &appended(&req.fields, "x-forwarded-for", &client.to_string()),
+    );
+    push_field(out, "X-Forwarded-Proto", b"http");
+    push_field(out, "Via", &appended(&req.fields, "via", VIA));
+    push_framing(out, framing);
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+}
+
+/// What the `Connection` field of a response to the client must say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persist {
+    /// Keep the connection; HTTP/1.0 clients need to be told so.
+    KeepAlive {
+        http10: bool,
+    },
+    Close,
+}
+
+/// The head pibl sends to its client.  `framing` is how pibl itself
+/// delimits the body; `Empty` keeps the backend's Content-Length, which for
+/// HEAD and 304 describes a body not sent.
+pub fn forward_response(
+    resp: &ResponseHead,
+    framing: Framing,
+    persist: Persist,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", resp.status, resp.reason).as_bytes());
+    push_end_to_end(out, &resp.fields, &[]);
+    if framing == Framing::Empty {
+        if let Ok(Some(n)) = content_length(&resp.fields) {
+            push_field(out, "Content-Length", n.to_string().as_bytes());
+        }
+    }
+    push_field(out, "Via", &appended(&resp.fields, "via", VIA));
+    push_framing(out, framing);
+    match persist {
+        Persist::KeepAlive { http10: true } => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        Persist::KeepAlive { http10: false } => {}
+        Persist::Close => out.extend_from_slice(b"Connection: close\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The reason phrase pibl uses for the statuses it generates itself.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// A complete response generated by pibl itself (errors), in the manner of
+/// nginx's: a short HTML page that names no internal address.
+pub fn error_response(status: u16, persist: Persist) -> Vec<u8> {
+    let title = format!("{status} {}", reason(status));
+    let body = format!(
+        "<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n<hr><center>pibl</center>\r\n</body>\r\n</html>\r\n"
+    );
+    let connection = match persist {
+        Persist::KeepAlive { http10: true } => "Connection: keep-alive\r\n",
+        Persist::KeepAlive { http10: false } => "",
+        Persist::Close => "Connection: close\r\n",
+    };
+    format!(
+        "HTTP/1.1 {title}\r\nServer: pibl\r\nContent-Type: text/html\r\nContent-Length: {}\r\n{connection}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(text: &str) -> RequestHead {
+        match parse_request(text.as_bytes()).unwrap() {
+            Parsed::Done(h, n) => {
+                assert_eq!(n, text.len());
+                h
+            }
+            Parsed::Partial => panic!("partial"),
+        }
+    }
+
+    fn resp(text: &str) -> ResponseHead {
+        match parse_response(text.as_bytes()).unwrap() {
+            Parsed::Done(h, _) => h,
+            Parsed::Partial => panic!("partial"),
+        }
+    }
+
+    #[test]
+    fn request_framing_rules() {
+        let f = |t: &str| request_framing(&req(t));
+        assert_eq!(f("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Ok(Framing::Empty));
+        assert_eq!(
+            f("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"),
+            Ok(Framing::Length(5))
+        );
+        assert_eq!(
+            f("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"),
+            Ok(Framing::Length(5))
+        );
+        assert_eq!(
+            f("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(
+            f("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n")
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            f("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n")
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            f("POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            f("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n")
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            f("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+                .unwrap_err()
+                .status,
+            501
+        );
+    }
+
+    #[test]
+    fn response_framing_rules() {
+        let ok = resp("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
+        assert_eq!(response_framing("GET", &ok), Ok(Framing::Length(10)));
+        assert_eq!(response_framing("HEAD", &ok), Ok(Framing::Empty));
+        let none = resp("HTTP/1.1 204 No Content\r\n\r\n");
+        assert_eq!(response_framing("GET", &none), Ok(Framing::Empty));
+        let close = resp("HTTP/1.0 200 OK\r\n\r\n");
+        assert_eq!(response_framing("GET", &close), Ok(Framing::UntilClose));
+        let chunked = resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(response_framing("GET", &chunked), Ok(Framing::Chunked));
+        let both =
+            resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
+        assert!(response_framing("GET", &both).is_err());
+    }
+
+    #[test]
+    fn keep_alive_by_version() {
+        assert!(client_keeps_alive(&req(
+            "GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+        )));
+        assert!(!client_keeps_alive(&req(
+            "GET / HTTP/1.1\r\nConnection: Close\r\n\r\n"
+        )));
+        assert!(!client_keeps_alive(&req("GET / HTTP/1.0\r\n\r\n")));
+        assert!(client_keeps_alive(&req(
+            "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+        )));
+    }
+
+    #[test]
+    fn forwarded_request_drops_hop_by_hop_and_adds_proxy_fields() {
+        let r = req(
+            "POST /x HTTP/1.1\r\nHost: site\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nUpgrade: h2c\r\nProxy-Authorization: b\r\nX-Forwarded-For: 10.0.0.1\r\nVia: 1.0 old\r\nContent-Length: 3\r\nAccept: */*\r\n\r\n",
+        );
+        let mut out = Vec::new();
+        forward_request(
+            &r,
+            "/x",
+            "127.0.0.2".parse().unwrap(),
+            "b:1",
+            Framing::Length(3),
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "POST /x HTTP/1.1\r\nHost: site\r\nAccept: */*\r\nX-Forwarded-For: 10.0.0.1, 127.0.0.2\r\nX-Forwarded-Proto: http\r\nVia: 1.0 old, 1.1 pibl\r\nContent-Length: 3\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn forwarded_request_without_host_names_the_backend() {
+        let r = req("GET / HTTP/1.0\r\n\r\n");
+        let mut out = Vec::new();
+        forward_request(
+            &r,
+            "/",
+            "::1".parse().unwrap(),
+            "b:1",
+            Framing::Empty,
+            &mut out,
+        );
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("\r\nHost: b:1\r\n")
+        );
+    }
+
+    #[test]
+    fn forwarded_response_reframes() {
+        let r = resp(
+            "HTTP/1.1 200 Fine\r\nTransfer-Encoding: chunked\r\nConnection: close\r\nServer: x\r\n\r\n",
+        );
+        let mut out = Vec::new();
+        forward_response(&r, Framing::UntilClose, Persist::Close, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 Fine\r\nServer: x\r\nVia: 1.1 pibl\r\nConnection: close\r\n\r\n"
+        );
+        let head = resp("HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n");
+        let mut out = Vec::new();
+        forward_response(
+            &head,
+            Framing::Empty,
+            Persist::KeepAlive { http10: true },
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 42\r\nVia: 1.1 pibl\r\nConnection: keep-alive\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn parse_errors_map_to_statuses() {
+        assert_eq!(
+            parse_request(b"GET / HTTP/2.0\r\n\r\n")
+                .err()
+                .unwrap()
+                .status,
+            505
+        );
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n")
+                .err()
+                .unwrap()
+                .status,
+            400
+        );
+        let many: String = (0..MAX_FIELDS + 1)
+            .map(|i| format!("X-{i}: y\r\n"))
+            .collect();
+        let text = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(parse_request(text.as_bytes()).err().unwrap().status, 431);
+        assert!(matches!(
+            parse_request(b"GET / HTTP/1.1\r\nHost"),
+            Ok(Parsed::Partial)
+        ));
+    }
+}

@@ -1,0 +1,178 @@
+//! Buffered reading and vectored writing on sockets.
+//!
+//! `Reader` keeps the bytes read past the end of one message (the next
+//! pipelined request, the start of a body) for the next reader of the stream,
+//! which `std::io::BufReader` hides behind its `BufRead` interface.
+
+use std::io::{self, IoSlice, Read, Write};
+
+pub struct Reader<R> {
+    inner: R,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl<R: Read> Reader<R> {
+    pub fn with_capacity(inner: R, capacity: usize) -> Reader<R> {
+        Reader {
+            inner,
+            buf: vec![0; capacity].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// The bytes read but not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        assert!(n <= self.end - self.start, "consume past buffered bytes");
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// True when the buffer holds as much unconsumed data as it can.
+    pub fn is_full(&self) -> bool {
+        self.end - self.start == self.buf.len()
+    }
+
+    /// Reads once more from the stream, after what is buffered.  Returns the
+    /// number of new bytes: 0 means end of stream.
+    pub fn fill(&mut self) -> io::Result<usize> {
+        if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            return Err(io::Error::other("read buffer full"));
+        }
+        loop {
+            match self.inner.read(&mut self.buf[self.end..]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Makes sure something is buffered; false at end of stream.
+    pub fn fill_some(&mut self) -> io::Result<bool> {
+        Ok(!self.buffered().is_empty() || self.fill()? > 0)
+    }
+
+    /// Buffers one line ending in CRLF, of at most `max` bytes, and returns
+    /// its length including the CRLF.  A line ending in a bare LF, or one
+    /// longer than `max`, is an InvalidData error.
+    pub fn line(&mut self, max: usize) -> io::Result<usize> {
+        let mut searched = 0;
+        loop {
+            let buffered = self.buffered();
+            if let Some(i) = buffered[searched..].iter().position(|&b| b == b'\n') {
+                let len = searched + i + 1;
+                if len > max {
+                    return Err(invalid("line too long"));
+                }
+                if len < 2 || buffered[len - 2] != b'\r' {
+                    return Err(invalid("line ends in a bare LF"));
+                }
+                return Ok(len);
+            }
+            searched = buffered.len();
+            if searched >= max || self.is_full() {
+                return Err(invalid("line too long"));
+            }
+            if self.fill()? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+}
+
+pub fn invalid(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// Writes every byte of every slice, with as few writev(2) calls as the
+/// kernel allows: one, normally, for a chunk's size line, data and CRLF.
+pub fn write_all_vectored(out: &mut impl Write, parts: &[&[u8]]) -> io::Result<()> {
+    let mut done = 0usize; // bytes written so far, across all parts
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    while done < total {
+        let mut skip = done;
+        let slices: Vec<IoSlice<'_>> = parts
+            .iter()
+            .filter_map(|p| {
+                if skip >= p.len() {
+                    skip -= p.len();
+                    None
+                } else {
+                    let s = IoSlice::new(&p[skip..]);
+                    skip = 0;
+                    Some(s)
+                }
+            })
+            .collect();
+        match out.write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_and_leftovers() {
+        let mut r = Reader::with_capacity(&b"5\r\nhello\r\n0\r\n\r\nnext"[..], 8);
+        assert_eq!(r.line(100).unwrap(), 3);
+        assert_eq!(&r.buffered()[..1], b"5");
+        r.consume(3);
+        r.fill().unwrap();
+        assert_eq!(&r.buffered()[..5], b"hello");
+    }
+
+    #[test]
+    fn bare_lf_and_long_lines_are_refused() {
+        let mut r = Reader::with_capacity(&b"abc\n"[..], 16);
+        assert_eq!(r.line(100).unwrap_err().kind(), io::ErrorKind::InvalidData);
+        let mut r = Reader::with_capacity(&b"abcdefghijkl\r\n"[..], 64);
+        assert_eq!(r.line(4).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn vectored_write_survives_short_writes() {
+        struct Dribble(Vec<u8>);
+        impl Write for Dribble {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                let n = b.len().min(3);
+                self.0.extend_from_slice(&b[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut d = Dribble(Vec::new());
+        write_all_vectored(&mut d, &[b"ab", b"", b"cdefg", b"h"]).unwrap();
+        assert_eq!(d.0, b"abcdefgh");
+    }
+}
