@@ -4,6 +4,8 @@
 //! over to the parent loop (or to the demo).  It maps errors to exit
 //! statuses and holds no other logic.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod backend_app;
 mod balancer;
 mod body;

@@ -95,6 +95,12 @@ pub fn read_head<R: Read, T>(
         let buffered = reader.buffered();
         if !buffered.is_empty() {
             match parse(buffered).map_err(HeadError::Reject)? {
+                Parsed::Done(_, len) if len > max => {
+                    return Err(HeadError::Reject(Reject {
+                        status: 431,
+                        why: "head too large",
+                    }));
+                }
                 Parsed::Done(head, len) => {
                     reader.consume(len);
                     return Ok(Some(head));

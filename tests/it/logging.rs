@@ -1,0 +1,113 @@
+//! The access log: one well-formed line per exchange, in the file and on
+//! stdout, never torn or interleaved, whatever the concurrency.
+
+use std::collections::HashSet;
+use std::thread;
+
+use crate::util::*;
+
+/// The fields of a line, split as the README documents them.
+#[derive(Debug)]
+struct Line {
+    client: String,
+    request: String,
+    status: u16,
+    bytes: u64,
+    user_agent: String,
+    upstream: String,
+    seconds: f64,
+    pid: i32,
+}
+
+fn parse(line: &str) -> Line {
+    // 127.0.0.1 - - [23/Nov/2026:19:26:19 +0000] "GET / HTTP/1.1" 200 176 "-" "ua" 127.0.0.1:9001 0.000 3860
+    let (client, rest) = line
+        .split_once(" - - [")
+        .unwrap_or_else(|| panic!("{line:?}"));
+    let (time, rest) = rest.split_once("] \"").unwrap();
+    assert_eq!(time.len(), 26, "time {time:?}");
+    assert!(time.ends_with(" +0000"));
+    let (request, rest) = rest.split_once("\" ").unwrap();
+    let parts: Vec<&str> = rest.split(' ').collect();
+    assert_eq!(parts.len(), 7, "{line:?}");
+    assert_eq!(parts[2], "\"-\"");
+    Line {
+        client: client.to_string(),
+        request: request.to_string(),
+        status: parts[0].parse().unwrap(),
+        bytes: parts[1].parse().unwrap(),
+        user_agent: parts[3].trim_matches('"').to_string(),
+        upstream: parts[4].to_string(),
+        seconds: parts[5].parse().unwrap(),
+        pid: parts[6].parse().unwrap(),
+    }
+}
+
+#[test]
+fn fifty_clients_times_twenty_requests_make_a_thousand_whole_lines() {
+    let backends = Backend::start_many(3);
+    let proxy = Proxy::start(&backends);
+    let addr = proxy.addr;
+    let workers: Vec<_> = (0..50)
+        .map(|c| {
+            thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                for r in 0..20 {
+                    client.send(
+                        format!("GET /whoami?client={c}&request={r} HTTP/1.1\r\nHost: t\r\nUser-Agent: tester-{c}\r\n\r\n")
+                            .as_bytes(),
+                    );
+                    assert_eq!(client.response("GET").status, 200);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let stdout = proxy.wait_log(1000);
+    proxy.wait_no_children();
+    let file = proxy.log_lines();
+    assert_eq!(proxy.stdout.snapshot().len(), 1000);
+    assert_eq!(file.len(), 1000);
+    let mut from_file: Vec<&String> = file.iter().collect();
+    let mut from_stdout: Vec<&String> = stdout.iter().collect();
+    from_file.sort();
+    from_stdout.sort();
+    assert_eq!(from_file, from_stdout, "the same lines in both places");
+
+    let upstreams: HashSet<String> = backends.iter().map(|b| b.addr.to_string()).collect();
+    let mut requests = HashSet::new();
+    for line in &file {
+        let l = parse(line);
+        assert_eq!(l.client, "127.0.0.1");
+        assert_eq!((l.status, l.bytes), (200, 3), "{line}");
+        assert!(upstreams.contains(&l.upstream), "{line}");
+        assert!(l.seconds < 60.0 && l.pid > 0);
+        let client = l
+            .request
+            .split("client=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap();
+        assert_eq!(l.user_agent, format!("tester-{client}"));
+        assert!(requests.insert(l.request), "duplicate line {line}");
+    }
+    assert_eq!(requests.len(), 1000);
+}
+
+#[test]
+fn refused_requests_are_logged_too() {
+    let backends = Backend::start_many(1);
+    let proxy = Proxy::start(&backends);
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(client.response("GET").status, 400);
+    let line = parse(&proxy.wait_log(1)[0]);
+    assert_eq!(
+        (line.request.as_str(), line.status, line.upstream.as_str()),
+        ("GET / HTTP/1.1", 400, "-")
+    );
+}

@@ -1,0 +1,15 @@
+//! pibl's integration tests: the built binary, real backends, real sockets.
+//!
+//! One test binary, so the crate links once.  Every test runs in its own
+//! temporary directory, every server binds port 0 on loopback, and every
+//! process a test starts is stopped when the test ends, pass or fail.
+
+mod util;
+
+mod balancing;
+mod config;
+mod demo;
+mod framing;
+mod logging;
+mod processes;
+mod streaming;

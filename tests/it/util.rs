@@ -1,0 +1,500 @@
+#![allow(dead_code)] // a helper module: not every test uses every helper
+
+//! Helpers: temporary directories, processes that clean up after
+//! themselves, and a small HTTP/1.1 client.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const PIBL: &str = env!("CARGO_BIN_EXE_pibl");
+/// Longest a test waits for anything it expects to happen.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A fresh directory under cargo's target tmpdir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("it-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process stopped with SIGTERM (then SIGKILL) on drop.
+pub struct Process {
+    pub child: Child,
+}
+
+impl Process {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
+    }
+
+    /// Waits for the process to exit, at most PATIENCE.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {} did not exit",
+                self.pid()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid()),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Lines a process writes, collected by a thread, with a way to wait for
+/// a given count.
+#[derive(Clone, Default)]
+pub struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
+
+impl Lines {
+    fn collect(source: impl Read + Send + 'static) -> Lines {
+        let lines = Lines::default();
+        let sink = lines.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(source).lines() {
+                let Ok(line) = line else { break };
+                let (lock, cond) = &*sink.0;
+                lock.lock().unwrap().push(line);
+                cond.notify_all();
+            }
+        });
+        lines
+    }
+
+    pub fn snapshot(&self) -> Vec<String> {
+        self.0.0.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` lines have arrived; returns them all.
+    pub fn wait_for(&self, n: usize) -> Vec<String> {
+        let (lock, cond) = &*self.0;
+        let guard = lock.lock().unwrap();
+        let (guard, timeout) = cond
+            .wait_timeout_while(guard, PATIENCE, |l| l.len() < n)
+            .unwrap();
+        assert!(
+            !timeout.timed_out(),
+            "expected {n} lines, got {}: {:?}",
+            guard.len(),
+            *guard
+        );
+        guard.clone()
+    }
+}
+
+/// Reads the first stderr line, which names the bound address after
+/// "listening on ", and hands the rest of stderr to a collector.
+fn read_listen_line(stderr: ChildStderr) -> (SocketAddr, Lines) {
+    let mut reader = BufReader::new(stderr);
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    let addr = first
+        .split("listening on ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .split([',', ' ', '\n'])
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (addr, Lines::collect(reader))
+}
+
+/// A demo replica (`pibl backend`) on an ephemeral loopback port.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub process: Process,
+}
+
+impl Backend {
+    pub fn start(name: &str) -> Backend {
+        let mut child = Command::new(PIBL)
+            .args(["backend", "--port", "0", "--name", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (addr, _) = read_listen_line(child.stderr.take().unwrap());
+        Backend {
+            addr,
+            name: name.to_string(),
+            process: Process { child },
+        }
+    }
+
+    pub fn start_many(n: usize) -> Vec<Backend> {
+        (1..=n).map(|i| Backend::start(&format!("b{i}"))).collect()
+    }
+}
+
+/// How to start a proxy under test.
+pub struct ProxyOptions {
+    pub backends: Vec<String>,
+    /// More lines for pibl.conf.
+    pub extra: String,
+}
+
+impl ProxyOptions {
+    pub fn new(backends: &[Backend]) -> ProxyOptions {
+        ProxyOptions {
+            backends: backends.iter().map(|b| b.addr.to_string()).collect(),
+            extra: String::new(),
+        }
+    }
+
+    pub fn config_text(&self) -> String {
+        let list: Vec<String> = self.backends.iter().map(|b| format!("\"{b}\"")).collect();
+        format!(
+            "listen = \"127.0.0.1\"\nport = 8080\nbackends = [{}]\n{}",
+            list.join(", "),
+            self.extra
+        )
+    }
+}
+
+/// pibl itself, in its own directory, listening on an ephemeral port.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    pub stdout: Lines,
+    pub stderr: Lines,
+    pub process: Process,
+}
+
+impl Proxy {
+    pub fn start(backends: &[Backend]) -> Proxy {
+        Proxy::start_with(ProxyOptions::new(backends))
+    }
+
+    pub fn start_with(options: ProxyOptions) -> Proxy {
+        let dir = TempDir::new();
+        fs::write(dir.path().join("pibl.conf"), options.config_text()).unwrap();
+        let mut child = Command::new(PIBL)
+            .args(["--port", "0"])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = Lines::collect(child.stdout.take().unwrap());
+        let (addr, stderr) = read_listen_line(child.stderr.take().unwrap());
+        Proxy {
+            addr,
+            dir,
+            stdout,
+            stderr,
+            process: Process { child },
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.process.pid()
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        fs::read_to_string(self.dir.path().join("pibl.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits until `n` access lines are on stdout, returns them.
+    pub fn wait_log(&self, n: usize) -> Vec<String> {
+        self.stdout.wait_for(n)
+    }
+
+    /// The pids of the proxy's live (not zombie) children, and its zombies.
+    pub fn children(&self) -> (Vec<i32>, Vec<i32>) {
+        children_of(self.pid())
+    }
+
+    /// Waits until the proxy has no child at all, live or zombie.
+    pub fn wait_no_children(&self) {
+        wait_until("the proxy's children to exit", || {
+            let (live, zombies) = self.children();
+            live.is_empty() && zombies.is_empty()
+        });
+    }
+}
+
+/// Polls `done` until it holds, at most PATIENCE.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// (live, zombie) children of `pid`, from /proc.
+pub fn children_of(pid: i32) -> (Vec<i32>, Vec<i32>) {
+    let (mut live, mut zombies) = (Vec::new(), Vec::new());
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(status) = fs::read_to_string(format!("/proc/{child}/status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        if field("PPid:") == pid.to_string() {
+            if field("State:").starts_with('Z') {
+                zombies.push(child);
+            } else {
+                live.push(child);
+            }
+        }
+    }
+    (live, zombies)
+}
+
+/// Resident memory of `pid` in KiB (0 once it is gone).
+pub fn rss_kib(pid: i32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn open_fds(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    /// Every field line, in order, as received.
+    pub fields: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A client connection with a buffered reader.
+pub struct Client {
+    pub reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        Client {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        self.reader.get_ref()
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).unwrap();
+    }
+
+    /// Sends a GET for `path` on this connection and reads the answer.
+    pub fn get(&mut self, path: &str) -> Response {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
+        self.response("GET")
+    }
+
+    /// Reads the head of one response (interim ones included).
+    pub fn head(&mut self) -> Response {
+        let mut status_line = String::new();
+        self.reader.read_line(&mut status_line).unwrap();
+        assert!(
+            status_line.starts_with("HTTP/1."),
+            "bad status line {status_line:?}"
+        );
+        let status = status_line[9..12].parse().unwrap();
+        let mut fields = Vec::new();
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            assert!(line.ends_with("\r\n"), "bad field line {line:?}");
+            if line == "\r\n" {
+                break;
+            }
+            let (name, value) = line.trim_end().split_once(':').unwrap();
+            fields.push((name.to_string(), value.trim().to_string()));
+        }
+        let headers = fields
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        Response {
+            status,
+            headers,
+            fields,
+            body: Vec::new(),
+        }
+    }
+
+    /// Reads one final response to a request with `method`.
+    pub fn response(&mut self, method: &str) -> Response {
+        let mut resp = self.head();
+        while resp.status < 200 {
+            resp = self.head();
+        }
+        if method == "HEAD" || resp.status == 204 || resp.status == 304 {
+            return resp;
+        }
+        if resp.header("transfer-encoding") == Some("chunked") {
+            resp.body = self.read_chunked();
+        } else if let Some(len) = resp.header("content-length") {
+            let mut body = vec![0; len.parse().unwrap()];
+            self.reader.read_exact(&mut body).unwrap();
+            resp.body = body;
+        } else {
+            self.reader.read_to_end(&mut resp.body).unwrap();
+        }
+        resp
+    }
+
+    fn read_chunked(&mut self) -> Vec<u8> {
+        let mut body = Vec::new();
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            let size = usize::from_str_radix(line.trim_end(), 16).unwrap();
+            let mut chunk = vec![0; size + 2];
+            self.reader.read_exact(&mut chunk).unwrap();
+            if size == 0 {
+                assert_eq!(chunk, b"\r\n");
+                return body;
+            }
+            assert_eq!(&chunk[size..], b"\r\n");
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+
+    /// True once the server has closed the connection (EOF, nothing more).
+    pub fn is_closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        matches!(self.reader.read_to_end(&mut rest), Ok(0))
+    }
+}
+
+/// One GET on a fresh connection.
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    let mut client = Client::connect(addr);
+    client
+        .send(format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes());
+    client.response("GET")
+}
+
+/// Counts of each value of `X-Backend` over `responses`.
+pub fn tally<'a>(names: impl Iterator<Item = &'a str>) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for n in names {
+        *counts.entry(n.to_string()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// A backend that answers every connection with fixed bytes after reading
+/// the request head, and keeps the heads it received.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl RawBackend {
+    pub fn start(answer: &'static [u8]) -> RawBackend {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&seen);
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                record
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                let _ = stream.write_all(answer);
+            }
+        });
+        RawBackend { addr, seen }
+    }
+}
