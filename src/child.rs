@@ -2,10 +2,12 @@
 //!
 //! Runs only in a forked child.  Requests on the connection are served in
 //! order (keep-alive and pipelining), each logged, until the client closes,
-//! idles out, or an exchange leaves the connection unusable.
+//! idles out, an exchange leaves the connection unusable, or SIGTERM asks
+//! the child to stop once the request in flight is answered.
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::process;
 
@@ -16,7 +18,7 @@ use crate::config::Config;
 use crate::diag;
 use crate::log::{self, AccessLog, Entry};
 use crate::relay::{self, BUFFER_SIZE, CLIENT_TIMEOUT, End, Exchange};
-use crate::signals;
+use crate::signals::{self, GOT_SIGTERM, GOT_SIGUSR1, Idle};
 use crate::wire::Reader;
 
 /// Exit statuses: a small protocol from child to parent.
@@ -32,15 +34,22 @@ pub struct Context {
 }
 
 /// Serves the connection and exits; never returns to the accept loop.
-pub fn serve(stream: TcpStream, peer: SocketAddr, ctx: &Context, mask: &SigSet) -> ! {
-    signals::reset_in_child(mask);
-    let code = panic::catch_unwind(AssertUnwindSafe(|| serve_connection(&stream, peer, ctx)))
-        .unwrap_or(EXIT_INTERNAL);
+pub fn serve(stream: TcpStream, peer: SocketAddr, ctx: &Context, parent_mask: &SigSet) -> ! {
+    let idle_mask = signals::install_child(parent_mask);
+    let code = panic::catch_unwind(AssertUnwindSafe(|| {
+        serve_connection(&stream, peer, ctx, &idle_mask)
+    }))
+    .unwrap_or(EXIT_INTERNAL);
     let _ = io::stdout().flush();
     process::exit(code)
 }
 
-fn serve_connection(stream: &TcpStream, peer: SocketAddr, ctx: &Context) -> i32 {
+fn serve_connection(
+    stream: &TcpStream,
+    peer: SocketAddr,
+    ctx: &Context,
+    idle_mask: &SigSet,
+) -> i32 {
     let setup = stream
         .set_nodelay(true)
         .and_then(|()| stream.set_read_timeout(Some(CLIENT_TIMEOUT)))
@@ -49,7 +58,7 @@ fn serve_connection(stream: &TcpStream, peer: SocketAddr, ctx: &Context) -> i32 
         diag!("client {peer}: {}", crate::error::describe_io(&e));
         return EXIT_CLIENT_FAULT;
     }
-    let log = match AccessLog::open(&ctx.config.log_file) {
+    let mut log = match AccessLog::open(&ctx.config.log_file, ctx.config.syslog.as_ref()) {
         Ok(log) => Some(log),
         Err(e) => {
             diag!(
@@ -62,10 +71,20 @@ fn serve_connection(stream: &TcpStream, peer: SocketAddr, ctx: &Context) -> i32 
     };
     let mut reader = Reader::with_capacity(stream, BUFFER_SIZE);
     let mut worst = End::Served;
-    while let Some(ex) = relay::exchange(&mut reader, peer.ip(), &ctx.balancer) {
-        record(log.as_ref(), peer, &ex);
+    loop {
+        // Between requests is the only place a child stops early, so a
+        // request once begun is always finished.
+        if reader.buffered().is_empty()
+            && signals::wait_idle(stream.as_fd(), CLIENT_TIMEOUT, idle_mask) != Idle::Ready
+        {
+            break;
+        }
+        let Some(ex) = relay::exchange(&mut reader, peer.ip(), &ctx.balancer) else {
+            break;
+        };
+        record(log.as_mut(), peer, &ex);
         worst = worst.max(ex.end);
-        if !ex.keep_alive {
+        if !ex.keep_alive || signals::is_set(&GOT_SIGTERM) {
             break;
         }
     }
@@ -76,7 +95,7 @@ fn serve_connection(stream: &TcpStream, peer: SocketAddr, ctx: &Context) -> i32 
     }
 }
 
-fn record(log: Option<&AccessLog>, peer: SocketAddr, ex: &Exchange) {
+fn record(log: Option<&mut AccessLog>, peer: SocketAddr, ex: &Exchange) {
     let line = log::format_line(&Entry {
         client: peer.ip(),
         time: ex.time,
@@ -91,6 +110,11 @@ fn record(log: Option<&AccessLog>, peer: SocketAddr, ex: &Exchange) {
     });
     match log {
         Some(log) => {
+            if signals::take(&GOT_SIGUSR1) {
+                if let Err(e) = log.reopen() {
+                    diag!("cannot reopen log file: {}", crate::error::describe_io(&e));
+                }
+            }
             if let Err(e) = log.write(&line) {
                 diag!("cannot write log file: {}", crate::error::describe_io(&e));
             }

@@ -31,6 +31,10 @@ pub struct Cli {
     #[arg(short = 't', long)]
     pub check: bool,
 
+    /// Write the parent's pid to PATH once listening; removed on exit
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

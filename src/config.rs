@@ -7,6 +7,7 @@
 use std::fs;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -18,6 +19,9 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0";
 pub const DEFAULT_PORT: u16 = 8080;
 pub const DEFAULT_LOG_FILE: &str = "pibl.log";
 pub const DEFAULT_MAX_CLIENTS: usize = 512;
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_SYSLOG_FACILITY: &str = "daemon";
+pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
 
 /// One replica of the application, as written in the config and as resolved.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +39,20 @@ pub struct Config {
     pub backends: Vec<Backend>,
     pub log_file: PathBuf,
     pub max_clients: usize,
+    /// How long a stopping parent waits for children to finish.
+    pub shutdown_timeout: Duration,
+    /// Account to run as when started as root.
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// Where access lines and errors also go, if anywhere.
+    pub syslog: Option<SyslogTarget>,
+}
+
+/// A syslog destination: a facility and a local datagram socket.
+#[derive(Debug, Clone)]
+pub struct SyslogTarget {
+    pub facility: syslog::Facility,
+    pub socket: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -44,6 +62,9 @@ struct RawConfig {
     port: Option<u16>,
     backends: Option<Spanned<Vec<Spanned<String>>>>,
     max_clients: Option<Spanned<i64>>,
+    shutdown_timeout: Option<Spanned<i64>>,
+    user: Option<String>,
+    group: Option<String>,
     log: Option<RawLog>,
 }
 
@@ -51,9 +72,32 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawLog {
     file: Option<String>,
+    syslog: Option<bool>,
+    facility: Option<Spanned<String>>,
+    syslog_socket: Option<String>,
+}
+
+/// Command-line values that take precedence over the file, at start-up
+/// and at every reload.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub port: Option<u16>,
+    pub listen: Option<IpAddr>,
 }
 
 impl Config {
+    /// Reads the file at `path`, validates it, and applies `overrides`.
+    pub fn load_with(path: &str, overrides: &Overrides) -> Result<Config, Error> {
+        let mut config = Config::load(path)?;
+        if let Some(port) = overrides.port {
+            config.port = port;
+        }
+        if let Some(listen) = overrides.listen {
+            config.listen = listen;
+        }
+        Ok(config)
+    }
+
     /// Reads and validates the file at `path`.
     pub fn load(path: &str) -> Result<Config, Error> {
         let text = fs::read_to_string(path)
@@ -102,10 +146,40 @@ impl Config {
             Some(m) if *m.get_ref() >= 1 => *m.get_ref() as usize,
             Some(m) => return Err(at(m.span(), "max_clients: must be at least 1".into())),
         };
-        let log_file = raw
-            .log
-            .and_then(|l| l.file)
-            .unwrap_or(DEFAULT_LOG_FILE.into());
+        let shutdown_timeout = match raw.shutdown_timeout {
+            None => Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
+            Some(t) if *t.get_ref() >= 0 => Duration::from_secs(*t.get_ref() as u64),
+            Some(t) => {
+                return Err(at(
+                    t.span(),
+                    "shutdown_timeout: must not be negative".into(),
+                ));
+            }
+        };
+        let log = raw.log.unwrap_or(RawLog {
+            file: None,
+            syslog: None,
+            facility: None,
+            syslog_socket: None,
+        });
+        let facility = match &log.facility {
+            None => DEFAULT_SYSLOG_FACILITY.parse().expect("default facility"),
+            Some(f) => f.get_ref().parse().map_err(|()| {
+                at(
+                    f.span(),
+                    format!("facility: unknown syslog facility \"{}\"", f.get_ref()),
+                )
+            })?,
+        };
+        let syslog = log.syslog.unwrap_or(false).then(|| SyslogTarget {
+            facility,
+            socket: PathBuf::from(
+                log.syslog_socket
+                    .as_deref()
+                    .unwrap_or(DEFAULT_SYSLOG_SOCKET),
+            ),
+        });
+        let log_file = log.file.unwrap_or(DEFAULT_LOG_FILE.into());
 
         Ok(Config {
             path: path.to_string(),
@@ -114,6 +188,10 @@ impl Config {
             backends,
             log_file: PathBuf::from(log_file),
             max_clients,
+            shutdown_timeout,
+            user: raw.user,
+            group: raw.group,
+            syslog,
         })
     }
 
@@ -182,6 +260,29 @@ mod tests {
         assert_eq!(c.backends.len(), 2);
         assert_eq!(c.backends[1].name, "localhost:2");
         assert_eq!(c.log_file, PathBuf::from("x.log"));
+        assert!(c.syslog.is_none());
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn service_keys() {
+        let c = Config::parse(
+            "t.conf",
+            "backends = [\"127.0.0.1:1\"]\nshutdown_timeout = 3\nuser = \"nobody\"\ngroup = \"nogroup\"\n[log]\nsyslog = true\nfacility = \"local3\"\nsyslog_socket = \"/tmp/s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(3));
+        assert_eq!(
+            (c.user.as_deref(), c.group.as_deref()),
+            (Some("nobody"), Some("nogroup"))
+        );
+        let target = c.syslog.unwrap();
+        assert_eq!(target.facility as u32, syslog::Facility::LOG_LOCAL3 as u32);
+        assert_eq!(target.socket, PathBuf::from("/tmp/s"));
+        assert_eq!(
+            err("backends = [\"127.0.0.1:1\"]\n[log]\nsyslog = true\nfacility = \"kitchen\"\n"),
+            "t.conf:4: facility: unknown syslog facility \"kitchen\""
+        );
     }
 
     #[test]

@@ -11,10 +11,12 @@ use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use crate::clock;
+use crate::config::SyslogTarget;
 
 /// One exchange, as the access log records it.
 pub struct Entry<'a> {
@@ -69,21 +71,56 @@ fn escape(text: &[u8]) -> String {
     out
 }
 
-/// The access log of one process: the file, and standard output.
+/// A syslog connection, RFC 3164 messages tagged `pibl[PID]`.
+type SyslogWriter = syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>;
+
+fn connect_syslog(target: &SyslogTarget) -> io::Result<SyslogWriter> {
+    let formatter = syslog::Formatter3164 {
+        facility: target.facility,
+        hostname: None,
+        process: "pibl".into(),
+        pid: std::process::id(),
+    };
+    syslog::unix_custom(formatter, &target.socket)
+        .map_err(|e| io::Error::other(format!("syslog {}: {e}", target.socket.display())))
+}
+
+/// The access log of one process: the file, standard output, and syslog
+/// when configured.
 pub struct AccessLog {
+    path: PathBuf,
     file: File,
+    syslog: Option<SyslogWriter>,
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
 }
 
 impl AccessLog {
-    pub fn open(path: &Path) -> io::Result<AccessLog> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(AccessLog { file })
+    /// Opens the sinks.  A syslog that cannot be reached is reported once
+    /// and skipped: the file is the record.
+    pub fn open(path: &Path, syslog: Option<&SyslogTarget>) -> io::Result<AccessLog> {
+        let syslog =
+            syslog.and_then(|target| connect_syslog(target).map_err(|e| crate::diag!("{e}")).ok());
+        Ok(AccessLog {
+            path: path.to_path_buf(),
+            file: open_append(path)?,
+            syslog,
+        })
+    }
+
+    /// Opens the file again by name, for log rotation: lines go to
+    /// whatever file now has the name.
+    pub fn reopen(&mut self) -> io::Result<()> {
+        self.file = open_append(&self.path)?;
+        Ok(())
     }
 
     /// Appends `line` to the file in one write(2) under an exclusive flock(2),
     /// and prints it on standard output while still holding the lock, so
     /// neither copy is ever interleaved with another child's line.
-    pub fn write(&self, line: &str) -> io::Result<()> {
+    pub fn write(&mut self, line: &str) -> io::Result<()> {
         fs2::FileExt::lock_exclusive(&self.file)?;
         let written = (&self.file).write_all(line.as_bytes());
         // stdout may be closed or a full pipe; the file is the record.
@@ -91,15 +128,41 @@ impl AccessLog {
         let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
         drop(out);
         let unlocked = fs2::FileExt::unlock(&self.file);
+        if let Some(syslog) = &mut self.syslog {
+            let _ = syslog.info(line.trim_end());
+        }
         written.and(unlocked)
     }
 }
 
-/// A diagnostic line on standard error: `pibl[PID]: message`.
+/// Where diagnostics also go, besides standard error.  Set by the parent at
+/// start-up and at each reload; a child inherits it.
+static DIAG_SYSLOG: Mutex<Option<SyslogTarget>> = Mutex::new(None);
+
+pub fn set_diag_syslog(target: Option<SyslogTarget>) {
+    *DIAG_SYSLOG.lock().unwrap_or_else(|e| e.into_inner()) = target;
+}
+
+/// Writes a diagnostic: `pibl[PID]: message` on standard error and, when
+/// configured, an error-level syslog message.  Diagnostics are rare, so
+/// each opens its own syslog connection: none is left open for children to
+/// inherit.
+pub fn diag(message: std::fmt::Arguments<'_>) {
+    eprintln!("pibl[{}]: {message}", std::process::id());
+    let target = DIAG_SYSLOG
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(mut writer) = target.and_then(|t| connect_syslog(&t).ok()) {
+        let _ = writer.err(message.to_string());
+    }
+}
+
+/// A diagnostic line: `diag!("cannot open {}", path)`.
 #[macro_export]
 macro_rules! diag {
     ($($arg:tt)*) => {
-        eprintln!("pibl[{}]: {}", std::process::id(), format_args!($($arg)*))
+        $crate::log::diag(format_args!($($arg)*))
     };
 }
 

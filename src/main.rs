@@ -18,12 +18,12 @@ mod error;
 mod http;
 mod log;
 mod parent;
+mod privileges;
 mod relay;
 mod shm;
 mod signals;
 mod wire;
 
-use std::net::TcpListener;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -31,7 +31,7 @@ use clap::Parser;
 use crate::balancer::Balancer;
 use crate::child::Context;
 use crate::cli::{Cli, Command};
-use crate::config::Config;
+use crate::config::{Config, Overrides};
 use crate::error::Error;
 use crate::log::AccessLog;
 use crate::shm::SharedState;
@@ -56,16 +56,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// The command line's overrides of the configuration file.
+pub fn overrides(cli: &Cli) -> Overrides {
+    Overrides {
+        port: cli.port,
+        listen: cli.listen,
+    }
+}
+
 /// The configuration file with the command line's overrides applied.
 pub fn load_config(cli: &Cli) -> Result<Config, Error> {
-    let mut config = Config::load(&cli.config)?;
-    if let Some(port) = cli.port {
-        config.port = port;
-    }
-    if let Some(listen) = cli.listen {
-        config.listen = listen;
-    }
-    Ok(config)
+    Config::load_with(&cli.config, &overrides(cli))
 }
 
 fn serve(cli: &Cli) -> Result<(), Error> {
@@ -74,21 +75,47 @@ fn serve(cli: &Cli) -> Result<(), Error> {
         eprintln!("pibl: {}: configuration ok", config.path);
         return Ok(());
     }
-    // Fail now, with a clear message, rather than once per child.
-    AccessLog::open(&config.log_file).map_err(|e| {
+    // Fail now, with a clear message, rather than once per child.  This also
+    // creates the file, so it can be handed to `user` below.
+    AccessLog::open(&config.log_file, None).map_err(|e| {
         Error::os(
             format!("cannot open log file {}", config.log_file.display()),
             e,
         )
     })?;
-    let addr = config.listen_addr();
-    let listener =
-        TcpListener::bind(addr).map_err(|e| Error::os(format!("cannot listen on {addr}"), e))?;
+    let listener = parent::bind(config.listen_addr())?;
     let bound = listener
         .local_addr()
         .map_err(|e| Error::os("cannot read the listening address", e))?;
+    let pid_file = cli.pid_file.as_deref().map(PidFile::write).transpose()?;
+    privileges::drop_root(&config, &[config.log_file.as_path()])?;
+    crate::log::set_diag_syslog(config.syslog.clone());
     let shared = SharedState::map()?;
     let balancer = Balancer::new(config.backends.clone(), shared);
     diag!("listening on {bound}, {} backends", config.backends.len());
-    parent::run(listener, Context { config, balancer })
+    let reloader = parent::Reloader {
+        path: cli.config.clone(),
+        overrides: overrides(cli),
+        shared,
+    };
+    let result = parent::run(listener, Context { config, balancer }, reloader);
+    drop(pid_file);
+    result
+}
+
+/// `--pid-file`: written once listening, removed on exit.
+struct PidFile(std::path::PathBuf);
+
+impl PidFile {
+    fn write(path: &std::path::Path) -> Result<PidFile, Error> {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|e| Error::os(format!("cannot write pid file {}", path.display()), e))?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

@@ -1,4 +1,4 @@
-//! The parent: accept, fork, reap.  Nothing else.
+//! The parent: accept, fork, reap, and answer signals.  Nothing else.
 //!
 //! The parent is single-threaded for its whole life, so fork(2) is safe: no
 //! lock can be held by a thread that does not exist in the child.  It never
@@ -6,120 +6,241 @@
 //! which serves it and exits.  At `max_clients` live children the parent
 //! stops accepting, and new connections wait in the kernel's listen queue
 //! until a child exits — the way Apache's prefork behaves at MaxRequestWorkers.
+//!
+//! Signals: SIGCHLD reaps; SIGHUP reloads pibl.conf for connections accepted
+//! from then on; SIGUSR1 has every child reopen the log file; SIGTERM and
+//! SIGINT stop gracefully (children finish the request in flight, for at
+//! most `shutdown_timeout`); SIGQUIT stops at once.
 
 use std::collections::HashSet;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, ppoll};
 use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::time::TimeSpec;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
+use crate::balancer::Balancer;
 use crate::child::{self, Context};
+use crate::config::{Config, Overrides};
 use crate::diag;
 use crate::error::Error;
-use crate::signals::{self, GOT_SIGCHLD, GOT_SIGTERM};
+use crate::shm::SharedState;
+use crate::signals::{self, GOT_SIGCHLD, GOT_SIGHUP, GOT_SIGQUIT, GOT_SIGTERM, GOT_SIGUSR1};
 
 /// Pause after accept(2) fails for want of descriptors, so a full table
 /// does not turn the loop into a busy spin.
 const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 
-pub fn run(listener: TcpListener, ctx: Context) -> Result<(), Error> {
+/// What a reload needs to build a new context.
+pub struct Reloader {
+    pub path: String,
+    pub overrides: Overrides,
+    pub shared: &'static SharedState,
+}
+
+/// The parent's state: the listener, the context children are forked
+/// with, and the live children.
+struct Parent {
+    listener: TcpListener,
+    ctx: Context,
+    children: HashSet<Pid>,
+    wait_mask: SigSet,
+}
+
+pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<(), Error> {
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::os("cannot make the listener non-blocking", e))?;
     let wait_mask = signals::install_parent()
         .map_err(|e| Error::os("cannot install signal handlers", e.into()))?;
-    let mut children: HashSet<Pid> = HashSet::new();
-
+    let mut parent = Parent {
+        listener,
+        ctx,
+        children: HashSet::new(),
+        wait_mask,
+    };
     loop {
         if signals::take(&GOT_SIGCHLD) {
-            reap_children(&mut children);
+            reap_children(&mut parent.children);
         }
-        if GOT_SIGTERM.load(std::sync::atomic::Ordering::Relaxed) {
+        if signals::is_set(&GOT_SIGTERM) || signals::is_set(&GOT_SIGQUIT) {
             break;
         }
-        let room = children.len() < ctx.config.max_clients;
-        if wait_for_event(&listener, room, wait_mask) {
-            accept_client(&listener, &ctx, &mut children, &wait_mask);
+        if signals::take(&GOT_SIGHUP) {
+            parent.reload(&reloader);
+        }
+        if signals::take(&GOT_SIGUSR1) {
+            signal_all(&parent.children, Signal::SIGUSR1);
+        }
+        let room = parent.children.len() < parent.ctx.config.max_clients;
+        if parent.wait_for_event(room) {
+            parent.accept_client();
         }
     }
+    let Parent {
+        listener,
+        ctx,
+        mut children,
+        wait_mask,
+    } = parent;
     drop(listener);
-    stop_children(&mut children);
+    let timeout = if signals::is_set(&GOT_SIGQUIT) {
+        Duration::ZERO
+    } else {
+        ctx.config.shutdown_timeout
+    };
+    stop_children(&mut children, timeout, &wait_mask);
     Ok(())
 }
 
-/// Sleeps until a signal arrives or, when there is room for a child, a
-/// client connects.  True when the listener is readable.
-fn wait_for_event(listener: &TcpListener, room: bool, mask: SigSet) -> bool {
-    let mut fds = Vec::with_capacity(1);
-    if room {
-        fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
-    }
-    match ppoll(&mut fds, None, Some(mask)) {
-        Ok(_) => fds.first().and_then(PollFd::any).unwrap_or(false),
-        Err(Errno::EINTR) => false,
-        Err(e) => {
-            diag!("ppoll: {}", e.desc());
-            false
+impl Parent {
+    /// Sleeps until a signal arrives or, when there is room for a child, a
+    /// client connects.  True when the listener is readable.
+    fn wait_for_event(&self, room: bool) -> bool {
+        let mut fds = Vec::with_capacity(1);
+        if room {
+            fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
         }
-    }
-}
-
-fn accept_client(
-    listener: &TcpListener,
-    ctx: &Context,
-    children: &mut HashSet<Pid>,
-    mask: &SigSet,
-) {
-    match listener.accept() {
-        Ok((stream, peer)) => spawn_child(listener, stream, peer, ctx, children, mask),
-        Err(e) => match e.raw_os_error() {
-            Some(libc::EMFILE | libc::ENFILE) => {
-                diag!("accept: {}; pausing", crate::error::describe_io(&e));
-                std::thread::sleep(FD_EXHAUSTED_PAUSE);
+        match ppoll(&mut fds, None, Some(self.wait_mask)) {
+            Ok(_) => fds.first().and_then(PollFd::any).unwrap_or(false),
+            Err(Errno::EINTR) => false,
+            Err(e) => {
+                diag!("ppoll: {}", e.desc());
+                false
             }
-            // EAGAIN: another wake-up took it; ECONNABORTED: the client
-            // left before we got to it.  Neither is worth a word.
-            _ if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::ConnectionAborted
-            ) => {}
-            _ => diag!("accept: {}", crate::error::describe_io(&e)),
-        },
+        }
+    }
+
+    fn accept_client(&mut self) {
+        match self.listener.accept() {
+            Ok((stream, peer)) => self.spawn_child(stream, peer),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EMFILE | libc::ENFILE) => {
+                    diag!("accept: {}; pausing", crate::error::describe_io(&e));
+                    std::thread::sleep(FD_EXHAUSTED_PAUSE);
+                }
+                // EAGAIN: nothing after all; ECONNABORTED: the client left
+                // before we got to it.  Neither is worth a word.
+                _ if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::ConnectionAborted
+                ) => {}
+                _ => diag!("accept: {}", crate::error::describe_io(&e)),
+            },
+        }
+    }
+
+    fn spawn_child(&mut self, stream: TcpStream, peer: SocketAddr) {
+        // Anything still buffered would be written twice, once by each process.
+        let _ = io::stdout().flush();
+        let _ = io::stderr().flush();
+        // SAFETY: the parent is single-threaded (see the module comment), so
+        // the child starts with every lock free and every invariant intact.
+        match unsafe { fork() } {
+            Ok(ForkResult::Parent { child }) => {
+                self.children.insert(child);
+            }
+            Ok(ForkResult::Child) => {
+                // The child never returns here, so the listener's owner never
+                // drops it: close the descriptor directly.
+                let _ = nix::unistd::close(self.listener.as_raw_fd());
+                child::serve(stream, peer, &self.ctx, &self.wait_mask);
+            }
+            Err(e) => diag!("fork: {}; dropping connection from {peer}", e.desc()),
+        }
+        // The parent's copy of the client socket closes here.
+    }
+
+    /// Re-reads the configuration.  Children already running keep the one
+    /// they were forked with; an invalid file changes nothing.
+    fn reload(&mut self, reloader: &Reloader) {
+        let config = match Config::load_with(&reloader.path, &reloader.overrides) {
+            Ok(config) => config,
+            Err(e) => {
+                diag!("reload refused, configuration unchanged: {e}");
+                return;
+            }
+        };
+        if config.listen_addr() != self.ctx.config.listen_addr() {
+            match bind(config.listen_addr()) {
+                Ok(listener) => self.listener = listener,
+                Err(e) => {
+                    diag!("reload refused, configuration unchanged: {e}");
+                    return;
+                }
+            }
+        }
+        crate::log::set_diag_syslog(config.syslog.clone());
+        let balancer = Balancer::new(config.backends.clone(), reloader.shared);
+        diag!(
+            "configuration reloaded: listening on {}, {} backends",
+            self.listener
+                .local_addr()
+                .map_or("?".into(), |a| a.to_string()),
+            config.backends.len()
+        );
+        self.ctx = Context { config, balancer };
     }
 }
 
-fn spawn_child(
-    listener: &TcpListener,
-    stream: TcpStream,
-    peer: SocketAddr,
-    ctx: &Context,
-    children: &mut HashSet<Pid>,
-    mask: &SigSet,
-) {
-    // Anything still buffered would be written twice, once by each process.
-    let _ = io::stdout().flush();
-    let _ = io::stderr().flush();
-    // SAFETY: the parent is single-threaded (see the module comment), so
-    // the child starts with every lock free and every invariant intact.
-    match unsafe { fork() } {
-        Ok(ForkResult::Parent { child }) => {
-            children.insert(child);
-        }
-        Ok(ForkResult::Child) => {
-            // The child never returns here, so the listener's owner never
-            // drops it: close the descriptor directly.
-            let _ = nix::unistd::close(listener.as_raw_fd());
-            child::serve(stream, peer, ctx, mask);
-        }
-        Err(e) => diag!("fork: {}; dropping connection from {peer}", e.desc()),
+fn signal_all(children: &HashSet<Pid>, signal: Signal) {
+    for &pid in children {
+        let _ = kill(pid, signal);
     }
-    // The parent's copy of the client socket closes here.
+}
+
+/// Asks every child to finish the request in flight and waits for them,
+/// at most `timeout` (a second SIGQUIT cuts it short); then kills the rest.
+fn stop_children(children: &mut HashSet<Pid>, timeout: Duration, wait_mask: &SigSet) {
+    signal_all(children, Signal::SIGTERM);
+    let deadline = Instant::now() + timeout;
+    reap_children(children);
+    while !children.is_empty() && !signals::is_set(&GOT_SIGQUIT) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            diag!(
+                "{} children still busy after shutdown_timeout; killing them",
+                children.len()
+            );
+            break;
+        }
+        let _ = ppoll(
+            &mut [],
+            Some(TimeSpec::from_duration(left)),
+            Some(*wait_mask),
+        );
+        if signals::take(&GOT_SIGCHLD) {
+            reap_children(children);
+        }
+    }
+    signal_all(children, Signal::SIGKILL);
+    while !children.is_empty() {
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(status) => {
+                if let Some(pid) = status.pid() {
+                    children.remove(&pid);
+                }
+            }
+            Err(Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A listening socket on `addr`, with a message naming it on failure.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    let listener =
+        TcpListener::bind(addr).map_err(|e| Error::os(format!("cannot listen on {addr}"), e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| Error::os("cannot make the listener non-blocking", e))?;
+    Ok(listener)
 }
 
 /// Collects every exited child without blocking.
@@ -135,7 +256,7 @@ fn reap_children(children: &mut HashSet<Pid>) {
             }
             Ok(WaitStatus::Signaled(pid, signal, _)) => {
                 children.remove(&pid);
-                if signal != Signal::SIGTERM && signal != Signal::SIGINT {
+                if !matches!(signal, Signal::SIGTERM | Signal::SIGINT | Signal::SIGKILL) {
                     diag!("child {pid} killed by {signal}");
                 }
             }
@@ -144,24 +265,6 @@ fn reap_children(children: &mut HashSet<Pid>) {
                 diag!("waitpid: {}", e.desc());
                 return;
             }
-        }
-    }
-}
-
-/// Ends every child and waits for all of them.
-fn stop_children(children: &mut HashSet<Pid>) {
-    for &pid in children.iter() {
-        let _ = kill(pid, Signal::SIGTERM);
-    }
-    while !children.is_empty() {
-        match waitpid(Pid::from_raw(-1), None) {
-            Ok(status) => {
-                if let Some(pid) = status.pid() {
-                    children.remove(&pid);
-                }
-            }
-            Err(Errno::EINTR) => {}
-            Err(_) => return,
         }
     }
 }

@@ -1,27 +1,55 @@
-//! Signal handling for the parent, and its undoing in each child.
+//! Signal handling, for the parent and for each child.
 //!
-//! Handlers only store to atomics, which is async-signal-safe; the parent's
-//! loop does the work.  The signals stay blocked except inside ppoll(2),
-//! which unblocks them atomically while it waits, so none is lost between a
-//! check of the flags and the wait.
+//! Handlers only store to atomics, which is async-signal-safe; the work is
+//! done by the code that checks them.  A process keeps its signals blocked
+//! except inside ppoll(2), which unblocks them atomically while it waits, so
+//! none can arrive between a check of the flags and the wait that follows.
+//!
+//! The parent waits in ppoll on its listener.  A child waits in ppoll on its
+//! idle client connection, so SIGTERM stops it between requests and never in
+//! the middle of one.
 
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, ppoll};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, sigaction};
+use nix::sys::time::TimeSpec;
 
 /// A child exited (or several did: signals do not queue).
 pub static GOT_SIGCHLD: AtomicBool = AtomicBool::new(false);
-/// SIGTERM or SIGINT: stop.
+/// SIGTERM or SIGINT: finish what is in flight, then stop.
 pub static GOT_SIGTERM: AtomicBool = AtomicBool::new(false);
+/// SIGQUIT: stop at once.
+pub static GOT_SIGQUIT: AtomicBool = AtomicBool::new(false);
+/// SIGHUP: reload the configuration.
+pub static GOT_SIGHUP: AtomicBool = AtomicBool::new(false);
+/// SIGUSR1: reopen the log file.
+pub static GOT_SIGUSR1: AtomicBool = AtomicBool::new(false);
 
 /// The signals the parent handles.
-const HANDLED: [Signal; 3] = [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT];
+const PARENT_SIGNALS: [Signal; 6] = [
+    Signal::SIGCHLD,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+];
+/// The signals that stop a child, held back while it serves a request.
+const CHILD_STOP_SIGNALS: [Signal; 2] = [Signal::SIGTERM, Signal::SIGINT];
 
 extern "C" fn on_signal(signo: libc::c_int) {
-    match signo {
-        libc::SIGCHLD => GOT_SIGCHLD.store(true, Ordering::Relaxed),
-        _ => GOT_SIGTERM.store(true, Ordering::Relaxed),
-    }
+    let flag = match signo {
+        libc::SIGCHLD => &GOT_SIGCHLD,
+        libc::SIGQUIT => &GOT_SIGQUIT,
+        libc::SIGHUP => &GOT_SIGHUP,
+        libc::SIGUSR1 => &GOT_SIGUSR1,
+        _ => &GOT_SIGTERM,
+    };
+    flag.store(true, Ordering::Relaxed);
 }
 
 /// Reads and clears a flag.
@@ -29,40 +57,101 @@ pub fn take(flag: &AtomicBool) -> bool {
     flag.swap(false, Ordering::Relaxed)
 }
 
-fn handled_set() -> SigSet {
+pub fn is_set(flag: &AtomicBool) -> bool {
+    flag.load(Ordering::Relaxed)
+}
+
+fn set_of(signals: &[Signal]) -> SigSet {
     let mut set = SigSet::empty();
-    HANDLED.iter().for_each(|&s| set.add(s));
+    signals.iter().for_each(|&s| set.add(s));
     set
 }
 
+fn handle(signal: Signal, flags: SaFlags) -> nix::Result<()> {
+    let action = SigAction::new(SigHandler::Handler(on_signal), flags, SigSet::empty());
+    // SAFETY: on_signal only stores to atomics, which is async-signal-safe.
+    unsafe { sigaction(signal, &action) }.map(drop)
+}
+
+fn set_disposition(signal: Signal, handler: SigHandler) {
+    let action = SigAction::new(handler, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_DFL and SIG_IGN install no code of ours.
+    let _ = unsafe { sigaction(signal, &action) };
+}
+
 /// Installs the parent's handlers and blocks their signals.  Returns the
-/// mask to wait with (and to restore in children): the mask pibl started
-/// with, less the handled signals, which a parent process may have left
-/// blocked (a blocked mask survives fork and exec).
+/// mask to wait with: the mask pibl started with, less the handled signals,
+/// which a parent process may have left blocked (a blocked mask survives
+/// fork and exec).
 pub fn install_parent() -> nix::Result<SigSet> {
-    // No SA_RESTART: a handled signal must end the wait it interrupts.
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_NOCLDSTOP,
-        SigSet::empty(),
-    );
-    let mut wait_mask = handled_set().thread_swap_mask(SigmaskHow::SIG_BLOCK)?;
-    for signal in HANDLED {
+    let mut wait_mask = set_of(&PARENT_SIGNALS).thread_swap_mask(SigmaskHow::SIG_BLOCK)?;
+    for signal in PARENT_SIGNALS {
         wait_mask.remove(signal);
-        // SAFETY: on_signal only stores to atomics, which is
-        // async-signal-safe, and the parent is single-threaded.
-        unsafe { sigaction(signal, &action) }?;
+        // No SA_RESTART: a handled signal must end the wait it interrupts.
+        let flags = if signal == Signal::SIGCHLD {
+            SaFlags::SA_NOCLDSTOP
+        } else {
+            SaFlags::empty()
+        };
+        handle(signal, flags)?;
     }
     Ok(wait_mask)
 }
 
-/// In a new child: default dispositions and the mask the parent started
-/// with, so SIGTERM and SIGINT end the child as they would any process.
-pub fn reset_in_child(mask: &SigSet) {
-    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    for signal in HANDLED {
-        // SAFETY: restoring the default disposition installs no handler.
-        let _ = unsafe { sigaction(signal, &default) };
+/// In a new child: SIGTERM and SIGINT stop it between requests, SIGUSR1
+/// asks for the log to be reopened, SIGHUP is the parent's business (a
+/// terminal hang-up must not cut a response short), the rest is default.
+/// Returns the mask for `wait_idle`.
+pub fn install_child(parent_wait_mask: &SigSet) -> SigSet {
+    for flag in [
+        &GOT_SIGCHLD,
+        &GOT_SIGTERM,
+        &GOT_SIGQUIT,
+        &GOT_SIGHUP,
+        &GOT_SIGUSR1,
+    ] {
+        flag.store(false, Ordering::Relaxed);
     }
-    let _ = mask.thread_set_mask();
+    set_disposition(Signal::SIGCHLD, SigHandler::SigDfl);
+    set_disposition(Signal::SIGQUIT, SigHandler::SigDfl);
+    set_disposition(Signal::SIGHUP, SigHandler::SigIgn);
+    let _ = handle(Signal::SIGUSR1, SaFlags::SA_RESTART);
+    for signal in CHILD_STOP_SIGNALS {
+        let _ = handle(signal, SaFlags::empty());
+    }
+    let mut serving_mask = *parent_wait_mask;
+    CHILD_STOP_SIGNALS.iter().for_each(|&s| serving_mask.add(s));
+    let _ = serving_mask.thread_set_mask();
+    *parent_wait_mask
+}
+
+/// What ended an idle wait.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Idle {
+    /// The connection has something to read (a request, or its end).
+    Ready,
+    /// Asked to stop.
+    Stop,
+    TimedOut,
+}
+
+/// In a child between requests: waits for the client to send, for SIGTERM
+/// or SIGINT, or for `timeout`.
+pub fn wait_idle(fd: BorrowedFd<'_>, timeout: Duration, mask: &SigSet) -> Idle {
+    loop {
+        if is_set(&GOT_SIGTERM) {
+            return Idle::Stop;
+        }
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match ppoll(
+            &mut fds,
+            Some(TimeSpec::from_duration(timeout)),
+            Some(*mask),
+        ) {
+            Ok(0) => return Idle::TimedOut,
+            Ok(_) => return Idle::Ready,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return Idle::Ready, // let the read report it
+        }
+    }
 }
