@@ -143,26 +143,43 @@ pub fn set_diag_syslog(target: Option<SyslogTarget>) {
     *DIAG_SYSLOG.lock().unwrap_or_else(|e| e.into_inner()) = target;
 }
 
+/// How much a diagnostic matters, as syslog ranks it.
+#[derive(Clone, Copy)]
+pub enum Level {
+    Error,
+    Notice,
+}
+
 /// Writes a diagnostic: `pibl[PID]: message` on standard error and, when
-/// configured, an error-level syslog message.  Diagnostics are rare, so
-/// each opens its own syslog connection: none is left open for children to
-/// inherit.
-pub fn diag(message: std::fmt::Arguments<'_>) {
+/// configured, a syslog message.  Diagnostics are rare, so each opens its
+/// own syslog connection: none is left open for children to inherit.
+pub fn diag(level: Level, message: std::fmt::Arguments<'_>) {
     eprintln!("pibl[{}]: {message}", std::process::id());
     let target = DIAG_SYSLOG
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     if let Some(mut writer) = target.and_then(|t| connect_syslog(&t).ok()) {
-        let _ = writer.err(message.to_string());
+        let _ = match level {
+            Level::Error => writer.err(message.to_string()),
+            Level::Notice => writer.notice(message.to_string()),
+        };
     }
 }
 
-/// A diagnostic line: `diag!("cannot open {}", path)`.
+/// An error worth an operator's attention: `diag!("cannot open {}", path)`.
 #[macro_export]
 macro_rules! diag {
     ($($arg:tt)*) => {
-        $crate::log::diag(format_args!($($arg)*))
+        $crate::log::diag($crate::log::Level::Error, format_args!($($arg)*))
+    };
+}
+
+/// A normal event of the daemon's life: listening, reloaded, reopened.
+#[macro_export]
+macro_rules! notice {
+    ($($arg:tt)*) => {
+        $crate::log::diag($crate::log::Level::Notice, format_args!($($arg)*))
     };
 }
 

@@ -84,15 +84,11 @@ fn serve(cli: &Cli) -> Result<(), Error> {
         )
     })?;
     let listener = parent::bind(config.listen_addr())?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| Error::os("cannot read the listening address", e))?;
     let pid_file = cli.pid_file.as_deref().map(PidFile::write).transpose()?;
     privileges::drop_root(&config, &[config.log_file.as_path()])?;
     crate::log::set_diag_syslog(config.syslog.clone());
     let shared = SharedState::map()?;
     let balancer = Balancer::new(config.backends.clone(), shared);
-    diag!("listening on {bound}, {} backends", config.backends.len());
     let reloader = parent::Reloader {
         path: cli.config.clone(),
         overrides: overrides(cli),

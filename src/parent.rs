@@ -28,10 +28,10 @@ use nix::unistd::{ForkResult, Pid, fork};
 use crate::balancer::Balancer;
 use crate::child::{self, Context};
 use crate::config::{Config, Overrides};
-use crate::diag;
 use crate::error::Error;
 use crate::shm::SharedState;
 use crate::signals::{self, GOT_SIGCHLD, GOT_SIGHUP, GOT_SIGQUIT, GOT_SIGTERM, GOT_SIGUSR1};
+use crate::{diag, notice};
 
 /// Pause after accept(2) fails for want of descriptors, so a full table
 /// does not turn the loop into a busy spin.
@@ -54,11 +54,17 @@ struct Parent {
 }
 
 pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<(), Error> {
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| Error::os("cannot make the listener non-blocking", e))?;
     let wait_mask = signals::install_parent()
         .map_err(|e| Error::os("cannot install signal handlers", e.into()))?;
+    // Said only now that every signal has its handler, so whoever waits for
+    // this line may signal at once.
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::os("cannot read the listening address", e))?;
+    notice!(
+        "listening on {bound}, {} backends",
+        ctx.config.backends.len()
+    );
     let mut parent = Parent {
         listener,
         ctx,
@@ -76,7 +82,10 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
             parent.reload(&reloader);
         }
         if signals::take(&GOT_SIGUSR1) {
+            // Children open the log by name when they start; those already
+            // running are told to open it again.
             signal_all(&parent.children, Signal::SIGUSR1);
+            notice!("reopening log files");
         }
         let room = parent.children.len() < parent.ctx.config.max_clients;
         if parent.wait_for_event(room) {
@@ -178,7 +187,7 @@ impl Parent {
         }
         crate::log::set_diag_syslog(config.syslog.clone());
         let balancer = Balancer::new(config.backends.clone(), reloader.shared);
-        diag!(
+        notice!(
             "configuration reloaded: listening on {}, {} backends",
             self.listener
                 .local_addr()

@@ -1,7 +1,43 @@
 #!/usr/bin/env bash
-# Runs pibl's whole test suite: unit tests and the integration tests, which
-# start the built binary against real backends on loopback.  Needs only the
-# Rust toolchain.
+# Runs pibl's whole test suite: the unit and integration tests (which start
+# the built binary against real backends on loopback), then lint of the man
+# pages and the systemd unit.  Installs mandoc, groff and systemd-analyze
+# from Debian's packages when they are missing and it runs as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+need=()
+command -v mandoc >/dev/null || need+=(mandoc)
+command -v groff >/dev/null || need+=(groff-base)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v nohup >/dev/null || need+=(coreutils)
+if ((${#need[@]})); then
+    if ((EUID == 0)); then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    else
+        echo "tests/run.sh: missing ${need[*]}; install them (Debian packages) or run as root" >&2
+        exit 1
+    fi
+fi
+
 cargo test --all-targets "$@"
+
+echo "lint: man pages"
+# -W warning: warnings and errors fail; the style note that pibl(1) and
+# pibl.conf(5) are not installed yet, where they cross-reference, does not.
+mandoc -Tlint -W warning man/pibl.1 man/pibl.conf.5
+groff -ww -z -mandoc man/pibl.1 man/pibl.conf.5
+
+echo "lint: systemd unit"
+cargo build --quiet
+unit_dir=$(mktemp -d)
+trap 'rm -rf "$unit_dir"' EXIT
+sed "s|/usr/local/bin/pibl|$PWD/target/debug/pibl|" contrib/pibl.service >"$unit_dir/pibl.service"
+# verify only warns about unknown keys and bad values: any output fails.
+verify=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify --man=no "$unit_dir/pibl.service" 2>&1) || true
+if [[ -n $verify ]]; then
+    echo "$verify" >&2
+    exit 1
+fi
+echo "lint: ok"

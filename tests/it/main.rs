@@ -12,4 +12,5 @@ mod demo;
 mod framing;
 mod logging;
 mod processes;
+mod service;
 mod streaming;

@@ -99,7 +99,7 @@ impl Drop for Process {
 pub struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
 
 impl Lines {
-    fn collect(source: impl Read + Send + 'static) -> Lines {
+    pub fn collect(source: impl Read + Send + 'static) -> Lines {
         let lines = Lines::default();
         let sink = lines.clone();
         thread::spawn(move || {

@@ -1,0 +1,380 @@
+//! pibl as a service: graceful and immediate stop, reload, log reopen,
+//! nohup, pid file, privilege drop, syslog.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use nix::sys::signal::Signal;
+
+use crate::util::*;
+
+fn options(backends: &[&Backend], extra: &str) -> ProxyOptions {
+    ProxyOptions {
+        backends: backends.iter().map(|b| b.addr.to_string()).collect(),
+        extra: extra.to_string(),
+    }
+}
+
+/// Waits for a stderr line of the proxy containing `text`; returns it.
+fn wait_stderr(proxy: &Proxy, text: &str) -> String {
+    let mut found = None;
+    wait_until(&format!("stderr line with {text:?}"), || {
+        found = proxy
+            .stderr
+            .snapshot()
+            .into_iter()
+            .find(|l| l.contains(text));
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+#[test]
+fn sigterm_lets_a_200_mib_response_in_flight_complete() {
+    let backends = Backend::start_many(1);
+    let mut proxy = Proxy::start(&backends);
+    let mut idle = Client::connect(proxy.addr);
+    assert_eq!(idle.get("/whoami").status, 200);
+    let mut busy = Client::connect(proxy.addr);
+    let size: u64 = 200 * 1024 * 1024;
+    busy.send(format!("GET /big?kb={} HTTP/1.1\r\nHost: t\r\n\r\n", size / 1024).as_bytes());
+    assert_eq!(busy.head().status, 200);
+
+    proxy.process.signal(Signal::SIGTERM);
+    // The idle keep-alive connection is closed without a word...
+    assert!(idle.is_closed());
+    // ...the response in flight arrives whole, byte for byte...
+    let mut buf = vec![0u8; 1 << 16];
+    let mut offset = 0u64;
+    loop {
+        let n = busy.reader.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        for (i, &b) in buf[..n].iter().enumerate() {
+            let at = offset + i as u64;
+            assert_eq!(b, ((at % 65_536) % 251) as u8, "byte {at}");
+        }
+        offset += n as u64;
+    }
+    // ...and then that connection closes too.
+    assert_eq!(offset, size);
+    assert_eq!(proxy.process.wait_exit().code(), Some(0));
+    assert!(
+        std::net::TcpStream::connect(proxy.addr).is_err(),
+        "still listening"
+    );
+}
+
+#[test]
+fn shutdown_timeout_bounds_the_wait_for_stragglers() {
+    let backends = Backend::start_many(1);
+    // The backend answers after 60 s; the test's patience is 20 s.
+    let mut proxy = Proxy::start_with(options(&[&backends[0]], "shutdown_timeout = 1\n"));
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET /slow?ms=60000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    wait_until("the child to be forked", || !proxy.children().0.is_empty());
+    proxy.process.signal(Signal::SIGTERM);
+    assert_eq!(proxy.process.wait_exit().code(), Some(0));
+    assert!(client.is_closed());
+    wait_stderr(&proxy, "still busy after shutdown_timeout");
+}
+
+#[test]
+fn sigquit_stops_at_once() {
+    let backends = Backend::start_many(1);
+    // Were SIGQUIT graceful, the exit would take 60 s, past the test's patience.
+    let mut proxy = Proxy::start_with(options(&[&backends[0]], "shutdown_timeout = 60\n"));
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET /slow?ms=60000 HTTP/1.1\r\nHost: t\r\n\r\n");
+    wait_until("the child to be forked", || !proxy.children().0.is_empty());
+    proxy.process.signal(Signal::SIGQUIT);
+    assert_eq!(proxy.process.wait_exit().code(), Some(0));
+    assert!(client.is_closed());
+}
+
+#[test]
+fn sighup_reload_changes_backends_for_new_connections_only() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let proxy = Proxy::start_with(options(&[&a], ""));
+    let mut kept = Client::connect(proxy.addr);
+    assert_eq!(kept.get("/whoami").text(), "a\n");
+
+    fs::write(
+        proxy.dir.path().join("pibl.conf"),
+        options(&[&b], "").config_text(),
+    )
+    .unwrap();
+    proxy.process.signal(Signal::SIGHUP);
+    wait_stderr(&proxy, "configuration reloaded");
+    assert_eq!(
+        get(proxy.addr, "/whoami").text(),
+        "b\n",
+        "new connections use the new list"
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            kept.get("/whoami").text(),
+            "a\n",
+            "an existing child keeps its list"
+        );
+    }
+}
+
+#[test]
+fn sighup_with_a_broken_config_keeps_the_old_one() {
+    let a = Backend::start("a");
+    let proxy = Proxy::start_with(options(&[&a], ""));
+    fs::write(
+        proxy.dir.path().join("pibl.conf"),
+        "backends = [\"127.0.0.1:1\"]\nnonsense = 1\n",
+    )
+    .unwrap();
+    proxy.process.signal(Signal::SIGHUP);
+    let line = wait_stderr(&proxy, "reload refused");
+    assert!(
+        line.contains("pibl.conf:2: unknown field `nonsense`"),
+        "{line}"
+    );
+    assert_eq!(get(proxy.addr, "/whoami").text(), "a\n");
+}
+
+#[test]
+fn sighup_rebinds_a_changed_port_or_refuses_a_taken_one() {
+    let a = Backend::start("a");
+    let dir = TempDir::new();
+    let free = |_| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (first, second) = (free(0), free(1));
+    let conf = |port: u16| {
+        format!(
+            "listen = \"127.0.0.1\"\nport = {port}\nbackends = [\"{}\"]\n",
+            a.addr
+        )
+    };
+    fs::write(dir.path().join("pibl.conf"), conf(first)).unwrap();
+    let child = Command::new(PIBL)
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut process = Process { child };
+    let stderr = process.child.stderr.take().unwrap();
+    let lines = Lines::collect(stderr);
+    lines.wait_for(1);
+    assert_eq!(
+        get(format!("127.0.0.1:{first}").parse().unwrap(), "/whoami").text(),
+        "a\n"
+    );
+
+    fs::write(dir.path().join("pibl.conf"), conf(second)).unwrap();
+    process.signal(Signal::SIGHUP);
+    assert!(lines.wait_for(2)[1].contains(&format!("listening on 127.0.0.1:{second}")));
+    assert_eq!(
+        get(format!("127.0.0.1:{second}").parse().unwrap(), "/whoami").text(),
+        "a\n"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", first)).is_err(),
+        "old port still open"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    fs::write(dir.path().join("pibl.conf"), conf(taken_port)).unwrap();
+    process.signal(Signal::SIGHUP);
+    let refused = &lines.wait_for(3)[2];
+    assert!(
+        refused.contains(&format!("reload refused, configuration unchanged: cannot listen on 127.0.0.1:{taken_port}: Address already in use")),
+        "{refused}"
+    );
+    assert_eq!(
+        get(format!("127.0.0.1:{second}").parse().unwrap(), "/whoami").text(),
+        "a\n"
+    );
+}
+
+#[test]
+fn sigusr1_reopens_the_log_for_rotation() {
+    let backends = Backend::start_many(1);
+    let proxy = Proxy::start(&backends);
+    let mut kept = Client::connect(proxy.addr);
+    kept.get("/whoami?n=1");
+    proxy.wait_log(1);
+    let log = proxy.dir.path().join("pibl.log");
+    fs::rename(&log, proxy.dir.path().join("pibl.log.1")).unwrap();
+    proxy.process.signal(Signal::SIGUSR1);
+    wait_stderr(&proxy, "reopening log files");
+    kept.get("/whoami?n=2");
+    get(proxy.addr, "/whoami?n=3");
+    proxy.wait_log(3);
+    let old = fs::read_to_string(proxy.dir.path().join("pibl.log.1")).unwrap();
+    let new = fs::read_to_string(&log).unwrap();
+    assert!(
+        old.contains("n=1") && !old.contains("n=2") && !old.contains("n=3"),
+        "{old}"
+    );
+    assert!(
+        new.contains("n=2") && new.contains("n=3") && !new.contains("n=1"),
+        "{new}"
+    );
+}
+
+#[test]
+fn nohup_with_stdin_closed_and_a_pid_file() {
+    let backends = Backend::start_many(1);
+    let dir = TempDir::new();
+    fs::write(
+        dir.path().join("pibl.conf"),
+        ProxyOptions::new(&backends).config_text(),
+    )
+    .unwrap();
+    let pid_file = dir.path().join("pibl.pid");
+    let mut command = Command::new("nohup");
+    command
+        .arg(PIBL)
+        .args(["--port", "0", "--pid-file"])
+        .arg(&pid_file)
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: close(2) is async-signal-safe; it runs in the spawned child
+    // between fork and exec, leaving standard input closed.
+    unsafe {
+        command.pre_exec(|| {
+            libc::close(0);
+            Ok(())
+        });
+    }
+    let child = command.spawn().unwrap();
+    let mut process = Process { child };
+    let stdout = Lines::collect(process.child.stdout.take().unwrap());
+    let stderr = Lines::collect(process.child.stderr.take().unwrap());
+    let first = stderr.wait_for(1)[0].clone();
+    let addr = first
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(&pid_file).unwrap(),
+        format!("{}\n", process.pid())
+    );
+    assert_eq!(get(addr, "/whoami").status, 200);
+    assert_eq!(
+        stdout.wait_for(1).len(),
+        1,
+        "a line per exchange, flushed at once"
+    );
+    // The hang-up nohup would ignore means reload here, as with nginx.
+    process.signal(Signal::SIGHUP);
+    assert!(stderr.wait_for(2)[1].contains("configuration reloaded"));
+    assert_eq!(get(addr, "/whoami").status, 200);
+    process.signal(Signal::SIGTERM);
+    assert_eq!(process.wait_exit().code(), Some(0));
+    assert!(!pid_file.exists(), "pid file removed on exit");
+}
+
+#[test]
+fn root_drops_to_the_configured_user() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("not root: nothing to drop");
+        return;
+    }
+    let backends = Backend::start_many(1);
+    let proxy = Proxy::start_with(options(
+        &[&backends[0]],
+        "user = \"nobody\"\ngroup = \"nogroup\"\n",
+    ));
+    let mut client = Client::connect(proxy.addr);
+    assert_eq!(client.get("/whoami").status, 200);
+    let uid_line = |pid: i32| {
+        fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .unwrap()
+            .split_whitespace()
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(uid_line(proxy.pid()), "65534 65534 65534 65534");
+    let (children, _) = proxy.children();
+    assert_eq!(uid_line(children[0]), "65534 65534 65534 65534");
+    proxy.wait_log(1);
+    assert_eq!(proxy.log_lines().len(), 1, "the log file stays writable");
+}
+
+#[test]
+fn syslog_receives_access_lines_and_errors() {
+    let backends = Backend::start_many(1);
+    let dir = TempDir::new();
+    let socket_path = dir.path().join("log.sock");
+    let syslog = UnixDatagram::bind(&socket_path).unwrap();
+    syslog.set_read_timeout(Some(PATIENCE)).unwrap();
+    let extra = format!(
+        "[log]\nsyslog = true\nfacility = \"local3\"\nsyslog_socket = \"{}\"\n",
+        socket_path.display()
+    );
+    let proxy = Proxy::start_with(options(&[&backends[0]], &extra));
+    let mut buf = vec![0u8; 4096];
+    let mut next = || {
+        let n = syslog.recv(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // local3 = 19: notice <157>, info <158>, err <155>.
+    let started = next();
+    assert!(
+        started.starts_with("<157>") && started.contains("listening on"),
+        "{started}"
+    );
+    get(proxy.addr, "/whoami?via=syslog");
+    let access = next();
+    assert!(access.starts_with("<158>"), "{access}");
+    assert!(
+        access.contains("pibl[") && access.contains("\"GET /whoami?via=syslog HTTP/1.1\" 200 3"),
+        "{access}"
+    );
+    fs::write(proxy.dir.path().join("pibl.conf"), "broken =").unwrap();
+    proxy.process.signal(Signal::SIGHUP);
+    let error = next();
+    assert!(
+        error.starts_with("<155>") && error.contains("reload refused"),
+        "{error}"
+    );
+}
+
+#[test]
+fn every_flag_in_help_is_in_the_man_page() {
+    // mdoc writes --pid-file as "Fl \-pid\-file"; compare without escapes.
+    let page = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/man/pibl.1"))
+        .unwrap()
+        .replace('\\', "");
+    for args in [&["--help"][..], &["backend", "--help"], &["demo", "--help"]] {
+        let help = Command::new(PIBL).args(args).output().unwrap();
+        let text = String::from_utf8_lossy(&help.stdout);
+        let flags: Vec<&str> = text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .collect();
+        assert!(!flags.is_empty());
+        for flag in flags {
+            assert!(
+                page.contains(&format!("Fl -{}", &flag[2..])),
+                "{flag} is missing from man/pibl.1"
+            );
+        }
+    }
+}
