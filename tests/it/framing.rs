@@ -273,3 +273,28 @@ fn backend_down_is_502_naming_no_address() {
         "the client connection survives"
     );
 }
+
+#[test]
+fn interim_1xx_responses_are_relayed_without_a_body() {
+    let raw = RawBackend::start(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+          HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    );
+    let proxy = Proxy::start_with(ProxyOptions {
+        backends: vec![raw.addr.to_string()],
+        extra: String::new(),
+    });
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let hints = client.head();
+    assert_eq!(
+        (hints.status, hints.header("link")),
+        (103, Some("</style.css>; rel=preload"))
+    );
+    let r = client.response("GET");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    // An HTTP/1.0 client, which knows no 1xx, gets the final response only.
+    let mut old = Client::connect(proxy.addr);
+    old.send(b"GET / HTTP/1.0\r\n\r\n");
+    assert_eq!(old.head().status, 200);
+}
