@@ -29,7 +29,7 @@ use crate::cli::{BackendArgs, Cli};
 use crate::clock;
 use crate::error::Error;
 use crate::http::{self, Framing, RequestHead};
-use crate::relay::{HeadError, read_head};
+use crate::relay::{HeadError, HeadRules, read_head};
 use crate::wire::Reader;
 
 const BUFFER_SIZE: usize = 64 * 1024;
@@ -70,7 +70,10 @@ fn serve(stream: &TcpStream, name: &str) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut reader = Reader::with_capacity(stream, BUFFER_SIZE);
     loop {
-        let req = match read_head(&mut reader, BUFFER_SIZE, http::parse_request) {
+        let rules = HeadRules::for_response(BUFFER_SIZE);
+        let req = match read_head(&mut reader, &rules, |buf| {
+            http::parse_request(buf, http::MAX_FIELDS)
+        }) {
             Ok(Some(req)) => req,
             Ok(None) => return Ok(()),
             Err(HeadError::Reject(_)) => {
@@ -115,13 +118,13 @@ fn respond(
         "/echo" => return echo(reader, stream, name, framing, keep, head_only),
         "/sink" => {
             let mut hash = Fnv::default();
-            body::relay(reader, &mut hash, framing, Encode::Plain).map_err(copy_error)?;
+            body::relay(reader, &mut hash, framing, Encode::Plain, 0).map_err(copy_error)?;
             let text = format!("bytes={} fnv1a={:016x}\n", hash.len, hash.state);
             reply(stream, name, 200, keep, &[], text.as_bytes())?;
             return Ok(true);
         }
         _ => {
-            body::relay(reader, &mut io::sink(), framing, Encode::Plain).map_err(copy_error)?;
+            body::relay(reader, &mut io::sink(), framing, Encode::Plain, 0).map_err(copy_error)?;
         }
     }
     let text = |s: String| s.into_bytes();
@@ -344,9 +347,9 @@ fn echo(
     let mut out = stream;
     out.write_all(response_head(200, name, &fields).as_bytes())?;
     if head_only {
-        body::relay(reader, &mut io::sink(), framing, Encode::Plain).map_err(copy_error)?;
+        body::relay(reader, &mut io::sink(), framing, Encode::Plain, 0).map_err(copy_error)?;
     } else {
-        body::relay(reader, &mut out, framing, encode).map_err(copy_error)?;
+        body::relay(reader, &mut out, framing, encode, 0).map_err(copy_error)?;
     }
     Ok(true)
 }

@@ -34,17 +34,20 @@ pub enum Encode {
 }
 
 /// Copies one body framed as `framing` from `src` to `dst`, encoded as
-/// `encode`.  Returns the number of payload bytes.
+/// `encode`.  Returns the number of payload bytes.  A chunked body longer
+/// than `limit` bytes (0: no limit) is a read error of kind FileTooLarge.
 pub fn relay<R: Read, W: Write>(
     src: &mut Reader<R>,
     dst: &mut W,
     framing: Framing,
     encode: Encode,
+    limit: u64,
 ) -> Result<u64, CopyError> {
+    let limit = if limit == 0 { u64::MAX } else { limit };
     let sent = match framing {
         Framing::Empty => 0,
         Framing::Length(n) => copy_exact(src, dst, n, encode)?,
-        Framing::Chunked => copy_chunked(src, dst, encode)?,
+        Framing::Chunked => copy_chunked(src, dst, encode, limit)?,
         Framing::UntilClose => copy_until_close(src, dst, encode)?,
     };
     if encode == Encode::Chunked && framing != Framing::Empty {
@@ -106,12 +109,19 @@ fn copy_chunked<R: Read, W: Write>(
     src: &mut Reader<R>,
     dst: &mut W,
     encode: Encode,
+    limit: u64,
 ) -> Result<u64, CopyError> {
     let mut total = 0u64;
     loop {
         let line = src.line(MAX_CHUNK_LINE).map_err(CopyError::Read)?;
         let size = parse_chunk_size(&src.buffered()[..line - 2]).map_err(CopyError::Read)?;
         src.consume(line);
+        if total.saturating_add(size) > limit {
+            return Err(CopyError::Read(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "body larger than max_body",
+            )));
+        }
         if size == 0 {
             skip_trailers(src).map_err(CopyError::Read)?;
             return Ok(total);
@@ -173,7 +183,7 @@ mod tests {
         let mut src =
             Reader::with_capacity(input, if framing == Framing::Chunked { 16 } else { 7 });
         let mut out = Vec::new();
-        let n = relay(&mut src, &mut out, framing, encode)?;
+        let n = relay(&mut src, &mut out, framing, encode, 0)?;
         Ok((out, n))
     }
 
@@ -196,6 +206,20 @@ mod tests {
             run(b"abc", Framing::Length(10), Encode::Plain),
             Err(CopyError::Read(_))
         ));
+    }
+
+    #[test]
+    fn chunked_limit() {
+        let mut src = Reader::with_capacity(&b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"[..], 64);
+        let err = relay(
+            &mut src,
+            &mut Vec::new(),
+            Framing::Chunked,
+            Encode::Plain,
+            10,
+        )
+        .unwrap_err();
+        assert!(matches!(err, CopyError::Read(e) if e.kind() == io::ErrorKind::FileTooLarge));
     }
 
     #[test]

@@ -13,11 +13,10 @@ use std::process;
 
 use nix::sys::signal::SigSet;
 
-use crate::balancer::Balancer;
-use crate::config::Config;
 use crate::diag;
 use crate::log::{self, AccessLog, Entry};
-use crate::relay::{self, BUFFER_SIZE, CLIENT_TIMEOUT, End, Exchange};
+pub use crate::relay::Context;
+use crate::relay::{self, BUFFER_SIZE, End, Exchange};
 use crate::signals::{self, GOT_SIGTERM, GOT_SIGUSR1, Idle};
 use crate::wire::Reader;
 
@@ -26,12 +25,6 @@ pub const EXIT_SERVED: i32 = 0;
 pub const EXIT_CLIENT_FAULT: i32 = 1;
 pub const EXIT_BACKEND_FAULT: i32 = 2;
 pub const EXIT_INTERNAL: i32 = 3;
-
-/// What every child needs, made by the parent before it forks.
-pub struct Context {
-    pub config: Config,
-    pub balancer: Balancer,
-}
 
 /// Serves the connection and exits; never returns to the accept loop.
 pub fn serve(stream: TcpStream, peer: SocketAddr, ctx: &Context, parent_mask: &SigSet) -> ! {
@@ -50,10 +43,13 @@ fn serve_connection(
     ctx: &Context,
     idle_mask: &SigSet,
 ) -> i32 {
+    let timeouts = &ctx.config.timeouts;
+    // Reads time out as a body stalls; the head has its own deadline, and
+    // the wait between requests its own timeout (below).
     let setup = stream
         .set_nodelay(true)
-        .and_then(|()| stream.set_read_timeout(Some(CLIENT_TIMEOUT)))
-        .and_then(|()| stream.set_write_timeout(Some(CLIENT_TIMEOUT)));
+        .and_then(|()| stream.set_read_timeout(Some(timeouts.client_body)))
+        .and_then(|()| stream.set_write_timeout(Some(timeouts.send)));
     if let Err(e) = setup {
         diag!("client {peer}: {}", crate::error::describe_io(&e));
         return EXIT_CLIENT_FAULT;
@@ -71,15 +67,19 @@ fn serve_connection(
     };
     let mut reader = Reader::with_capacity(stream, BUFFER_SIZE);
     let mut worst = End::Served;
+    // The first request is awaited as long as a head may take; later ones
+    // as long as a keep-alive connection may idle (nginx does the same).
+    let mut idle_timeout = timeouts.client_header;
     loop {
         // Between requests is the only place a child stops early, so a
         // request once begun is always finished.
         if reader.buffered().is_empty()
-            && signals::wait_idle(stream.as_fd(), CLIENT_TIMEOUT, idle_mask) != Idle::Ready
+            && signals::wait_idle(stream.as_fd(), idle_timeout, idle_mask) != Idle::Ready
         {
             break;
         }
-        let Some(ex) = relay::exchange(&mut reader, peer.ip(), &ctx.balancer) else {
+        idle_timeout = timeouts.keepalive;
+        let Some(ex) = relay::exchange(&mut reader, peer.ip(), ctx) else {
             break;
         };
         record(log.as_mut(), peer, &ex);

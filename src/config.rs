@@ -46,6 +46,56 @@ pub struct Config {
     pub group: Option<String>,
     /// Where access lines and errors also go, if anywhere.
     pub syslog: Option<SyslogTarget>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub health: Health,
+}
+
+/// How long pibl waits for each side (nginx's defaults where it has one).
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// For a backend to accept a connection.
+    pub connect: Duration,
+    /// For a backend's next bytes while it owes a response.
+    pub backend: Duration,
+    /// For a client's whole request head, from its first byte.
+    pub client_header: Duration,
+    /// For a client's next bytes of a request body.
+    pub client_body: Duration,
+    /// For an idle keep-alive client's next request.
+    pub keepalive: Duration,
+    /// For a client that stopped reading to take more bytes.
+    pub send: Duration,
+}
+
+/// Bounds on what a client may send.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest request line (414 beyond).
+    pub max_request_line: usize,
+    /// Largest request head (431 beyond).
+    pub max_header_size: usize,
+    /// Most header fields (431 beyond).
+    pub max_headers: usize,
+    /// Largest request body in bytes (413 beyond); 0 for no limit.
+    pub max_body: u64,
+}
+
+/// Backend health: passive (failures seen by children) and active checks.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// Failures within `fail_timeout` that mark a backend down.
+    pub max_fails: u32,
+    /// The window for counting failures, and how long a backend stays down.
+    pub fail_timeout: Duration,
+    /// Active checks by a helper process, if configured.
+    pub check: Option<HealthCheck>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
 }
 
 /// A syslog destination: a facility and a local datagram socket.
@@ -66,6 +116,26 @@ struct RawConfig {
     user: Option<String>,
     group: Option<String>,
     log: Option<RawLog>,
+    connect_timeout: Option<Spanned<f64>>,
+    backend_timeout: Option<Spanned<f64>>,
+    client_header_timeout: Option<Spanned<f64>>,
+    client_body_timeout: Option<Spanned<f64>>,
+    keepalive_timeout: Option<Spanned<f64>>,
+    send_timeout: Option<Spanned<f64>>,
+    max_request_line: Option<Spanned<i64>>,
+    max_header_size: Option<Spanned<i64>>,
+    max_headers: Option<Spanned<i64>>,
+    max_body: Option<Spanned<i64>>,
+    max_fails: Option<Spanned<i64>>,
+    fail_timeout: Option<Spanned<f64>>,
+    health_check: Option<Spanned<RawHealthCheck>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    path: Option<String>,
+    interval: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -135,6 +205,15 @@ impl Config {
             Some(list) if list.get_ref().is_empty() => {
                 return Err(at(list.span(), "backends: the list is empty".into()));
             }
+            Some(list) if list.get_ref().len() > crate::shm::MAX_BACKENDS => {
+                return Err(at(
+                    list.span(),
+                    format!(
+                        "backends: at most {} are supported",
+                        crate::shm::MAX_BACKENDS
+                    ),
+                ));
+            }
             Some(list) => list
                 .into_inner()
                 .into_iter()
@@ -181,6 +260,76 @@ impl Config {
         });
         let log_file = log.file.unwrap_or(DEFAULT_LOG_FILE.into());
 
+        let seconds = |v: Option<Spanned<f64>>,
+                       name: &str,
+                       default: f64|
+         -> Result<Duration, Error> {
+            match v {
+                None => Ok(Duration::from_secs_f64(default)),
+                Some(v) if v.get_ref().is_finite() && *v.get_ref() > 0.0 && *v.get_ref() < 1e9 => {
+                    Ok(Duration::from_secs_f64(*v.get_ref()))
+                }
+                Some(v) => Err(at(
+                    v.span(),
+                    format!("{name}: must be a positive number of seconds"),
+                )),
+            }
+        };
+        let count =
+            |v: Option<Spanned<i64>>, name: &str, default: i64, min: i64| -> Result<u64, Error> {
+                match v {
+                    None => Ok(default as u64),
+                    Some(v) if *v.get_ref() >= min => Ok(*v.get_ref() as u64),
+                    Some(v) => Err(at(v.span(), format!("{name}: must be at least {min}"))),
+                }
+            };
+        let timeouts = Timeouts {
+            connect: seconds(raw.connect_timeout, "connect_timeout", 5.0)?,
+            backend: seconds(raw.backend_timeout, "backend_timeout", 60.0)?,
+            client_header: seconds(raw.client_header_timeout, "client_header_timeout", 60.0)?,
+            client_body: seconds(raw.client_body_timeout, "client_body_timeout", 60.0)?,
+            keepalive: seconds(raw.keepalive_timeout, "keepalive_timeout", 75.0)?,
+            send: seconds(raw.send_timeout, "send_timeout", 60.0)?,
+        };
+        let limits = Limits {
+            max_request_line: count(raw.max_request_line, "max_request_line", 8192, 16)? as usize,
+            max_header_size: count(raw.max_header_size, "max_header_size", 32768, 64)? as usize,
+            max_headers: count(raw.max_headers, "max_headers", 100, 1)? as usize,
+            max_body: count(raw.max_body, "max_body", 0, 0)?,
+        };
+        let check = match raw.health_check {
+            None => None,
+            Some(h) => {
+                let span = h.span();
+                let h = h.into_inner();
+                let path = h.path.unwrap_or_else(|| "/".into());
+                if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+                    return Err(at(
+                        span,
+                        format!(
+                            "health_check: path \"{path}\" must start with / and hold no spaces"
+                        ),
+                    ));
+                }
+                let interval = h.interval.unwrap_or(5.0);
+                if !(interval.is_finite() && interval > 0.0 && interval < 1e9) {
+                    return Err(at(
+                        span,
+                        "health_check: interval must be a positive number of seconds".into(),
+                    ));
+                }
+                Some(HealthCheck {
+                    path,
+                    interval: Duration::from_secs_f64(interval),
+                })
+            }
+        };
+        let health = Health {
+            max_fails: count(raw.max_fails, "max_fails", 1, 1)?.min(u64::from(u32::MAX)) as u32,
+            fail_timeout: seconds(raw.fail_timeout, "fail_timeout", 10.0)?,
+            check,
+        };
+
         Ok(Config {
             path: path.to_string(),
             listen,
@@ -192,6 +341,9 @@ impl Config {
             user: raw.user,
             group: raw.group,
             syslog,
+            timeouts,
+            limits,
+            health,
         })
     }
 
@@ -262,6 +414,44 @@ mod tests {
         assert_eq!(c.log_file, PathBuf::from("x.log"));
         assert!(c.syslog.is_none());
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn failure_keys() {
+        let c = Config::parse(
+            "t.conf",
+            "backends = [\"127.0.0.1:1\"]\nconnect_timeout = 0.5\nbackend_timeout = 2\nmax_body = 10\nmax_fails = 3\nfail_timeout = 1.5\nhealth_check = { path = \"/up\", interval = 0.25 }\n",
+        )
+        .unwrap();
+        assert_eq!(c.timeouts.connect, Duration::from_millis(500));
+        assert_eq!(c.timeouts.backend, Duration::from_secs(2));
+        assert_eq!(c.timeouts.keepalive, Duration::from_secs(75));
+        assert_eq!((c.limits.max_body, c.limits.max_headers), (10, 100));
+        assert_eq!(
+            (c.health.max_fails, c.health.fail_timeout),
+            (3, Duration::from_millis(1500))
+        );
+        let check = c.health.check.unwrap();
+        assert_eq!(
+            (check.path.as_str(), check.interval),
+            ("/up", Duration::from_millis(250))
+        );
+        assert_eq!(
+            err("backends = [\"127.0.0.1:1\"]\nsend_timeout = -1\n"),
+            "t.conf:2: send_timeout: must be a positive number of seconds"
+        );
+        assert_eq!(
+            err("backends = [\"127.0.0.1:1\"]\nmax_headers = 0\n"),
+            "t.conf:2: max_headers: must be at least 1"
+        );
+        assert!(
+            err("backends = [\"127.0.0.1:1\"]\nhealth_check = { path = \"up\" }\n")
+                .starts_with("t.conf:2: health_check: path")
+        );
+        assert!(
+            err("backends = [\"127.0.0.1:1\"]\nhealth_check = { paht = \"/\" }\n")
+                .starts_with("t.conf:2: unknown field `paht`")
+        );
     }
 
     #[test]

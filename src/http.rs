@@ -5,8 +5,10 @@
 
 use std::net::IpAddr;
 
-/// Most fields pibl accepts in one head; more is a 431 (requests) or a 502.
-pub const MAX_FIELDS: usize = 100;
+/// Most fields pibl can accept in one head (max_headers is capped here).
+pub const MAX_FIELDS: usize = 256;
+/// Most fields accepted in a backend's response head; more is a 502.
+pub const MAX_RESPONSE_FIELDS: usize = 100;
 
 /// What pibl adds to `Via` (RFC 9110 §7.6.3).
 pub const VIA: &str = "1.1 pibl";
@@ -81,9 +83,10 @@ fn own_fields(headers: &[httparse::Header<'_>]) -> Vec<Field> {
         .collect()
 }
 
-pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, Reject> {
+/// Parses a request head of at most `max_fields` fields (431 beyond).
+pub fn parse_request(buf: &[u8], max_fields: usize) -> Result<Parsed<RequestHead>, Reject> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut req = httparse::Request::new(&mut headers);
+    let mut req = httparse::Request::new(&mut headers[..max_fields.min(MAX_FIELDS)]);
     match req.parse(buf).map_err(parse_error)? {
         httparse::Status::Partial => Ok(Parsed::Partial),
         httparse::Status::Complete(len) => Ok(Parsed::Done(
@@ -98,8 +101,8 @@ pub fn parse_request(buf: &[u8]) -> Result<Parsed<RequestHead>, Reject> {
     }
 }
 
-pub fn parse_response(buf: &[u8]) -> Result<Parsed<ResponseHead>, Reject> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_FIELDS];
+pub fn parse_response_head(buf: &[u8]) -> Result<Parsed<ResponseHead>, Reject> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(buf).map_err(parse_error)? {
         httparse::Status::Partial => Ok(Parsed::Partial),
@@ -405,7 +408,7 @@ mod tests {
     use super::*;
 
     fn req(text: &str) -> RequestHead {
-        match parse_request(text.as_bytes()).unwrap() {
+        match parse_request(text.as_bytes(), 100).unwrap() {
             Parsed::Done(h, n) => {
                 assert_eq!(n, text.len());
                 h
@@ -415,7 +418,7 @@ mod tests {
     }
 
     fn resp(text: &str) -> ResponseHead {
-        match parse_response(text.as_bytes()).unwrap() {
+        match parse_response_head(text.as_bytes()).unwrap() {
             Parsed::Done(h, _) => h,
             Parsed::Partial => panic!("partial"),
         }
@@ -566,27 +569,21 @@ mod tests {
 
     #[test]
     fn parse_errors_map_to_statuses() {
-        assert_eq!(
-            parse_request(b"GET / HTTP/2.0\r\n\r\n")
-                .err()
-                .unwrap()
-                .status,
-            505
-        );
-        assert_eq!(
-            parse_request(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n")
-                .err()
-                .unwrap()
-                .status,
-            400
-        );
-        let many: String = (0..MAX_FIELDS + 1)
-            .map(|i| format!("X-{i}: y\r\n"))
-            .collect();
+        let status = |text: &[u8]| parse_request(text, 100).err().map(|r| r.status);
+        assert_eq!(status(b"GET / HTTP/2.0\r\n\r\n"), Some(505));
+        assert_eq!(status(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"), Some(400));
+        let many: String = (0..11).map(|i| format!("X-{i}: y\r\n")).collect();
         let text = format!("GET / HTTP/1.1\r\n{many}\r\n");
-        assert_eq!(parse_request(text.as_bytes()).err().unwrap().status, 431);
+        assert_eq!(
+            parse_request(text.as_bytes(), 10).err().map(|r| r.status),
+            Some(431)
+        );
         assert!(matches!(
-            parse_request(b"GET / HTTP/1.1\r\nHost"),
+            parse_request(text.as_bytes(), 11),
+            Ok(Parsed::Done(..))
+        ));
+        assert!(matches!(
+            parse_request(b"GET / HTTP/1.1\r\nHost", 100),
             Ok(Parsed::Partial)
         ));
     }

@@ -15,6 +15,7 @@ mod clock;
 mod config;
 mod demo;
 mod error;
+mod health;
 mod http;
 mod log;
 mod parent;
@@ -88,11 +89,10 @@ fn serve(cli: &Cli) -> Result<(), Error> {
     privileges::drop_root(&config, &[config.log_file.as_path()])?;
     crate::log::set_diag_syslog(config.syslog.clone());
     let shared = SharedState::map()?;
-    let balancer = Balancer::new(config.backends.clone(), shared);
+    let balancer = Balancer::new(config.backends.clone(), config.health.clone(), shared);
     let reloader = parent::Reloader {
         path: cli.config.clone(),
         overrides: overrides(cli),
-        shared,
     };
     let result = parent::run(listener, Context { config, balancer }, reloader);
     drop(pid_file);

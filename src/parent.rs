@@ -41,7 +41,6 @@ const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 pub struct Reloader {
     pub path: String,
     pub overrides: Overrides,
-    pub shared: &'static SharedState,
 }
 
 /// The parent's state: the listener, the context children are forked
@@ -50,6 +49,8 @@ struct Parent {
     listener: TcpListener,
     ctx: Context,
     children: HashSet<Pid>,
+    /// The active health checker, when one is configured.
+    checker: Option<Pid>,
     wait_mask: SigSet,
 }
 
@@ -69,11 +70,15 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
         listener,
         ctx,
         children: HashSet::new(),
+        checker: None,
         wait_mask,
     };
+    parent.start_checker();
     loop {
-        if signals::take(&GOT_SIGCHLD) {
-            reap_children(&mut parent.children);
+        if signals::take(&GOT_SIGCHLD) && reap_children(&mut parent.children, parent.checker) {
+            diag!("health checker exited; starting another");
+            parent.checker = None;
+            parent.start_checker();
         }
         if signals::is_set(&GOT_SIGTERM) || signals::is_set(&GOT_SIGQUIT) {
             break;
@@ -96,9 +101,11 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
         listener,
         ctx,
         mut children,
+        checker,
         wait_mask,
     } = parent;
     drop(listener);
+    children.extend(checker);
     let timeout = if signals::is_set(&GOT_SIGQUIT) {
         Duration::ZERO
     } else {
@@ -166,6 +173,29 @@ impl Parent {
         // The parent's copy of the client socket closes here.
     }
 
+    /// Forks the health checker, if the configuration asks for one.
+    fn start_checker(&mut self) {
+        let Some(check) = self.ctx.config.health.check.clone() else {
+            return;
+        };
+        // SAFETY: as in spawn_child: the parent is single-threaded.
+        match unsafe { fork() } {
+            Ok(ForkResult::Parent { child }) => self.checker = Some(child),
+            Ok(ForkResult::Child) => {
+                let _ = nix::unistd::close(self.listener.as_raw_fd());
+                crate::health::run(&self.ctx, &check, &self.wait_mask);
+            }
+            Err(e) => diag!("fork: {}; no health checks", e.desc()),
+        }
+    }
+
+    fn stop_checker(&mut self) {
+        if let Some(pid) = self.checker.take() {
+            let _ = kill(pid, Signal::SIGTERM);
+            let _ = waitpid(pid, None);
+        }
+    }
+
     /// Re-reads the configuration.  Children already running keep the one
     /// they were forked with; an invalid file changes nothing.
     fn reload(&mut self, reloader: &Reloader) {
@@ -185,8 +215,16 @@ impl Parent {
                 }
             }
         }
+        // Fresh shared pages: the health slots belong to the old list.
+        let shared = match SharedState::map() {
+            Ok(shared) => shared,
+            Err(e) => {
+                diag!("reload refused, configuration unchanged: {e}");
+                return;
+            }
+        };
         crate::log::set_diag_syslog(config.syslog.clone());
-        let balancer = Balancer::new(config.backends.clone(), reloader.shared);
+        let balancer = Balancer::new(config.backends.clone(), config.health.clone(), shared);
         notice!(
             "configuration reloaded: listening on {}, {} backends",
             self.listener
@@ -195,6 +233,8 @@ impl Parent {
             config.backends.len()
         );
         self.ctx = Context { config, balancer };
+        self.stop_checker();
+        self.start_checker();
     }
 }
 
@@ -209,7 +249,7 @@ fn signal_all(children: &HashSet<Pid>, signal: Signal) {
 fn stop_children(children: &mut HashSet<Pid>, timeout: Duration, wait_mask: &SigSet) {
     signal_all(children, Signal::SIGTERM);
     let deadline = Instant::now() + timeout;
-    reap_children(children);
+    reap_children(children, None);
     while !children.is_empty() && !signals::is_set(&GOT_SIGQUIT) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -225,7 +265,7 @@ fn stop_children(children: &mut HashSet<Pid>, timeout: Duration, wait_mask: &Sig
             Some(*wait_mask),
         );
         if signals::take(&GOT_SIGCHLD) {
-            reap_children(children);
+            reap_children(children, None);
         }
     }
     signal_all(children, Signal::SIGKILL);
@@ -252,11 +292,14 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
     Ok(listener)
 }
 
-/// Collects every exited child without blocking.
-fn reap_children(children: &mut HashSet<Pid>) {
+/// Collects every exited child without blocking.  True if `checker` was
+/// among them.
+fn reap_children(children: &mut HashSet<Pid>, checker: Option<Pid>) -> bool {
+    let mut checker_gone = false;
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return checker_gone,
+            Ok(status) if status.pid().is_some() && status.pid() == checker => checker_gone = true,
             Ok(WaitStatus::Exited(pid, code)) => {
                 children.remove(&pid);
                 if code == child::EXIT_INTERNAL {
@@ -272,7 +315,7 @@ fn reap_children(children: &mut HashSet<Pid>) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => {
                 diag!("waitpid: {}", e.desc());
-                return;
+                return checker_gone;
             }
         }
     }

@@ -4,27 +4,37 @@
 //! Runs in the child.  Knows nothing of processes or logs: it returns an
 //! `Exchange` that says what happened, and the caller logs it and decides
 //! whether the connection goes on.
+//!
+//! Failures of a backend are hidden from the client where that is safe: a
+//! backend that cannot be connected to has received nothing, so the request
+//! goes to the next one; an idempotent request whose backend fails before
+//! answering is sent again to the next one, if pibl still holds its whole
+//! body; a POST that may have reached a backend is never replayed.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, TcpStream};
-use std::time::{Duration, Instant, SystemTime};
+use std::os::fd::AsFd;
+use std::time::{Instant, SystemTime};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::balancer::Balancer;
 use crate::body::{self, CopyError, Encode};
+use crate::config::Config;
 use crate::http::{self, Framing, Parsed, Persist, Reject, RequestHead, ResponseHead};
 use crate::wire::Reader;
 
-/// Read and write timeout on the client socket: a head, a body, an idle
-/// keep-alive connection, a client that stopped reading (nginx: 60 s).
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest wait for a backend to accept a connection.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest silence from a backend while it owes us bytes (nginx: 60 s).
-pub const BACKEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Size of the buffer on each side; bodies pass through it.
 pub const BUFFER_SIZE: usize = 64 * 1024;
-/// Largest request head accepted (431 beyond).
-pub const MAX_REQUEST_HEAD: usize = 32 * 1024;
+/// Largest request body kept in memory so an idempotent request can be
+/// sent again to another backend.
+const REPLAY_BODY_MAX: u64 = BUFFER_SIZE as u64;
+
+/// What every child needs, made by the parent before it forks.
+pub struct Context {
+    pub config: Config,
+    pub balancer: Balancer,
+}
 
 /// How an exchange ended, from the child's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -32,7 +42,7 @@ pub enum End {
     Served,
     /// The client sent something wrong, stalled, or went away.
     ClientFault,
-    /// The backend could not be reached, stalled, or answered badly.
+    /// No backend could answer, or one answered badly.
     BackendFault,
 }
 
@@ -47,6 +57,7 @@ pub struct Exchange {
     /// Status sent to the client; 0 when none could be.
     pub status: u16,
     pub body_bytes: u64,
+    /// The backends tried, in order, as nginx logs `$upstream_addr`.
     pub upstream: Option<String>,
     pub time: SystemTime,
     pub started: Instant,
@@ -55,7 +66,7 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    fn new(time: SystemTime, started: Instant) -> Exchange {
+    fn new() -> Exchange {
         Exchange {
             request_line: "-".into(),
             referer: None,
@@ -64,10 +75,20 @@ impl Exchange {
             status: 0,
             body_bytes: 0,
             upstream: None,
-            time,
-            started,
+            time: SystemTime::now(),
+            started: Instant::now(),
             keep_alive: false,
             end: End::Served,
+        }
+    }
+
+    fn tried(&mut self, name: &str) {
+        match &mut self.upstream {
+            None => self.upstream = Some(name.to_string()),
+            Some(list) => {
+                list.push_str(", ");
+                list.push_str(name);
+            }
         }
     }
 }
@@ -84,37 +105,80 @@ pub fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
+/// Bounds on reading one head.
+pub struct HeadRules {
+    /// Largest head (431 beyond).
+    pub max_size: usize,
+    /// Longest first line (414 beyond); requests only.
+    pub max_line: Option<usize>,
+    /// When the whole head must be in, once its first byte is.
+    pub deadline: Option<Instant>,
+}
+
+impl HeadRules {
+    pub fn for_response(max_size: usize) -> HeadRules {
+        HeadRules {
+            max_size,
+            max_line: None,
+            deadline: None,
+        }
+    }
+}
+
+fn too_large(status: u16, why: &'static str) -> HeadError {
+    HeadError::Reject(Reject { status, why })
+}
+
+/// Waits until `fd` is readable, at most until `deadline`.
+fn wait_readable(fd: impl AsFd, deadline: Instant) -> io::Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+        .unwrap_or(PollTimeout::ZERO);
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, ms) {
+        Ok(0) => Err(io::ErrorKind::TimedOut.into()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Reads one head with `parse`, leaving what follows it buffered.
 /// `Ok(None)`: the stream ended, or timed out, before its first byte.
-pub fn read_head<R: Read, T>(
+pub fn read_head<R: Read + AsFd, T>(
     reader: &mut Reader<R>,
-    max: usize,
-    parse: fn(&[u8]) -> Result<Parsed<T>, Reject>,
+    rules: &HeadRules,
+    parse: impl Fn(&[u8]) -> Result<Parsed<T>, Reject>,
 ) -> Result<Option<T>, HeadError> {
     loop {
         let buffered = reader.buffered();
+        if let Some(max_line) = rules.max_line {
+            let line = buffered
+                .iter()
+                .position(|&b| b == b'\n')
+                .unwrap_or(buffered.len());
+            if line > max_line {
+                return Err(too_large(414, "request line too long"));
+            }
+        }
         if !buffered.is_empty() {
             match parse(buffered).map_err(HeadError::Reject)? {
-                Parsed::Done(_, len) if len > max => {
-                    return Err(HeadError::Reject(Reject {
-                        status: 431,
-                        why: "head too large",
-                    }));
+                Parsed::Done(_, len) if len > rules.max_size => {
+                    return Err(too_large(431, "head too large"));
                 }
                 Parsed::Done(head, len) => {
                     reader.consume(len);
                     return Ok(Some(head));
                 }
-                Parsed::Partial if buffered.len() >= max || reader.is_full() => {
-                    return Err(HeadError::Reject(Reject {
-                        status: 431,
-                        why: "head too large",
-                    }));
+                Parsed::Partial if buffered.len() >= rules.max_size || reader.is_full() => {
+                    return Err(too_large(431, "head too large"));
                 }
                 Parsed::Partial => {}
             }
         }
         let idle = reader.buffered().is_empty();
+        if let (false, Some(deadline)) = (idle, rules.deadline) {
+            wait_readable(reader.get_ref(), deadline).map_err(HeadError::Io)?;
+        }
         match reader.fill() {
             Ok(0) if idle => return Ok(None),
             Ok(0) => return Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into())),
@@ -127,13 +191,16 @@ pub fn read_head<R: Read, T>(
 
 /// Serves one request from `client`.  `None` when the client closed (or
 /// idled out) cleanly between requests.
-pub fn exchange(
-    client: &mut Reader<&TcpStream>,
-    peer: IpAddr,
-    balancer: &Balancer,
-) -> Option<Exchange> {
-    let head = read_head(client, MAX_REQUEST_HEAD, http::parse_request);
-    let mut ex = Exchange::new(SystemTime::now(), Instant::now());
+pub fn exchange(client: &mut Reader<&TcpStream>, peer: IpAddr, ctx: &Context) -> Option<Exchange> {
+    let limits = &ctx.config.limits;
+    let rules = HeadRules {
+        max_size: limits.max_header_size,
+        max_line: Some(limits.max_request_line),
+        deadline: Some(Instant::now() + ctx.config.timeouts.client_header),
+    };
+    let max_fields = limits.max_headers;
+    let head = read_head(client, &rules, |buf| http::parse_request(buf, max_fields));
+    let mut ex = Exchange::new();
     let mut req = match head {
         Ok(None) => return None,
         Ok(Some(req)) => req,
@@ -152,21 +219,33 @@ pub fn exchange(
         .map(<[u8]>::to_vec);
     ex.minor = req.minor;
     ex.keep_alive = http::client_keeps_alive(&req);
-    let (target, framing) = match check_request(&mut req) {
+    let (target, framing) = match check_request(&mut req, limits.max_body) {
         Ok(ok) => ok,
         Err(r) => return Some(refuse(client, ex, r.status)),
     };
-    Some(relay_to_backend(
-        client, peer, balancer, &req, &target, framing, ex,
-    ))
+    let request = Request {
+        head: &req,
+        target: &target,
+        framing,
+        peer,
+    };
+    Some(relay_to_backend(client, &request, ctx, ex))
 }
 
 /// Validates a request head and returns the target to forward (origin-form)
 /// and the body framing.  An absolute-form target's authority replaces Host
 /// (RFC 9112 §3.2.2).
-fn check_request(req: &mut RequestHead) -> Result<(String, Framing), Reject> {
+fn check_request(req: &mut RequestHead, max_body: u64) -> Result<(String, Framing), Reject> {
     let bad = |why| Reject { status: 400, why };
     let framing = http::request_framing(req)?;
+    if let Framing::Length(n) = framing {
+        if max_body > 0 && n > max_body {
+            return Err(Reject {
+                status: 413,
+                why: "body larger than max_body",
+            });
+        }
+    }
     let target = if req.target.starts_with('/') || (req.target == "*" && req.method == "OPTIONS") {
         req.target.clone()
     } else if req.method == "CONNECT" {
@@ -224,8 +303,7 @@ fn refuse(client: &Reader<&TcpStream>, mut ex: Exchange, status: u16) -> Exchang
 
 /// Writes an error response; a client that is gone cannot be told.
 fn send_error(client: &Reader<&TcpStream>, ex: &mut Exchange, status: u16) {
-    let persist = persist_for(ex);
-    let response = http::error_response(status, persist);
+    let response = http::error_response(status, persist_for(ex));
     if send(client, &response).is_ok() {
         ex.status = status;
         ex.body_bytes = (response.len() - head_len(&response)) as u64;
@@ -255,7 +333,7 @@ fn persist_for(ex: &Exchange) -> Persist {
     }
 }
 
-/// Ends the exchange with a status pibl sends after a backend failure.  The
+/// Ends the exchange with a status pibl sends after backend failures.  The
 /// client connection survives only if no request body is left unread.
 fn backend_failed(
     client: &Reader<&TcpStream>,
@@ -269,76 +347,223 @@ fn backend_failed(
     ex
 }
 
-fn connect(addr: std::net::SocketAddr) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+/// A checked request, ready to forward.
+struct Request<'a> {
+    head: &'a RequestHead,
+    target: &'a str,
+    framing: Framing,
+    peer: IpAddr,
+}
+
+impl Request<'_> {
+    /// Methods whose repetition has the effect of one (RFC 9110 §9.2.2).
+    fn is_idempotent(&self) -> bool {
+        matches!(
+            self.head.method.as_str(),
+            "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
+        )
+    }
+
+    fn wants_continue(&self) -> bool {
+        self.framing != Framing::Empty && self.head.minor == 1 && http::expects_continue(self.head)
+    }
+}
+
+/// Why one attempt at a backend failed.
+enum Attempt {
+    /// Nothing reached the backend: another may always be tried.
+    NotSent(String),
+    /// The request (or part of it) may have reached the backend; the status
+    /// for the client if no other backend is tried.
+    Sent(String, u16),
+    /// The client failed while its body was being relayed, and has been
+    /// answered: the exchange is over, and no backend is to blame.
+    ClientFault,
+}
+
+fn connect(addr: std::net::SocketAddr, config: &Config) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, config.timeouts.connect)?;
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(BACKEND_TIMEOUT))?;
-    stream.set_write_timeout(Some(BACKEND_TIMEOUT))?;
+    stream.set_read_timeout(Some(config.timeouts.backend))?;
+    stream.set_write_timeout(Some(config.timeouts.backend))?;
     Ok(stream)
+}
+
+fn describe(what: &str, e: &io::Error) -> String {
+    if is_timeout(e) {
+        format!("{what}: timed out")
+    } else {
+        format!("{what}: {}", crate::error::describe_io(e))
+    }
+}
+
+/// Reads a whole small body, so the request can be sent more than once.
+fn read_replayable_body(
+    client: &mut Reader<&TcpStream>,
+    req: &Request<'_>,
+) -> Result<Option<Vec<u8>>, io::Error> {
+    match req.framing {
+        Framing::Empty => Ok(Some(Vec::new())),
+        Framing::Length(n) if req.is_idempotent() && n <= REPLAY_BODY_MAX => {
+            if req.wants_continue() {
+                let _ = send(client, b"HTTP/1.1 100 Continue\r\n\r\n");
+            }
+            let mut body = Vec::with_capacity(n as usize);
+            body::relay(client, &mut body, req.framing, Encode::Plain, 0).map_err(|e| match e {
+                CopyError::Read(e) | CopyError::Write(e) => e,
+            })?;
+            Ok(Some(body))
+        }
+        _ => Ok(None),
+    }
 }
 
 fn relay_to_backend(
     client: &mut Reader<&TcpStream>,
-    peer: IpAddr,
-    balancer: &Balancer,
-    req: &RequestHead,
-    target: &str,
-    framing: Framing,
+    req: &Request<'_>,
+    ctx: &Context,
     mut ex: Exchange,
 ) -> Exchange {
-    let backend = balancer.pick();
-    ex.upstream = Some(backend.name.clone());
-    let has_body = framing != Framing::Empty;
-    let Ok(upstream) = connect(backend.addr) else {
-        return backend_failed(client, ex, 502, has_body);
+    let kept = match read_replayable_body(client, req) {
+        Ok(kept) => kept,
+        Err(e) => return refuse(client, ex, if is_timeout(&e) { 408 } else { 400 }),
     };
+    let body_pending = kept.is_none() && req.framing != Framing::Empty;
+    let balancer = &ctx.balancer;
+    let mut tried = Vec::new();
+    let mut status = 502;
     let mut head = Vec::with_capacity(1024);
-    http::forward_request(req, target, peer, &backend.name, framing, &mut head);
-    if (&upstream).write_all(&head).is_err() {
-        return backend_failed(client, ex, 502, has_body);
+    while let Some(i) = balancer.pick(&tried) {
+        tried.push(i);
+        let backend = balancer.backend(i);
+        ex.tried(&backend.name);
+        http::forward_request(
+            req.head,
+            req.target,
+            req.peer,
+            &backend.name,
+            req.framing,
+            &mut head,
+        );
+        match attempt(
+            client,
+            req,
+            ctx,
+            backend.addr,
+            &head,
+            kept.as_deref(),
+            &mut ex,
+        ) {
+            Ok((resp, from_backend)) => {
+                balancer.record_success(i);
+                return relay_response(client, resp, from_backend, &req.head.method, ex);
+            }
+            Err(Attempt::ClientFault) => return ex,
+            Err(Attempt::NotSent(why)) => balancer.record_failure(i, &why),
+            Err(Attempt::Sent(why, code)) => {
+                balancer.record_failure(i, &why);
+                status = code;
+                if kept.is_none() || !req.is_idempotent() {
+                    return backend_failed(client, ex, status, false);
+                }
+            }
+        }
     }
-    if has_body {
-        if http::expects_continue(req) && req.minor == 1 {
+    if tried.is_empty() {
+        crate::diag!("no backend is up");
+    }
+    backend_failed(client, ex, status, body_pending)
+}
+
+/// One try at one backend: connect, send the request, read the final
+/// response head.
+fn attempt(
+    client: &mut Reader<&TcpStream>,
+    req: &Request<'_>,
+    ctx: &Context,
+    addr: std::net::SocketAddr,
+    head: &[u8],
+    kept: Option<&[u8]>,
+    ex: &mut Exchange,
+) -> Result<(ResponseHead, Reader<TcpStream>), Attempt> {
+    let upstream =
+        connect(addr, &ctx.config).map_err(|e| Attempt::NotSent(describe("connect", &e)))?;
+    let sent = match kept {
+        Some(body) => crate::wire::write_all_vectored(&mut &upstream, &[head, body]),
+        None => (&upstream).write_all(head),
+    };
+    sent.map_err(|e| Attempt::Sent(describe("sending the request", &e), 502))?;
+    if kept.is_none() {
+        if req.wants_continue() {
             // pibl answers the expectation itself, as nginx does, and does
-            // not pass it on: the backend then never waits for a client that
+            // not pass it on: the backend never waits for a client that
             // waits for it.
             let _ = send(client, b"HTTP/1.1 100 Continue\r\n\r\n");
         }
-        let encode = if framing == Framing::Chunked {
+        let encode = if req.framing == Framing::Chunked {
             Encode::Chunked
         } else {
             Encode::Plain
         };
-        match body::relay(client, &mut &upstream, framing, encode) {
+        match body::relay(
+            client,
+            &mut &upstream,
+            req.framing,
+            encode,
+            ctx.config.limits.max_body,
+        ) {
             Ok(_) => {}
             Err(CopyError::Read(e)) => {
-                let status = if is_timeout(&e) { 408 } else { 400 };
-                return refuse(client, ex, status);
+                // The client's fault; the exchange ends here, and the
+                // caller must not blame the backend.
+                let status = match e.kind() {
+                    _ if is_timeout(&e) => 408,
+                    io::ErrorKind::FileTooLarge => 413,
+                    _ => 400,
+                };
+                ex.keep_alive = false;
+                ex.end = End::ClientFault;
+                send_error(client, ex, status);
+                return Err(Attempt::ClientFault);
             }
             // The backend stopped reading: it may have answered early (a
-            // 413, say).  Its answer, if any, is read below; the unread rest
+            // 413, say); its answer, if any, is read below.  The unread rest
             // of the body makes the client connection unusable.
             Err(CopyError::Write(_)) => ex.keep_alive = false,
         }
     }
-    relay_response(client, upstream, &req.method, ex)
+    let mut from_backend = Reader::with_capacity(upstream, BUFFER_SIZE);
+    let resp = read_final_head(client, &mut from_backend, ex.minor)?;
+    Ok((resp, from_backend))
 }
 
 /// Reads the backend's response head, relaying interim 1xx responses
 /// (other than 100, which pibl already sent or the client did not ask for).
 fn read_final_head(
     client: &Reader<&TcpStream>,
-    upstream: &mut Reader<&TcpStream>,
+    upstream: &mut Reader<TcpStream>,
     client_minor: u8,
-) -> Result<ResponseHead, u16> {
+) -> Result<ResponseHead, Attempt> {
+    let rules = HeadRules::for_response(BUFFER_SIZE);
     loop {
-        let head = match read_head(upstream, BUFFER_SIZE, http::parse_response) {
+        let head = match read_head(upstream, &rules, http::parse_response_head) {
             Ok(Some(h)) => h,
-            Err(HeadError::Io(e)) if is_timeout(&e) => return Err(504),
-            Ok(None) | Err(_) => return Err(502),
+            Ok(None) => return Err(Attempt::Sent("closed without a response".into(), 502)),
+            Err(HeadError::Io(e)) if is_timeout(&e) => {
+                return Err(Attempt::Sent(describe("response", &e), 504));
+            }
+            Err(HeadError::Io(e)) => return Err(Attempt::Sent(describe("response", &e), 502)),
+            Err(HeadError::Reject(r)) => {
+                return Err(Attempt::Sent(format!("malformed response: {}", r.why), 502));
+            }
         };
         match head.status {
-            101 => return Err(502), // pibl never forwards Upgrade
+            101 => {
+                return Err(Attempt::Sent(
+                    "unexpected 101 Switching Protocols".into(),
+                    502,
+                ));
+            }
             100 => continue,
             102..=199 => {
                 if client_minor == 1 {
@@ -357,19 +582,19 @@ fn read_final_head(
     }
 }
 
+/// Relays the response whose head is `resp` to the client.
 fn relay_response(
     client: &Reader<&TcpStream>,
-    upstream: TcpStream,
+    resp: ResponseHead,
+    mut from_backend: Reader<TcpStream>,
     method: &str,
     mut ex: Exchange,
 ) -> Exchange {
-    let minor = ex.minor;
-    let mut from_backend = Reader::with_capacity(&upstream, BUFFER_SIZE);
-    let resp = match read_final_head(client, &mut from_backend, minor) {
-        Ok(resp) => resp,
-        Err(status) => return backend_failed(client, ex, status, false),
-    };
     let Ok(framing) = http::response_framing(method, &resp) else {
+        crate::diag!(
+            "backend {}: malformed response framing",
+            ex.upstream.as_deref().unwrap_or("-")
+        );
         return backend_failed(client, ex, 502, false);
     };
     // A body delimited by the end of the connection is re-framed as chunks
@@ -378,24 +603,31 @@ fn relay_response(
     let (to_client, encode) = match framing {
         Framing::Empty => (Framing::Empty, Encode::Plain),
         Framing::Length(n) => (Framing::Length(n), Encode::Plain),
-        Framing::Chunked | Framing::UntilClose if minor == 1 => (Framing::Chunked, Encode::Chunked),
+        Framing::Chunked | Framing::UntilClose if ex.minor == 1 => {
+            (Framing::Chunked, Encode::Chunked)
+        }
         Framing::Chunked | Framing::UntilClose => (Framing::UntilClose, Encode::Plain),
     };
     ex.keep_alive &= to_client != Framing::UntilClose;
     let mut head = Vec::with_capacity(1024);
     http::forward_response(&resp, to_client, persist_for(&ex), &mut head);
-    let mut out = *client.get_ref();
-    if out.write_all(&head).is_err() {
+    if send(client, &head).is_err() {
         ex.end = End::ClientFault;
         ex.keep_alive = false;
         return ex;
     }
     ex.status = resp.status;
-    match body::relay(&mut from_backend, &mut out, framing, encode) {
+    let mut out = *client.get_ref();
+    match body::relay(&mut from_backend, &mut out, framing, encode, 0) {
         Ok(n) => ex.body_bytes = n,
-        Err(CopyError::Read(_)) => {
+        Err(CopyError::Read(e)) => {
             // The head is out: all that is left is to cut the connection,
             // so the client sees the body is incomplete.
+            crate::diag!(
+                "backend {}: {}; response cut short",
+                ex.upstream.as_deref().unwrap_or("-"),
+                describe("response body", &e)
+            );
             ex.end = End::BackendFault;
             ex.keep_alive = false;
         }

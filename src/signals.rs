@@ -125,6 +125,15 @@ pub fn install_child(parent_wait_mask: &SigSet) -> SigSet {
     *parent_wait_mask
 }
 
+/// In a helper process: every handled signal back to its default action,
+/// and the mask pibl started with.
+pub fn reset_to_default(parent_wait_mask: &SigSet) {
+    for signal in PARENT_SIGNALS {
+        set_disposition(signal, SigHandler::SigDfl);
+    }
+    let _ = parent_wait_mask.thread_set_mask();
+}
+
 /// What ended an idle wait.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Idle {

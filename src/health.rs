@@ -1,0 +1,61 @@
+//! The active health check: one helper process, forked by the parent, that
+//! probes every backend each `interval` and writes up or down into the
+//! shared page every child reads — as HAProxy's `check` does.
+//!
+//! A probe is `GET path` on a new connection; a 2xx or 3xx answer within the
+//! connect timeout (for connecting) and the backend timeout (for answering)
+//! means up.  The helper never serves clients and never writes the access
+//! log; it only says when a backend changes state.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::process;
+use std::thread;
+
+use nix::sys::signal::SigSet;
+
+use crate::config::{Backend, Config, HealthCheck};
+use crate::http;
+use crate::relay::{Context, HeadRules, read_head};
+use crate::signals;
+use crate::wire::Reader;
+
+/// Runs in the helper, for ever (until SIGTERM).
+pub fn run(ctx: &Context, check: &HealthCheck, parent_mask: &SigSet) -> ! {
+    signals::reset_to_default(parent_mask);
+    loop {
+        for i in 0..ctx.balancer.len() {
+            let result = probe(ctx.balancer.backend(i), check, &ctx.config);
+            let why = result.as_ref().err().cloned().unwrap_or_default();
+            ctx.balancer.set_checked(i, result.is_ok(), &why);
+        }
+        thread::sleep(check.interval);
+        if std::os::unix::process::parent_id() == 1 {
+            // The parent is gone (killed with SIGKILL): so is our purpose.
+            process::exit(0);
+        }
+    }
+}
+
+/// One probe of one backend: `Ok` when it answers 2xx or 3xx.
+fn probe(backend: &Backend, check: &HealthCheck, config: &Config) -> Result<(), String> {
+    let stream = TcpStream::connect_timeout(&backend.addr, config.timeouts.connect)
+        .map_err(|e| format!("connect: {}", crate::error::describe_io(&e)))?;
+    let _ = stream.set_read_timeout(Some(config.timeouts.backend));
+    let _ = stream.set_write_timeout(Some(config.timeouts.backend));
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: pibl-health-check\r\nConnection: close\r\n\r\n",
+        check.path, backend.name
+    );
+    (&stream)
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("send: {}", crate::error::describe_io(&e)))?;
+    let mut reader = Reader::with_capacity(&stream, 16 * 1024);
+    let rules = HeadRules::for_response(16 * 1024);
+    match read_head(&mut reader, &rules, http::parse_response_head) {
+        Ok(Some(head)) if (200..400).contains(&head.status) => Ok(()),
+        Ok(Some(head)) => Err(format!("GET {} answered {}", check.path, head.status)),
+        Ok(None) => Err("closed without a response".into()),
+        Err(_) => Err("no valid response".into()),
+    }
+}
