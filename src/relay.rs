@@ -143,7 +143,7 @@ fn wait_readable(fd: impl AsFd, deadline: Instant) -> io::Result<()> {
 }
 
 /// Reads one head with `parse`, leaving what follows it buffered.
-/// `Ok(None)`: the stream ended, or timed out, before its first byte.
+/// `Ok(None)`: the stream ended before its first byte.
 pub fn read_head<R: Read + AsFd, T>(
     reader: &mut Reader<R>,
     rules: &HeadRules,
@@ -183,7 +183,6 @@ pub fn read_head<R: Read + AsFd, T>(
             Ok(0) if idle => return Ok(None),
             Ok(0) => return Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => {}
-            Err(e) if idle && is_timeout(&e) => return Ok(None),
             Err(e) => return Err(HeadError::Io(e)),
         }
     }

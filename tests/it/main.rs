@@ -9,6 +9,7 @@ mod util;
 mod balancing;
 mod config;
 mod demo;
+mod failures;
 mod framing;
 mod logging;
 mod processes;

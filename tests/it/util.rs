@@ -161,8 +161,13 @@ pub struct Backend {
 
 impl Backend {
     pub fn start(name: &str) -> Backend {
+        Backend::start_on(name, 0)
+    }
+
+    /// A replica on a given port (to bring one back where it was).
+    pub fn start_on(name: &str, port: u16) -> Backend {
         let mut child = Command::new(PIBL)
-            .args(["backend", "--port", "0", "--name", name])
+            .args(["backend", "--port", &port.to_string(), "--name", name])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

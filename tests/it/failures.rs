@@ -1,0 +1,276 @@
+//! Backend failures: failover, passive and active health, retries of
+//! idempotent requests only, 502 and 504, and a load that survives a
+//! backend killed and brought back.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+
+use nix::sys::signal::Signal;
+
+use crate::util::*;
+
+/// An address where nothing listens.
+fn dead_address() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+fn with(backends: Vec<String>, extra: &str) -> Proxy {
+    Proxy::start_with(ProxyOptions {
+        backends,
+        extra: extra.to_string(),
+    })
+}
+
+/// Waits for a stderr line of the proxy containing `text`.
+fn wait_stderr(proxy: &Proxy, text: &str) -> String {
+    let mut found = None;
+    wait_until(&format!("stderr line with {text:?}"), || {
+        found = proxy
+            .stderr
+            .snapshot()
+            .into_iter()
+            .find(|l| l.contains(text));
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+#[test]
+fn a_refused_connection_fails_over_invisibly() {
+    let a = Backend::start("a");
+    let c = Backend::start("c");
+    let dead = dead_address();
+    let proxy = with(
+        vec![a.addr.to_string(), dead.clone(), c.addr.to_string()],
+        "",
+    );
+    let mut client = Client::connect(proxy.addr);
+    let names: Vec<String> = (0..9).map(|_| client.get("/whoami").text()).collect();
+    assert!(names.iter().all(|n| n == "a\n" || n == "c\n"), "{names:?}");
+    let log = proxy.wait_log(9);
+    assert!(
+        log[1].contains(&format!(" {dead}, {} ", c.addr)),
+        "both tries logged: {}",
+        log[1]
+    );
+    wait_stderr(
+        &proxy,
+        &format!("backend {dead}: connect: Connection refused"),
+    );
+    wait_stderr(&proxy, &format!("backend {dead} marked down"));
+    // Marked down, the dead backend is skipped: a and c alternate exactly.
+    let later: Vec<&str> = log[3..]
+        .iter()
+        .map(|l| l.split(' ').nth_back(2).unwrap())
+        .collect();
+    assert!(later.windows(2).all(|w| w[0] != w[1]), "{later:?}");
+}
+
+#[test]
+fn a_backend_marked_down_is_tried_again_after_fail_timeout() {
+    let a = Backend::start("a");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let proxy = with(
+        vec![a.addr.to_string(), format!("127.0.0.1:{port}")],
+        "fail_timeout = 0.5\n",
+    );
+    for _ in 0..4 {
+        assert_eq!(get(proxy.addr, "/whoami").text(), "a\n");
+    }
+    wait_stderr(&proxy, "marked down for 0.5 s");
+    let _b = Backend::start_on("b", port);
+    wait_until("backend b to be used again", || {
+        get(proxy.addr, "/whoami").text() == "b\n"
+    });
+    wait_stderr(&proxy, &format!("backend 127.0.0.1:{port} is up again"));
+}
+
+#[test]
+fn idempotent_requests_are_retried_but_post_is_never_replayed() {
+    // Reads the request, then hangs up without a word.
+    let closer = RawBackend::start(b"");
+    let good = RawBackend::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let proxy = with(
+        vec![closer.addr.to_string(), good.addr.to_string()],
+        "max_fails = 100\n",
+    );
+    let mut client = Client::connect(proxy.addr);
+    // GET: tried on `closer`, which fails before answering; sent to `good`.
+    assert_eq!(client.get("/one").text(), "ok");
+    // PUT with a small body: kept, so it can be sent again.
+    client.send(b"PUT /two HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc");
+    assert_eq!(client.response("PUT").text(), "ok");
+    // POST: reached `closer`, may have had an effect there: 502, no replay.
+    client.send(b"POST /three HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc");
+    let r = client.response("POST");
+    assert_eq!(r.status, 502);
+    let seen_good = good.seen.lock().unwrap().clone();
+    let seen_closer = closer.seen.lock().unwrap().clone();
+    assert!(
+        seen_good.iter().any(|h| h.starts_with("GET /one ")),
+        "{seen_good:?}"
+    );
+    assert!(
+        seen_good.iter().any(|h| h.starts_with("PUT /two ")),
+        "{seen_good:?}"
+    );
+    assert!(
+        !seen_good.iter().any(|h| h.contains("POST")),
+        "POST replayed: {seen_good:?}"
+    );
+    assert!(
+        seen_closer.iter().any(|h| h.starts_with("POST /three ")),
+        "{seen_closer:?}"
+    );
+    wait_stderr(&proxy, "closed without a response");
+}
+
+#[test]
+fn a_silent_backend_is_504_and_a_malformed_one_502() {
+    let slow = Backend::start("slow");
+    let proxy = with(
+        vec![slow.addr.to_string()],
+        "backend_timeout = 0.5\nmax_fails = 100\n",
+    );
+    let r = get(proxy.addr, "/slow?ms=5000");
+    assert_eq!(r.status, 504);
+    wait_stderr(&proxy, "response: timed out");
+
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"SMTP ready\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",
+    ] {
+        let answer: &'static [u8] = Box::leak(answer.to_vec().into_boxed_slice());
+        let raw = RawBackend::start(answer);
+        let proxy = with(vec![raw.addr.to_string()], "max_fails = 100\n");
+        let r = get(proxy.addr, "/");
+        assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(answer));
+        assert!(!r.text().contains("127.0.0.1"));
+    }
+}
+
+#[test]
+fn all_backends_down_is_502_with_the_reason_logged() {
+    let proxy = with(vec![dead_address(), dead_address()], "");
+    let r = get(proxy.addr, "/");
+    assert_eq!(r.status, 502);
+    let r = get(proxy.addr, "/");
+    assert_eq!(r.status, 502);
+    wait_stderr(&proxy, "no backend is up");
+}
+
+#[test]
+fn the_health_checker_marks_backends_down_and_up() {
+    let a = Backend::start("a");
+    let b = Backend::start("b");
+    let port = b.addr.port();
+    let proxy = with(
+        vec![a.addr.to_string(), b.addr.to_string()],
+        "health_check = { path = \"/whoami\", interval = 0.2 }\n",
+    );
+    let (children, _) = proxy.children();
+    assert_eq!(children.len(), 1, "the checker is a child of its own");
+    drop(b);
+    wait_stderr(
+        &proxy,
+        &format!("health check: backend 127.0.0.1:{port} is down"),
+    );
+    // No client request had to fail for it to be skipped.
+    for _ in 0..4 {
+        assert_eq!(get(proxy.addr, "/whoami").text(), "a\n");
+    }
+    let _b = Backend::start_on("b", port);
+    wait_stderr(
+        &proxy,
+        &format!("health check: backend 127.0.0.1:{port} is up again"),
+    );
+    let names: Vec<String> = (0..4).map(|_| get(proxy.addr, "/whoami").text()).collect();
+    assert_eq!(names.iter().filter(|n| *n == "b\n").count(), 2, "{names:?}");
+    let refused = format!("]: backend 127.0.0.1:{port}: connect");
+    assert!(
+        proxy
+            .stderr
+            .snapshot()
+            .iter()
+            .all(|l| !l.contains(&refused)),
+        "a client request was refused"
+    );
+}
+
+#[test]
+fn killing_a_backend_under_load_loses_no_request() {
+    let backends = Backend::start_many(3);
+    let victim_port = backends[1].addr.port();
+    let victim_name = backends[1].addr.to_string();
+    let proxy = with(
+        backends.iter().map(|b| b.addr.to_string()).collect(),
+        "fail_timeout = 0.5\n",
+    );
+    let mut backends: Vec<Option<Backend>> = backends.into_iter().map(Some).collect();
+    let done = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    const CLIENTS: usize = 20;
+    const MAX_PER_CLIENT: usize = 1_000;
+    let workers: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (done, errors, stop, addr) =
+                (done.clone(), errors.clone(), stop.clone(), proxy.addr);
+            thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                let mut names = Vec::new();
+                for _ in 0..MAX_PER_CLIENT {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let r = client.get("/whoami");
+                    if r.status != 200 {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    names.push(r.text());
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                names
+            })
+        })
+        .collect();
+    wait_until("1,500 requests", || done.load(Ordering::Relaxed) >= 1_500);
+    backends[1]
+        .as_mut()
+        .unwrap()
+        .process
+        .signal(Signal::SIGKILL);
+    backends[1] = None;
+    wait_until("3,000 requests", || done.load(Ordering::Relaxed) >= 3_000);
+    backends[1] = Some(Backend::start_on("b2", victim_port));
+    wait_stderr(&proxy, &format!("backend {victim_name} is up again"));
+    let after_recovery = done.load(Ordering::Relaxed);
+    let target = (after_recovery + 500)
+        .max(5_000)
+        .min(CLIENTS * MAX_PER_CLIENT);
+    wait_until("5,000 requests, 500 of them after the recovery", || {
+        done.load(Ordering::Relaxed) >= target
+    });
+    stop.store(true, Ordering::Relaxed);
+    let names: Vec<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(names.len() >= 5_000, "{} requests", names.len());
+    assert_eq!(errors.load(Ordering::Relaxed), 0, "client-visible errors");
+    assert!(
+        names.iter().any(|n| n == "b2\n"),
+        "the restarted backend served again"
+    );
+    wait_stderr(&proxy, &format!("backend {victim_name} marked down"));
+}
