@@ -282,14 +282,35 @@ fn stop_children(children: &mut HashSet<Pid>, timeout: Duration, wait_mask: &Sig
     }
 }
 
-/// A listening socket on `addr`, with a message naming it on failure.
+/// Connections the kernel completes and queues while the parent is busy
+/// or at max_clients; nginx's default.  (std's TcpListener uses 128, too
+/// few for a burst: the rest wait for SYN retransmits, a second or more.)
+const LISTEN_BACKLOG: i32 = 511;
+
+/// A non-blocking listening socket on `addr`, with a message naming it on
+/// failure.
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    let listener =
-        TcpListener::bind(addr).map_err(|e| Error::os(format!("cannot listen on {addr}"), e))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| Error::os("cannot make the listener non-blocking", e))?;
-    Ok(listener)
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, setsockopt, socket, sockopt,
+    };
+    let fail = |e: Errno| Error::os(format!("cannot listen on {addr}"), e.into());
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(fail)?;
+    // Restarting must not wait for old connections in TIME_WAIT.
+    setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(fail)?;
+    nix::sys::socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(fail)?;
+    nix::sys::socket::listen(&fd, Backlog::new(LISTEN_BACKLOG).map_err(fail)?).map_err(fail)?;
+    Ok(TcpListener::from(fd))
 }
 
 /// Collects every exited child without blocking.  True if `checker` was

@@ -255,9 +255,7 @@ fn killing_a_backend_under_load_loses_no_request() {
     backends[1] = Some(Backend::start_on("b2", victim_port));
     wait_stderr(&proxy, &format!("backend {victim_name} is up again"));
     let after_recovery = done.load(Ordering::Relaxed);
-    let target = (after_recovery + 500)
-        .max(5_000)
-        .min(CLIENTS * MAX_PER_CLIENT);
+    let target = (after_recovery + 500).clamp(5_000, CLIENTS * MAX_PER_CLIENT);
     wait_until("5,000 requests, 500 of them after the recovery", || {
         done.load(Ordering::Relaxed) >= target
     });

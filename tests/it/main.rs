@@ -11,6 +11,7 @@ mod config;
 mod demo;
 mod failures;
 mod framing;
+mod hostile;
 mod logging;
 mod processes;
 mod service;
