@@ -1,0 +1,119 @@
+//! pibl: a forking HTTP/1.1 reverse proxy and round-robin load balancer.
+//!
+//! `run` parses the command line, loads the configuration, binds, and hands
+//! over to the parent loop (or to the demo).  It maps errors to exit
+//! statuses and holds no other logic.  The program is a library with a
+//! one-line `main` so that the fuzz targets (fuzz/) can call the parsers.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod backend_app;
+mod balancer;
+pub mod body;
+mod child;
+mod cli;
+mod clock;
+mod config;
+mod demo;
+mod error;
+mod health;
+pub mod http;
+mod log;
+mod parent;
+mod privileges;
+mod relay;
+mod shm;
+mod signals;
+pub mod wire;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::balancer::Balancer;
+use crate::child::Context;
+use crate::cli::{Cli, Command};
+use crate::config::{Config, Overrides};
+use crate::error::Error;
+use crate::log::AccessLog;
+use crate::shm::SharedState;
+
+/// The whole program: what `main` runs.
+pub fn run() -> ExitCode {
+    // One line, no backtrace: a panic is a bug to report, not a crash dump.
+    std::panic::set_hook(Box::new(|info| {
+        diag!("internal error: {info}");
+    }));
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        None => serve(&cli),
+        Some(Command::Demo) => demo::run(&cli),
+        Some(Command::Backend(args)) => backend_app::run(&cli, args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pibl: {e}");
+            ExitCode::from(e.exit_status() as u8)
+        }
+    }
+}
+
+/// The command line's overrides of the configuration file.
+pub fn overrides(cli: &Cli) -> Overrides {
+    Overrides {
+        port: cli.port,
+        listen: cli.listen,
+    }
+}
+
+/// The configuration file with the command line's overrides applied.
+pub fn load_config(cli: &Cli) -> Result<Config, Error> {
+    Config::load_with(&cli.config, &overrides(cli))
+}
+
+fn serve(cli: &Cli) -> Result<(), Error> {
+    let config = load_config(cli)?;
+    if cli.check {
+        eprintln!("pibl: {}: configuration ok", config.path);
+        return Ok(());
+    }
+    // Fail now, with a clear message, rather than once per child.  This also
+    // creates the file, so it can be handed to `user` below.
+    AccessLog::open(&config.log_file, None).map_err(|e| {
+        Error::os(
+            format!("cannot open log file {}", config.log_file.display()),
+            e,
+        )
+    })?;
+    let listener = parent::bind(config.listen_addr())?;
+    let pid_file = cli.pid_file.as_deref().map(PidFile::write).transpose()?;
+    privileges::drop_root(&config, &[config.log_file.as_path()])?;
+    crate::log::set_diag_syslog(config.syslog.clone());
+    let shared = SharedState::map()?;
+    let balancer = Balancer::new(config.backends.clone(), config.health.clone(), shared);
+    let reloader = parent::Reloader {
+        path: cli.config.clone(),
+        overrides: overrides(cli),
+    };
+    let result = parent::run(listener, Context { config, balancer }, reloader);
+    drop(pid_file);
+    result
+}
+
+/// `--pid-file`: written once listening, removed on exit.
+struct PidFile(std::path::PathBuf);
+
+impl PidFile {
+    fn write(path: &std::path::Path) -> Result<PidFile, Error> {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|e| Error::os(format!("cannot write pid file {}", path.display()), e))?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
