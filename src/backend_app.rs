@@ -5,8 +5,8 @@
 //! replica in an `X-Backend` field, and the resources below let a user (and
 //! the tests) exercise each way a body can be framed:
 //!
-//!   /                 an HTML page naming the replica
-//!   /whoami           the replica's name, as text
+//!   /                 an HTML page naming the replica (not cacheable)
+//!   /whoami           the replica's name, as text (not cacheable)
 //!   /big?kb=N         N KiB (default 1024), Content-Length, streamed
 //!   /chunked?n=N      N chunks (default 4), chunked transfer coding
 //!   /close            a body delimited by closing the connection
@@ -33,6 +33,9 @@ use crate::relay::{HeadError, HeadRules, read_head};
 use crate::wire::Reader;
 
 const BUFFER_SIZE: usize = 64 * 1024;
+/// The pages that name the replica differ from replica to replica: no
+/// cache may keep them, or the rotation would no longer show.
+const NO_STORE: (&str, &str) = ("Cache-Control", "no-store");
 
 pub fn run(cli: &Cli, args: &BackendArgs) -> Result<(), Error> {
     let Some(port) = cli.port else {
@@ -133,7 +136,7 @@ fn respond(
             let page = format!(
                 "<!DOCTYPE html>\n<html><head><title>{name}</title></head>\n<body><h1>Replica {name}</h1>\n<p>This answer came from replica <b>{name}</b>, through pibl.</p></body></html>\n"
             );
-            let ctype = [("Content-Type", "text/html; charset=utf-8")];
+            let ctype = [("Content-Type", "text/html; charset=utf-8"), NO_STORE];
             reply_maybe_head(stream, name, 200, keep, &ctype, page.as_bytes(), head_only)?;
         }
         "/whoami" => reply_maybe_head(
@@ -141,7 +144,7 @@ fn respond(
             name,
             200,
             keep,
-            &[],
+            &[NO_STORE],
             &text(format!("{name}\n")),
             head_only,
         )?,

@@ -43,21 +43,45 @@ pub fn relay<R: Read, W: Write>(
     encode: Encode,
     limit: u64,
 ) -> Result<u64, CopyError> {
+    relay_tapped(src, dst, framing, encode, limit, None)
+}
+
+/// `relay`, also writing every payload byte (decoded, unframed) to `tap`:
+/// how the cache keeps a copy of a body on its way to the client.
+pub fn relay_tapped<R: Read, W: Write>(
+    src: &mut Reader<R>,
+    dst: &mut W,
+    framing: Framing,
+    encode: Encode,
+    limit: u64,
+    tap: Option<&mut dyn Write>,
+) -> Result<u64, CopyError> {
     let limit = if limit == 0 { u64::MAX } else { limit };
+    let mut out = Out { dst, tap };
     let sent = match framing {
         Framing::Empty => 0,
-        Framing::Length(n) => copy_exact(src, dst, n, encode)?,
-        Framing::Chunked => copy_chunked(src, dst, encode, limit)?,
-        Framing::UntilClose => copy_until_close(src, dst, encode)?,
+        Framing::Length(n) => copy_exact(src, &mut out, n, encode)?,
+        Framing::Chunked => copy_chunked(src, &mut out, encode, limit)?,
+        Framing::UntilClose => copy_until_close(src, &mut out, encode)?,
     };
     if encode == Encode::Chunked && framing != Framing::Empty {
-        dst.write_all(b"0\r\n\r\n").map_err(CopyError::Write)?;
+        out.dst.write_all(b"0\r\n\r\n").map_err(CopyError::Write)?;
     }
     Ok(sent)
 }
 
+/// The destination of a copy, and the optional tap beside it.
+struct Out<'a, 'b, W> {
+    dst: &'a mut W,
+    tap: Option<&'b mut dyn Write>,
+}
+
 /// Writes `data` once, as one chunk if `encode` asks for it.
-fn emit<W: Write>(dst: &mut W, data: &[u8], encode: Encode) -> Result<(), CopyError> {
+fn emit<W: Write>(out: &mut Out<'_, '_, W>, data: &[u8], encode: Encode) -> Result<(), CopyError> {
+    if let Some(tap) = out.tap.as_mut() {
+        let _ = tap.write_all(data);
+    }
+    let dst = &mut *out.dst;
     let result = match encode {
         Encode::Plain => dst.write_all(data),
         Encode::Chunked => {
@@ -70,7 +94,7 @@ fn emit<W: Write>(dst: &mut W, data: &[u8], encode: Encode) -> Result<(), CopyEr
 
 fn copy_exact<R: Read, W: Write>(
     src: &mut Reader<R>,
-    dst: &mut W,
+    dst: &mut Out<'_, '_, W>,
     len: u64,
     encode: Encode,
 ) -> Result<u64, CopyError> {
@@ -92,7 +116,7 @@ fn copy_exact<R: Read, W: Write>(
 
 fn copy_until_close<R: Read, W: Write>(
     src: &mut Reader<R>,
-    dst: &mut W,
+    dst: &mut Out<'_, '_, W>,
     encode: Encode,
 ) -> Result<u64, CopyError> {
     let mut total = 0u64;
@@ -107,7 +131,7 @@ fn copy_until_close<R: Read, W: Write>(
 
 fn copy_chunked<R: Read, W: Write>(
     src: &mut Reader<R>,
-    dst: &mut W,
+    dst: &mut Out<'_, '_, W>,
     encode: Encode,
     limit: u64,
 ) -> Result<u64, CopyError> {
@@ -128,7 +152,9 @@ fn copy_chunked<R: Read, W: Write>(
         }
         if encode == Encode::Chunked {
             let head = format!("{size:x}\r\n");
-            dst.write_all(head.as_bytes()).map_err(CopyError::Write)?;
+            dst.dst
+                .write_all(head.as_bytes())
+                .map_err(CopyError::Write)?;
         }
         copy_exact(src, dst, size, Encode::Plain)?;
         let end = src.line(2).map_err(CopyError::Read)?;
@@ -137,7 +163,7 @@ fn copy_chunked<R: Read, W: Write>(
         }
         src.consume(2);
         if encode == Encode::Chunked {
-            dst.write_all(b"\r\n").map_err(CopyError::Write)?;
+            dst.dst.write_all(b"\r\n").map_err(CopyError::Write)?;
         }
         total += size;
     }

@@ -107,6 +107,7 @@ fn record(log: Option<&mut AccessLog>, peer: SocketAddr, ex: &Exchange) {
         upstream: ex.upstream.as_deref(),
         duration: ex.started.elapsed(),
         pid: process::id(),
+        cache: ex.cache.map(|c| c.as_str()),
     });
     match log {
         Some(log) => {

@@ -31,6 +31,10 @@ pub struct Cli {
     #[arg(short = 't', long)]
     pub check: bool,
 
+    /// Keep responses in the cache for this many seconds (0: no cache)
+    #[arg(long, value_name = "SECONDS")]
+    pub ttl: Option<u64>,
+
     /// Write the parent's pid to PATH once listening; removed on exit
     #[arg(long, value_name = "PATH")]
     pub pid_file: Option<std::path::PathBuf>,

@@ -22,6 +22,8 @@ pub const DEFAULT_MAX_CLIENTS: usize = 512;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_SYSLOG_FACILITY: &str = "daemon";
 pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
+pub const DEFAULT_CACHE_DIR: &str = "cache";
+pub const DEFAULT_CACHE_MAX_ENTRY: i64 = 64 * 1024 * 1024;
 
 /// One replica of the application, as written in the config and as resolved.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +51,18 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub health: Health,
+    pub cache: CacheConfig,
+}
+
+/// The response cache.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Where entries live, relative to the working directory.
+    pub dir: PathBuf,
+    /// The lifetime of every entry; zero turns the cache off.
+    pub ttl: Duration,
+    /// Largest body stored; larger responses stream through uncached.
+    pub max_entry: u64,
 }
 
 /// How long pibl waits for each side (nginx's defaults where it has one).
@@ -129,6 +143,15 @@ struct RawConfig {
     max_fails: Option<Spanned<i64>>,
     fail_timeout: Option<Spanned<f64>>,
     health_check: Option<Spanned<RawHealthCheck>>,
+    cache: Option<RawCache>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    dir: Option<String>,
+    ttl: Option<Spanned<i64>>,
+    max_entry: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -153,6 +176,8 @@ struct RawLog {
 pub struct Overrides {
     pub port: Option<u16>,
     pub listen: Option<IpAddr>,
+    /// `--ttl`: the cache's lifetime in seconds.
+    pub ttl: Option<u64>,
 }
 
 impl Config {
@@ -164,6 +189,9 @@ impl Config {
         }
         if let Some(listen) = overrides.listen {
             config.listen = listen;
+        }
+        if let Some(ttl) = overrides.ttl {
+            config.cache.ttl = Duration::from_secs(ttl);
         }
         Ok(config)
     }
@@ -330,6 +358,17 @@ impl Config {
             check,
         };
 
+        let raw_cache = raw.cache.unwrap_or(RawCache {
+            dir: None,
+            ttl: None,
+            max_entry: None,
+        });
+        let cache = CacheConfig {
+            dir: PathBuf::from(raw_cache.dir.unwrap_or_else(|| DEFAULT_CACHE_DIR.into())),
+            ttl: Duration::from_secs(count(raw_cache.ttl, "ttl", 0, 0)?),
+            max_entry: count(raw_cache.max_entry, "max_entry", DEFAULT_CACHE_MAX_ENTRY, 0)?,
+        };
+
         Ok(Config {
             path: path.to_string(),
             listen,
@@ -344,6 +383,7 @@ impl Config {
             timeouts,
             limits,
             health,
+            cache,
         })
     }
 
@@ -414,6 +454,25 @@ mod tests {
         assert_eq!(c.log_file, PathBuf::from("x.log"));
         assert!(c.syslog.is_none());
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.cache.ttl, Duration::ZERO, "no cache unless asked");
+        assert_eq!(c.cache.dir, PathBuf::from("cache"));
+    }
+
+    #[test]
+    fn cache_keys() {
+        let c = Config::parse(
+            "t.conf",
+            "backends = [\"127.0.0.1:1\"]\n[cache]\ndir = \"c\"\nttl = 30\nmax_entry = 1000\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.cache.dir, c.cache.ttl, c.cache.max_entry),
+            (PathBuf::from("c"), Duration::from_secs(30), 1000)
+        );
+        assert_eq!(
+            err("backends = [\"127.0.0.1:1\"]\n[cache]\nttl = -1\n"),
+            "t.conf:3: ttl: must be at least 0"
+        );
     }
 
     #[test]

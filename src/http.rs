@@ -344,9 +344,29 @@ pub fn forward_response(
     persist: Persist,
     out: &mut Vec<u8>,
 ) {
+    forward_response_with(resp, framing, persist, &[], out);
+}
+
+/// `forward_response`, with fields of pibl's own (`X-Cache`, `Age`) in
+/// place of any the response had of the same names.
+pub fn forward_response_with(
+    resp: &ResponseHead,
+    framing: Framing,
+    persist: Persist,
+    extra: &[(&str, &str)],
+    out: &mut Vec<u8>,
+) {
     out.clear();
     out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", resp.status, resp.reason).as_bytes());
-    push_end_to_end(out, &resp.fields, &[]);
+    let replaced: Vec<&str> = extra
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(["x-pibl-vary"])
+        .collect();
+    push_end_to_end(out, &resp.fields, &replaced);
+    for (name, value) in extra {
+        push_field(out, name, value.as_bytes());
+    }
     if framing == Framing::Empty {
         if let Ok(Some(n)) = content_length(&resp.fields) {
             push_field(out, "Content-Length", n.to_string().as_bytes());

@@ -10,6 +10,7 @@
 mod backend_app;
 mod balancer;
 pub mod body;
+mod cache;
 mod child;
 mod cli;
 mod clock;
@@ -64,6 +65,7 @@ pub fn overrides(cli: &Cli) -> Overrides {
     Overrides {
         port: cli.port,
         listen: cli.listen,
+        ttl: cli.ttl,
     }
 }
 
@@ -87,8 +89,13 @@ fn serve(cli: &Cli) -> Result<(), Error> {
         )
     })?;
     let listener = parent::bind(config.listen_addr())?;
+    let cache = open_cache(&config)?;
     let pid_file = cli.pid_file.as_deref().map(PidFile::write).transpose()?;
-    privileges::drop_root(&config, &[config.log_file.as_path()])?;
+    let mut writable = vec![config.log_file.as_path()];
+    if cache.is_some() {
+        writable.push(config.cache.dir.as_path());
+    }
+    privileges::drop_root(&config, &writable)?;
     crate::log::set_diag_syslog(config.syslog.clone());
     let shared = SharedState::map()?;
     let balancer = Balancer::new(config.backends.clone(), config.health.clone(), shared);
@@ -96,9 +103,37 @@ fn serve(cli: &Cli) -> Result<(), Error> {
         path: cli.config.clone(),
         overrides: overrides(cli),
     };
-    let result = parent::run(listener, Context { config, balancer }, reloader);
+    let result = parent::run(
+        listener,
+        Context {
+            config,
+            balancer,
+            cache,
+        },
+        reloader,
+    );
     drop(pid_file);
     result
+}
+
+/// The cache, if its TTL is not zero, with its directory made and cleared
+/// of what a crashed pibl left half-written.
+pub fn open_cache(config: &Config) -> Result<Option<cache::Cache>, Error> {
+    if config.cache.ttl.is_zero() {
+        return Ok(None);
+    }
+    let cache = cache::Cache::new(
+        config.cache.dir.clone(),
+        config.cache.ttl,
+        config.cache.max_entry,
+    );
+    cache.prepare().map_err(|e| {
+        Error::os(
+            format!("cannot use cache directory {}", config.cache.dir.display()),
+            e,
+        )
+    })?;
+    Ok(Some(cache))
 }
 
 /// `--pid-file`: written once listening, removed on exit.

@@ -1,7 +1,8 @@
 //! The access log and diagnostics.
 //!
 //! One line per exchange, in Combined Log Format followed by the backend, the
-//! duration in seconds and the serving child's pid — the same extension
+//! duration in seconds, the serving child's pid and the cache status — the
+//! same kind of extension
 //! nginx users make with `$upstream_addr $request_time`, so GoAccess and awk
 //! read it unchanged.  Each child opens the log file itself: flock(2) locks
 //! belong to an open file description, and one inherited from the parent
@@ -34,6 +35,8 @@ pub struct Entry<'a> {
     pub upstream: Option<&'a str>,
     pub duration: Duration,
     pub pid: u32,
+    /// HIT, MISS, EXPIRED or BYPASS; `-` without a cache.
+    pub cache: Option<&'a str>,
 }
 
 /// The log line, newline included.
@@ -41,7 +44,7 @@ pub fn format_line(e: &Entry<'_>) -> String {
     let mut line = String::with_capacity(256);
     let _ = writeln!(
         line,
-        "{} - - [{}] \"{}\" {} {} \"{}\" \"{}\" {} {}.{:03} {}",
+        "{} - - [{}] \"{}\" {} {} \"{}\" \"{}\" {} {}.{:03} {} {}",
         e.client,
         clock::clf_time(e.time),
         escape(e.request.as_bytes()),
@@ -53,6 +56,7 @@ pub fn format_line(e: &Entry<'_>) -> String {
         e.duration.as_secs(),
         e.duration.subsec_millis(),
         e.pid,
+        e.cache.unwrap_or("-"),
     );
     line
 }
@@ -201,10 +205,11 @@ mod tests {
             upstream: Some("127.0.0.1:9001"),
             duration: Duration::from_millis(1234),
             pid: 42,
+            cache: Some("HIT"),
         };
         assert_eq!(
             format_line(&e),
-            "127.0.0.1 - - [23/Nov/2026:19:00:00 +0000] \"GET /a\\x22b HTTP/1.1\" 200 612 \"-\" \"curl/8.5.0 \\x01\" 127.0.0.1:9001 1.234 42\n"
+            "127.0.0.1 - - [23/Nov/2026:19:00:00 +0000] \"GET /a\\x22b HTTP/1.1\" 200 612 \"-\" \"curl/8.5.0 \\x01\" 127.0.0.1:9001 1.234 42 HIT\n"
         );
     }
 }

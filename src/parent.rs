@@ -57,15 +57,6 @@ struct Parent {
 pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<(), Error> {
     let wait_mask = signals::install_parent()
         .map_err(|e| Error::os("cannot install signal handlers", e.into()))?;
-    // Said only now that every signal has its handler, so whoever waits for
-    // this line may signal at once.
-    let bound = listener
-        .local_addr()
-        .map_err(|e| Error::os("cannot read the listening address", e))?;
-    notice!(
-        "listening on {bound}, {} backends",
-        ctx.config.backends.len()
-    );
     let mut parent = Parent {
         listener,
         ctx,
@@ -74,6 +65,17 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
         wait_mask,
     };
     parent.start_checker();
+    // Said only now that every signal has its handler and the checker runs,
+    // so whoever waits for this line may act on it at once.
+    let bound = parent
+        .listener
+        .local_addr()
+        .map_err(|e| Error::os("cannot read the listening address", e))?;
+    notice!(
+        "listening on {bound}, {} backends",
+        parent.ctx.config.backends.len()
+    );
+
     loop {
         if signals::take(&GOT_SIGCHLD) && reap_children(&mut parent.children, parent.checker) {
             diag!("health checker exited; starting another");
@@ -223,6 +225,13 @@ impl Parent {
                 return;
             }
         };
+        let cache = match crate::open_cache(&config) {
+            Ok(cache) => cache,
+            Err(e) => {
+                diag!("reload refused, configuration unchanged: {e}");
+                return;
+            }
+        };
         crate::log::set_diag_syslog(config.syslog.clone());
         let balancer = Balancer::new(config.backends.clone(), config.health.clone(), shared);
         notice!(
@@ -232,7 +241,11 @@ impl Parent {
                 .map_or("?".into(), |a| a.to_string()),
             config.backends.len()
         );
-        self.ctx = Context { config, balancer };
+        self.ctx = Context {
+            config,
+            balancer,
+            cache,
+        };
         self.stop_checker();
         self.start_checker();
     }

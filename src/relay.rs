@@ -20,6 +20,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::balancer::Balancer;
 use crate::body::{self, CopyError, Encode};
+use crate::cache::{self, Cache, Lookup, Status as CacheStatus};
 use crate::config::Config;
 use crate::http::{self, Framing, Parsed, Persist, Reject, RequestHead, ResponseHead};
 use crate::wire::Reader;
@@ -34,6 +35,8 @@ const REPLAY_BODY_MAX: u64 = BUFFER_SIZE as u64;
 pub struct Context {
     pub config: Config,
     pub balancer: Balancer,
+    /// The response cache, when its TTL is not zero.
+    pub cache: Option<Cache>,
 }
 
 /// How an exchange ended, from the child's point of view.
@@ -63,6 +66,8 @@ pub struct Exchange {
     pub started: Instant,
     pub keep_alive: bool,
     pub end: End,
+    /// What the cache did, when there is one.
+    pub cache: Option<CacheStatus>,
 }
 
 impl Exchange {
@@ -79,6 +84,7 @@ impl Exchange {
             started: Instant::now(),
             keep_alive: false,
             end: End::Served,
+            cache: None,
         }
     }
 
@@ -417,12 +423,67 @@ fn read_replayable_body(
     }
 }
 
+/// The cache's part in one exchange: the key, and what to do with the
+/// response.
+struct CachePlan<'c> {
+    cache: &'c Cache,
+    key: String,
+}
+
+/// Looks the request up.  `Err` carries a stored response to send.
+fn consult_cache<'c>(
+    cache: Option<&'c Cache>,
+    req: &Request<'_>,
+    ex: &mut Exchange,
+) -> Result<Option<CachePlan<'c>>, cache::Entry> {
+    let Some(cache) = cache else { return Ok(None) };
+    let key = cache::key(req.head, req.target);
+    let request_cc = http::tokens(&req.head.fields, "cache-control");
+    let status = match req.head.method.as_str() {
+        "GET" | "HEAD"
+            if request_cc
+                .iter()
+                .any(|t| t == "no-cache" || t == "no-store") =>
+        {
+            CacheStatus::Bypass
+        }
+        "GET" | "HEAD" => match cache.lookup(&key) {
+            Lookup::Fresh(entry) if cache::matches_vary(req.head, &entry.head) => {
+                return Err(entry);
+            }
+            Lookup::Fresh(_) | Lookup::Missing => CacheStatus::Miss,
+            Lookup::Stale => CacheStatus::Expired,
+        },
+        _ => CacheStatus::Bypass,
+    };
+    ex.cache = Some(status);
+    Ok(Some(CachePlan { cache, key }))
+}
+
+impl CachePlan<'_> {
+    /// A writer for the body of `resp`, if it is to be stored; removes the
+    /// stored entry after an unsafe method succeeds (RFC 9111 §4.4).
+    fn store(&self, req: &RequestHead, resp: &ResponseHead) -> Option<cache::Writer> {
+        let unsafe_method = !matches!(req.method.as_str(), "GET" | "HEAD" | "OPTIONS" | "TRACE");
+        if unsafe_method && resp.status < 400 {
+            self.cache.remove(&self.key);
+        }
+        let lifetime = self.cache.lifetime(req, resp)?;
+        self.cache
+            .begin(&self.key, resp, lifetime, cache::vary_values(req, resp))
+    }
+}
+
 fn relay_to_backend(
     client: &mut Reader<&TcpStream>,
     req: &Request<'_>,
     ctx: &Context,
     mut ex: Exchange,
 ) -> Exchange {
+    let plan = match consult_cache(ctx.cache.as_ref(), req, &mut ex) {
+        Ok(plan) => plan,
+        Err(entry) => return serve_hit(client, entry, req, ex),
+    };
     let kept = match read_replayable_body(client, req) {
         Ok(kept) => kept,
         Err(e) => return refuse(client, ex, if is_timeout(&e) { 408 } else { 400 }),
@@ -455,7 +516,8 @@ fn relay_to_backend(
         ) {
             Ok((resp, from_backend)) => {
                 balancer.record_success(i);
-                return relay_response(client, resp, from_backend, &req.head.method, ex);
+                let store = plan.as_ref().and_then(|p| p.store(req.head, &resp));
+                return relay_response(client, resp, from_backend, &req.head.method, store, ex);
             }
             Err(Attempt::ClientFault) => return ex,
             Err(Attempt::NotSent(why)) => balancer.record_failure(i, &why),
@@ -587,6 +649,7 @@ fn relay_response(
     resp: ResponseHead,
     mut from_backend: Reader<TcpStream>,
     method: &str,
+    mut store: Option<cache::Writer>,
     mut ex: Exchange,
 ) -> Exchange {
     let Ok(framing) = http::response_framing(method, &resp) else {
@@ -609,7 +672,9 @@ fn relay_response(
     };
     ex.keep_alive &= to_client != Framing::UntilClose;
     let mut head = Vec::with_capacity(1024);
-    http::forward_response(&resp, to_client, persist_for(&ex), &mut head);
+    let x_cache = ex.cache.map(|c| [("X-Cache", c.as_str())]);
+    let extra: &[(&str, &str)] = x_cache.as_ref().map_or(&[], |x| x);
+    http::forward_response_with(&resp, to_client, persist_for(&ex), extra, &mut head);
     if send(client, &head).is_err() {
         ex.end = End::ClientFault;
         ex.keep_alive = false;
@@ -617,8 +682,14 @@ fn relay_response(
     }
     ex.status = resp.status;
     let mut out = *client.get_ref();
-    match body::relay(&mut from_backend, &mut out, framing, encode, 0) {
-        Ok(n) => ex.body_bytes = n,
+    let tap = store.as_mut().map(|w| w as &mut dyn Write);
+    match body::relay_tapped(&mut from_backend, &mut out, framing, encode, 0, tap) {
+        Ok(n) => {
+            ex.body_bytes = n;
+            if let Some(writer) = store {
+                writer.commit();
+            }
+        }
         Err(CopyError::Read(e)) => {
             // The head is out: all that is left is to cut the connection,
             // so the client sees the body is incomplete.
@@ -636,4 +707,58 @@ fn relay_response(
         }
     }
     ex
+}
+
+/// Answers from the cache: the stored head with `Age` and `X-Cache: HIT`,
+/// and the body straight from the file with sendfile(2).
+fn serve_hit(
+    client: &Reader<&TcpStream>,
+    entry: cache::Entry,
+    req: &Request<'_>,
+    mut ex: Exchange,
+) -> Exchange {
+    ex.cache = Some(CacheStatus::Hit);
+    let head_only = req.head.method == "HEAD";
+    let framing = if entry.head.status == 204 {
+        Framing::Empty
+    } else {
+        Framing::Length(entry.body_len)
+    };
+    let age = cache::age(&entry).to_string();
+    let mut head = Vec::with_capacity(1024);
+    let extra = [("Age", age.as_str()), ("X-Cache", "HIT")];
+    http::forward_response_with(&entry.head, framing, persist_for(&ex), &extra, &mut head);
+    ex.status = entry.head.status;
+    if send(client, &head).is_err() {
+        ex.end = End::ClientFault;
+        ex.keep_alive = false;
+        return ex;
+    }
+    if head_only || framing == Framing::Empty {
+        return ex;
+    }
+    match send_file(client, &entry) {
+        Ok(()) => ex.body_bytes = entry.body_len,
+        Err(_) => {
+            ex.end = End::ClientFault;
+            ex.keep_alive = false;
+        }
+    }
+    ex
+}
+
+/// Copies the entry's body to the client inside the kernel.
+fn send_file(client: &Reader<&TcpStream>, entry: &cache::Entry) -> io::Result<()> {
+    let mut offset = entry.body_offset as libc::off_t;
+    let end = entry.body_offset + entry.body_len;
+    while (offset as u64) < end {
+        let left = (end - offset as u64).min(1 << 30) as usize;
+        match nix::sys::sendfile::sendfile(client.get_ref(), &entry.file, Some(&mut offset), left) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }

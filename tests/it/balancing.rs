@@ -62,7 +62,7 @@ fn strict_rotation_over_one_keep_alive_connection() {
     // All 30 were served by one child.
     let log = proxy.wait_log(30);
     let pids: std::collections::HashSet<&str> =
-        log.iter().map(|l| l.rsplit(' ').next().unwrap()).collect();
+        log.iter().map(|l| l.rsplit(' ').nth(1).unwrap()).collect();
     assert_eq!(pids.len(), 1, "{log:?}");
 }
 

@@ -64,7 +64,7 @@ fn a_refused_connection_fails_over_invisibly() {
     // Marked down, the dead backend is skipped: a and c alternate exactly.
     let later: Vec<&str> = log[3..]
         .iter()
-        .map(|l| l.split(' ').nth_back(2).unwrap())
+        .map(|l| l.split(' ').nth_back(3).unwrap())
         .collect();
     assert!(later.windows(2).all(|w| w[0] != w[1]), "{later:?}");
 }

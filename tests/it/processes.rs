@@ -10,9 +10,9 @@ use nix::sys::signal::Signal;
 
 use crate::util::*;
 
-/// The pid field (the last) of an access-log line.
+/// The pid field (the last but one) of an access-log line.
 fn pid_of(line: &str) -> i32 {
-    line.rsplit(' ').next().unwrap().parse().unwrap()
+    line.rsplit(' ').nth(1).unwrap().parse().unwrap()
 }
 
 #[test]

@@ -226,10 +226,16 @@ impl Proxy {
     }
 
     pub fn start_with(options: ProxyOptions) -> Proxy {
-        let dir = TempDir::new();
+        Proxy::start_in(TempDir::new(), options, &[])
+    }
+
+    /// A proxy in `dir` (perhaps one an earlier proxy used), with more
+    /// command-line arguments.
+    pub fn start_in(dir: TempDir, options: ProxyOptions, args: &[&str]) -> Proxy {
         fs::write(dir.path().join("pibl.conf"), options.config_text()).unwrap();
         let mut child = Command::new(PIBL)
             .args(["--port", "0"])
+            .args(args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -249,6 +255,20 @@ impl Proxy {
 
     pub fn pid(&self) -> i32 {
         self.process.pid()
+    }
+
+    /// Kills the proxy with SIGKILL, as a crash would, and keeps its
+    /// directory for another.
+    pub fn crash(mut self) -> TempDir {
+        for child in self.children().0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        self.process.signal(nix::sys::signal::Signal::SIGKILL);
+        self.process.wait_exit();
+        std::mem::replace(&mut self.dir, TempDir::new())
     }
 
     pub fn log_lines(&self) -> Vec<String> {
@@ -480,7 +500,17 @@ pub struct RawBackend {
 }
 
 impl RawBackend {
+    /// Answers, then holds the connection open without a word more: a
+    /// response that never ends.
+    pub fn start_stalling(answer: &'static [u8]) -> RawBackend {
+        RawBackend::start_with(answer, true)
+    }
+
     pub fn start(answer: &'static [u8]) -> RawBackend {
+        RawBackend::start_with(answer, false)
+    }
+
+    fn start_with(answer: &'static [u8], stall: bool) -> RawBackend {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -498,6 +528,10 @@ impl RawBackend {
                     .unwrap()
                     .push(String::from_utf8_lossy(&head).into_owned());
                 let _ = stream.write_all(answer);
+                if stall {
+                    // Keep it open until the peer goes away.
+                    let _ = stream.read(&mut byte);
+                }
             }
         });
         RawBackend { addr, seen }

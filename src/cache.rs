@@ -1,0 +1,480 @@
+//! The response cache: one file per entry in a directory under the working
+//! directory, so entries survive a crash or restart of pibl.
+//!
+//! Children share it through the file system alone.  An entry is written
+//! to a temporary file in the cache directory and rename(2)d into place
+//! while holding an exclusive fs2 lock on `cache/.lock`; readers hold a
+//! shared lock while they open and check an entry.  A rename is atomic, so
+//! a reader sees a whole old entry or a whole new one, and a writer killed
+//! half-way leaves only a temporary file, which no reader opens and the
+//! next start removes.
+//!
+//! An entry file is a header of fixed-width text lines, the response head
+//! as the backend sent it, and the body:
+//!
+//! ```text
+//! pibl-cache 1
+//! key http://host/target
+//! stored 00000001795460400        (Unix seconds)
+//! expires 00000001795460460
+//! head 00000000000000000123       (bytes of the head that follows)
+//! body 00000000000000001024       (bytes of the body after it)
+//! check 0123456789abcdef          (FNV-1a of the lines above and the head)
+//! <empty line><head><body>
+//! ```
+//!
+//! The file name is a hash of the key, and the full key inside is checked
+//! on every read: no collision is served, and no request names a file.  A
+//! file whose size or check does not agree with its header is corrupt: it
+//! is removed and treated as a miss.  The body is not in the check, so a
+//! hit can go from the file to the socket with sendfile(2) without being
+//! read first; truncation, the likely damage, is caught by the size.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::http::{self, RequestHead, ResponseHead};
+
+const MAGIC: &str = "pibl-cache 1\n";
+const LOCK_FILE: &str = ".lock";
+const TEMP_PREFIX: &str = ".tmp-";
+/// Most bytes of header and head read to open an entry.
+const MAX_PREFIX: usize = 96 * 1024;
+
+/// Statuses cacheable by default (RFC 9110 §15.1, RFC 9111 §4.2.2).
+const CACHEABLE: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
+
+pub struct Cache {
+    dir: PathBuf,
+    ttl: Duration,
+    max_entry: u64,
+}
+
+/// What the cache says to a request, as the `X-Cache` field reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Hit,
+    Miss,
+    Expired,
+    Bypass,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Hit => "HIT",
+            Status::Miss => "MISS",
+            Status::Expired => "EXPIRED",
+            Status::Bypass => "BYPASS",
+        }
+    }
+}
+
+/// An entry open for reading: its file, positioned nowhere in particular.
+pub struct Entry {
+    pub file: File,
+    pub head: ResponseHead,
+    pub stored: u64,
+    pub expires: u64,
+    pub body_offset: u64,
+    pub body_len: u64,
+}
+
+pub enum Lookup {
+    Fresh(Entry),
+    Stale,
+    Missing,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+fn fnv1a(state: u64, data: &[u8]) -> u64 {
+    data.iter().fold(state, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// The cache key of a request: scheme, host (lower-cased, default port
+/// dropped) and target.  Requests without a Host share the empty host.
+pub fn key(req: &RequestHead, target: &str) -> String {
+    let host = http::value(&req.fields, "host")
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let host = host.strip_suffix(":80").unwrap_or(&host);
+    format!("http://{host}{target}")
+}
+
+impl Cache {
+    pub fn new(dir: PathBuf, ttl: Duration, max_entry: u64) -> Cache {
+        Cache {
+            dir,
+            ttl,
+            max_entry,
+        }
+    }
+
+    /// Creates the directory and removes temporary files left by a pibl
+    /// that died while writing.  Run once, by the parent, at start-up.
+    pub fn prepare(&self) -> io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        for entry in fs::read_dir(&self.dir)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    fn path_of(&self, key: &str) -> PathBuf {
+        self.dir
+            .join(format!("{:016x}", fnv1a(FNV_START, key.as_bytes())))
+    }
+
+    fn lock(&self, exclusive: bool) -> io::Result<File> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(LOCK_FILE))?;
+        if exclusive {
+            fs2::FileExt::lock_exclusive(&file)?;
+        } else {
+            fs2::FileExt::lock_shared(&file)?;
+        }
+        Ok(file)
+    }
+
+    /// The entry for `key`, if there is a sound one.  A corrupt entry, or one
+    /// stored for another key, is removed and reported missing.
+    pub fn lookup(&self, key: &str) -> Lookup {
+        let path = self.path_of(key);
+        let opened = {
+            let Ok(_lock) = self.lock(false) else {
+                return Lookup::Missing;
+            };
+            File::open(&path)
+        };
+        let Ok(file) = opened else {
+            return Lookup::Missing;
+        };
+        match read_entry(file, key) {
+            Ok(Some(entry)) if entry.expires > unix_now() => Lookup::Fresh(entry),
+            Ok(Some(_)) => Lookup::Stale,
+            Ok(None) => Lookup::Missing,
+            Err(e) => {
+                crate::diag!("cache: {}: {e}; removed", path.display());
+                self.remove(key);
+                Lookup::Missing
+            }
+        }
+    }
+
+    /// Removes the entry for `key`, if any.
+    pub fn remove(&self, key: &str) {
+        if let Ok(_lock) = self.lock(true) {
+            let _ = fs::remove_file(self.path_of(key));
+        }
+    }
+
+    /// How long a response may be stored: the launch TTL, or less if the
+    /// origin asks for less.  `None`: it may not be stored at all.
+    pub fn lifetime(&self, req: &RequestHead, resp: &ResponseHead) -> Option<Duration> {
+        if req.method != "GET" || !CACHEABLE.contains(&resp.status) {
+            return None;
+        }
+        let cc = http::tokens(&resp.fields, "cache-control");
+        let has = |d: &str| cc.iter().any(|t| t == d || t.starts_with(&format!("{d}=")));
+        let request_cc = http::tokens(&req.fields, "cache-control");
+        if has("no-store") || has("private") || request_cc.iter().any(|t| t == "no-store") {
+            return None;
+        }
+        if http::values(&resp.fields, "set-cookie").next().is_some() {
+            return None;
+        }
+        if http::values(&req.fields, "authorization").next().is_some()
+            && !(has("public") || has("s-maxage"))
+        {
+            return None;
+        }
+        if http::tokens(&resp.fields, "vary").iter().any(|v| v == "*") {
+            return None;
+        }
+        let seconds = |d: &str| {
+            cc.iter().find_map(|t| {
+                t.strip_prefix(&format!("{d}="))?
+                    .trim_matches('"')
+                    .parse::<u64>()
+                    .ok()
+            })
+        };
+        let asked = seconds("s-maxage")
+            .or_else(|| seconds("max-age"))
+            .map(Duration::from_secs);
+        let asked = asked.or_else(|| expires_in(resp));
+        let lifetime = asked.map_or(self.ttl, |a| a.min(self.ttl));
+        (!lifetime.is_zero()).then_some(lifetime)
+    }
+
+    /// Starts writing an entry for `key`; `None` if the cache directory
+    /// cannot take it (a full disk must not fail the response).
+    pub fn begin(
+        &self,
+        key: &str,
+        resp: &ResponseHead,
+        lifetime: Duration,
+        vary: Vec<String>,
+    ) -> Option<Writer> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let temp = self.dir.join(format!(
+            "{TEMP_PREFIX}{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&temp)
+            .ok()?;
+        let stored = unix_now();
+        let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, resp.reason).into_bytes();
+        for f in &resp.fields {
+            head.extend_from_slice(f.name.as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(&f.value);
+            head.extend_from_slice(b"\r\n");
+        }
+        for v in vary {
+            // The request's values of the fields named in Vary, so a later
+            // request is served this entry only if it sends the same.
+            head.extend_from_slice(b"X-Pibl-Vary: ");
+            head.extend_from_slice(v.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        let mut writer = Writer {
+            file,
+            temp,
+            target: self.path_of(key),
+            lock_path: self.dir.join(LOCK_FILE),
+            key: key.to_string(),
+            stored,
+            expires: stored + lifetime.as_secs().max(1),
+            head,
+            body_len: 0,
+            limit: self.max_entry,
+            failed: false,
+        };
+        let header = writer.header();
+        if writer
+            .file
+            .write_all(&header)
+            .and_then(|()| writer.file.write_all(&writer.head))
+            .is_err()
+        {
+            writer.failed = true;
+        }
+        Some(writer)
+    }
+}
+
+/// The `Age` of a stored response now (RFC 9111 §4.2.3): its age when
+/// stored, as the origin or an upstream cache said, plus the time since.
+pub fn age(entry: &Entry) -> u64 {
+    let upstream = http::value(&entry.head.fields, "age")
+        .and_then(|a| a.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    upstream + unix_now().saturating_sub(entry.stored)
+}
+
+/// `Expires` minus `Date` (or now), when the origin sent them.
+fn expires_in(resp: &ResponseHead) -> Option<Duration> {
+    let expires = crate::clock::parse_http_date(http::value(&resp.fields, "expires")?)?;
+    let date = http::value(&resp.fields, "date")
+        .and_then(crate::clock::parse_http_date)
+        .unwrap_or_else(SystemTime::now);
+    Some(expires.duration_since(date).unwrap_or_default())
+}
+
+/// The names in the response's Vary field, with the request's values:
+/// `name=value` lines for the entry, which `matches_vary` checks.
+pub fn vary_values(req: &RequestHead, resp: &ResponseHead) -> Vec<String> {
+    http::tokens(&resp.fields, "vary")
+        .iter()
+        .map(|name| {
+            let value: Vec<String> = http::values(&req.fields, name)
+                .map(|v| String::from_utf8_lossy(v).trim().to_string())
+                .collect();
+            format!("{name}={}", value.join(", "))
+        })
+        .collect()
+}
+
+/// Does `req` send the same values as the request an entry was stored for?
+pub fn matches_vary(req: &RequestHead, entry: &ResponseHead) -> bool {
+    let stored: Vec<String> = http::values(&entry.fields, "x-pibl-vary")
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    let now = vary_values(req, entry);
+    stored == now
+}
+
+/// Reads and checks an entry's header and head.  `Ok(None)`: a sound entry
+/// for another key (a hash collision).
+fn read_entry(mut file: File, key: &str) -> io::Result<Option<Entry>> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+    let mut prefix = vec![0u8; MAX_PREFIX];
+    let mut got = 0;
+    while got < prefix.len() {
+        match file.read(&mut prefix[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    prefix.truncate(got);
+    let end = prefix
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .ok_or_else(|| bad("no header"))?
+        + 2;
+    let header = std::str::from_utf8(&prefix[..end]).map_err(|_| bad("header not text"))?;
+    let mut lines = header.lines();
+    if lines.next() != Some(MAGIC.trim_end()) {
+        return Err(bad("not a cache entry"));
+    }
+    let mut field = |name: &str| -> io::Result<String> {
+        let line = lines.next().ok_or_else(|| bad("short header"))?;
+        line.strip_prefix(name)
+            .and_then(|v| v.strip_prefix(' '))
+            .map(str::to_string)
+            .ok_or_else(|| bad("bad header line"))
+    };
+    let stored_key = field("key")?;
+    let number = |v: String| v.parse::<u64>().map_err(|_| bad("bad number"));
+    let stored = number(field("stored")?)?;
+    let expires = number(field("expires")?)?;
+    let head_len = number(field("head")?)? as usize;
+    let body_len = number(field("body")?)?;
+    let check = u64::from_str_radix(&field("check")?, 16).map_err(|_| bad("bad check"))?;
+    let check_at = header.find("check ").ok_or_else(|| bad("no check"))?;
+    let head = prefix
+        .get(end..end + head_len)
+        .ok_or_else(|| bad("head cut short"))?;
+    if fnv1a(fnv1a(FNV_START, &prefix[..check_at]), head) != check {
+        return Err(bad("check does not match"));
+    }
+    let body_offset = (end + head_len) as u64;
+    if file.metadata()?.len() != body_offset + body_len {
+        return Err(bad("size does not match"));
+    }
+    if stored_key != key {
+        return Ok(None);
+    }
+    let head = match http::parse_response_head(head) {
+        Ok(http::Parsed::Done(h, _)) => h,
+        _ => return Err(bad("bad response head")),
+    };
+    Ok(Some(Entry {
+        file,
+        head,
+        stored,
+        expires,
+        body_offset,
+        body_len,
+    }))
+}
+
+/// An entry being written.  It becomes visible only at `commit`.
+pub struct Writer {
+    file: File,
+    temp: PathBuf,
+    target: PathBuf,
+    lock_path: PathBuf,
+    key: String,
+    stored: u64,
+    expires: u64,
+    head: Vec<u8>,
+    body_len: u64,
+    limit: u64,
+    failed: bool,
+}
+
+impl Writer {
+    fn header_lines(&self) -> String {
+        format!(
+            "{MAGIC}key {}\nstored {:020}\nexpires {:020}\nhead {:020}\nbody {:020}\n",
+            self.key,
+            self.stored,
+            self.expires,
+            self.head.len(),
+            self.body_len
+        )
+    }
+
+    fn header(&self) -> Vec<u8> {
+        let lines = self.header_lines();
+        let check = fnv1a(fnv1a(FNV_START, lines.as_bytes()), &self.head);
+        format!("{lines}check {check:016x}\n\n").into_bytes()
+    }
+
+    /// Makes the entry visible, if all of the body was written.
+    pub fn commit(mut self) {
+        if self.failed {
+            return;
+        }
+        let header = self.header();
+        let done = self
+            .file
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| self.file.write_all(&header));
+        if done.is_err() {
+            return;
+        }
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock_path);
+        if let Ok(lock) = lock {
+            if fs2::FileExt::lock_exclusive(&lock).is_ok()
+                && fs::rename(&self.temp, &self.target).is_ok()
+            {
+                self.failed = true; // renamed: nothing left to remove
+            }
+        }
+    }
+}
+
+impl Write for Writer {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if !self.failed {
+            self.body_len += data.len() as u64;
+            if self.body_len > self.limit || self.file.write_all(data).is_err() {
+                self.failed = true;
+            }
+        }
+        // The cache never fails the response it copies.
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.failed || Path::new(&self.temp).exists() {
+            let _ = fs::remove_file(&self.temp);
+        }
+    }
+}

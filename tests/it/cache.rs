@@ -1,0 +1,319 @@
+//! The disk cache: hits reach no backend; TTL and the origin's lifetimes;
+//! what is never stored; Vary; invalidation; persistence across a crash;
+//! corrupt and half-written entries.
+
+use std::fs;
+use std::path::PathBuf;
+
+use crate::util::*;
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: \"v1\"\r\n\r\nhello";
+
+fn cached(backend: &RawBackend, ttl: u64) -> Proxy {
+    Proxy::start_with(ProxyOptions {
+        backends: vec![backend.addr.to_string()],
+        extra: format!("[cache]\nttl = {ttl}\n"),
+    })
+}
+
+fn hits(backend: &RawBackend) -> usize {
+    backend.seen.lock().unwrap().len()
+}
+
+/// Waits until `n` entries are on disk: an entry is committed after the
+/// last byte of its body has gone to the client, so a request on another
+/// connection may come first.
+fn wait_entries(dir: &TempDir, n: usize) {
+    wait_until(&format!("{n} cache entries"), || entries(dir).len() == n);
+}
+
+fn entries(proxy_dir: &TempDir) -> Vec<PathBuf> {
+    let dir = proxy_dir.path().join("cache");
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.retain(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'));
+    files
+}
+
+#[test]
+fn a_hit_reaches_no_backend_and_head_is_served_from_a_get_entry() {
+    let backend = RawBackend::start(OK);
+    let proxy = cached(&backend, 60);
+    let mut client = Client::connect(proxy.addr);
+    let first = client.get("/a");
+    assert_eq!(
+        (first.header("x-cache"), first.text().as_str()),
+        (Some("MISS"), "hello")
+    );
+    let second = client.get("/a");
+    assert_eq!(
+        (second.header("x-cache"), second.text().as_str()),
+        (Some("HIT"), "hello")
+    );
+    assert_eq!(second.header("etag"), Some("\"v1\""));
+    assert!(second.header("age").is_some());
+    client.send(b"HEAD /a HTTP/1.1\r\nHost: test\r\n\r\n");
+    let head = client.response("HEAD");
+    assert_eq!(
+        (head.header("x-cache"), head.header("content-length")),
+        (Some("HIT"), Some("5"))
+    );
+    assert_eq!(client.get("/a").text(), "hello", "HEAD sent no body");
+    assert_eq!(
+        hits(&backend),
+        1,
+        "only the first request reached the backend"
+    );
+    let log = proxy.wait_log(4);
+    let status: Vec<&str> = log.iter().map(|l| l.rsplit(' ').next().unwrap()).collect();
+    assert_eq!(status, ["MISS", "HIT", "HIT", "HIT"]);
+    assert!(log[1].contains(" - "), "a hit names no backend: {}", log[1]);
+    // Another connection, another child: the same file.
+    wait_entries(&proxy.dir, 1);
+    assert_eq!(get(proxy.addr, "/a").header("x-cache"), Some("HIT"));
+    assert_eq!(entries(&proxy.dir).len(), 1);
+}
+
+#[test]
+fn entries_expire_after_the_ttl_or_the_origins_shorter_lifetime() {
+    let backend = RawBackend::start(OK);
+    let proxy = cached(&backend, 1);
+    assert_eq!(get(proxy.addr, "/t").header("x-cache"), Some("MISS"));
+    wait_entries(&proxy.dir, 1);
+    wait_until("the entry to expire", || {
+        get(proxy.addr, "/t").header("x-cache") == Some("EXPIRED")
+    });
+    assert_eq!(hits(&backend), 2);
+
+    let short = RawBackend::start(
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=1\r\nContent-Length: 1\r\n\r\nx",
+    );
+    let proxy = cached(&short, 3600);
+    assert_eq!(get(proxy.addr, "/m").header("x-cache"), Some("MISS"));
+    wait_entries(&proxy.dir, 1);
+    wait_until("max-age to pass", || {
+        get(proxy.addr, "/m").header("x-cache") == Some("EXPIRED")
+    });
+}
+
+#[test]
+fn what_is_never_stored() {
+    let answers: [&'static [u8]; 6] = [
+        b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nCache-Control: private\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: a=b\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nVary: *\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 1\r\n\r\nx",
+    ];
+    for answer in answers {
+        let backend = RawBackend::start(answer);
+        let proxy = cached(&backend, 60);
+        for _ in 0..2 {
+            assert_eq!(
+                get(proxy.addr, "/n").header("x-cache"),
+                Some("MISS"),
+                "{}",
+                String::from_utf8_lossy(answer)
+            );
+        }
+        assert_eq!(hits(&backend), 2);
+        assert!(entries(&proxy.dir).is_empty());
+    }
+}
+
+#[test]
+fn authorization_and_request_directives() {
+    let backend = RawBackend::start(OK);
+    let proxy = cached(&backend, 60);
+    let with_auth = |path: &str| {
+        let mut c = Client::connect(proxy.addr);
+        c.send(
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Basic eDp5\r\n\r\n")
+                .as_bytes(),
+        );
+        c.response("GET")
+    };
+    with_auth("/private");
+    with_auth("/private");
+    assert_eq!(
+        hits(&backend),
+        2,
+        "a response to Authorization is not stored"
+    );
+
+    let public = RawBackend::start(
+        b"HTTP/1.1 200 OK\r\nCache-Control: public\r\nContent-Length: 1\r\n\r\np",
+    );
+    let proxy = cached(&public, 60);
+    for round in 0..2 {
+        let mut c = Client::connect(proxy.addr);
+        c.send(b"GET /p HTTP/1.1\r\nHost: test\r\nAuthorization: Basic eDp5\r\n\r\n");
+        c.response("GET");
+        if round == 0 {
+            wait_entries(&proxy.dir, 1);
+        }
+    }
+    assert_eq!(hits(&public), 1, "unless it says public");
+
+    // A request's no-cache bypasses the entry (and refreshes it); no-store
+    // keeps the response out.
+    let mut c = Client::connect(proxy.addr);
+    c.send(b"GET /p HTTP/1.1\r\nHost: test\r\nCache-Control: no-cache\r\n\r\n");
+    assert_eq!(c.response("GET").header("x-cache"), Some("BYPASS"));
+    assert_eq!(hits(&public), 2);
+}
+
+#[test]
+fn vary_stores_per_request_value_and_never_serves_a_mismatch() {
+    let backend = RawBackend::start(
+        b"HTTP/1.1 200 OK\r\nVary: Accept-Language\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    let proxy = cached(&backend, 60);
+    let ask = |lang: &str| {
+        let mut c = Client::connect(proxy.addr);
+        c.send(
+            format!("GET /v HTTP/1.1\r\nHost: test\r\nAccept-Language: {lang}\r\n\r\n").as_bytes(),
+        );
+        c.response("GET").header("x-cache").unwrap().to_string()
+    };
+    assert_eq!(ask("es"), "MISS");
+    wait_entries(&proxy.dir, 1);
+    assert_eq!(ask("es"), "HIT");
+    assert_eq!(ask("en"), "MISS", "stored for es, not served to en");
+    assert_eq!(hits(&backend), 2);
+}
+
+#[test]
+fn unsafe_methods_invalidate_the_url() {
+    let backend = RawBackend::start(OK);
+    let proxy = cached(&backend, 60);
+    let mut client = Client::connect(proxy.addr);
+    client.get("/u");
+    assert_eq!(client.get("/u").header("x-cache"), Some("HIT"));
+    client.send(b"DELETE /u HTTP/1.1\r\nHost: test\r\n\r\n");
+    assert_eq!(client.response("DELETE").header("x-cache"), Some("BYPASS"));
+    assert_eq!(client.get("/u").header("x-cache"), Some("MISS"));
+}
+
+#[test]
+fn entries_survive_a_crash_and_are_served_with_backends_down() {
+    let backend = RawBackend::start(OK);
+    let proxy = cached(&backend, 60);
+    assert_eq!(get(proxy.addr, "/p").header("x-cache"), Some("MISS"));
+    wait_entries(&proxy.dir, 1);
+    let backend_addr = backend.addr.to_string();
+    let dir = proxy.crash();
+    drop(backend); // its thread lingers, but nothing answers on a new proxy's behalf
+    let gone = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let proxy = Proxy::start_in(
+        dir,
+        ProxyOptions {
+            backends: vec![gone],
+            extra: "[cache]\nttl = 60\n".into(),
+        },
+        &[],
+    );
+    let r = get(proxy.addr, "/p");
+    assert_eq!(
+        (r.status, r.header("x-cache"), r.text().as_str()),
+        (200, Some("HIT"), "hello")
+    );
+    assert!(!backend_addr.is_empty());
+}
+
+#[test]
+fn a_corrupt_entry_is_a_miss_and_is_removed() {
+    let backend = RawBackend::start(OK);
+    let proxy = cached(&backend, 60);
+    get(proxy.addr, "/c");
+    wait_entries(&proxy.dir, 1);
+    let files = entries(&proxy.dir);
+    let mut bytes = fs::read(&files[0]).unwrap();
+    bytes.truncate(bytes.len() - 1);
+    fs::write(&files[0], &bytes).unwrap();
+    let r = get(proxy.addr, "/c");
+    assert_eq!(
+        (r.header("x-cache"), r.text().as_str()),
+        (Some("MISS"), "hello")
+    );
+    let line = proxy
+        .stderr
+        .wait_for(1)
+        .into_iter()
+        .find(|l| l.contains("cache:"))
+        .unwrap();
+    assert!(line.contains("size does not match; removed"), "{line}");
+
+    // A damaged header: detected by its check.
+    wait_entries(&proxy.dir, 1);
+    let files = entries(&proxy.dir);
+    let mut bytes = fs::read(&files[0]).unwrap();
+    let at = bytes.windows(6).position(|w| w == b"stored").unwrap() + 8;
+    bytes[at] ^= 1;
+    fs::write(&files[0], &bytes).unwrap();
+    assert_eq!(get(proxy.addr, "/c").header("x-cache"), Some("MISS"));
+    assert!(
+        proxy
+            .stderr
+            .wait_for(2)
+            .iter()
+            .any(|l| l.contains("check does not match"))
+    );
+    assert_eq!(hits(&backend), 3);
+}
+
+#[test]
+fn a_write_cut_short_by_sigkill_leaves_no_visible_entry() {
+    // 10 bytes promised, 5 sent, then silence: the child is mid-write.
+    let backend = RawBackend::start_stalling(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello");
+    let proxy = cached(&backend, 60);
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET /k HTTP/1.1\r\nHost: test\r\n\r\n");
+    assert_eq!(client.head().header("x-cache"), Some("MISS"));
+    let cache_dir = proxy.dir.path().join("cache");
+    let temp = || {
+        fs::read_dir(&cache_dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+            .count()
+    };
+    wait_until("the temporary file", || temp() == 1);
+    let dir = proxy.crash();
+    assert!(entries(&dir).is_empty(), "no entry is visible");
+    let proxy = Proxy::start_in(
+        dir,
+        ProxyOptions {
+            backends: vec![backend.addr.to_string()],
+            extra: "[cache]\nttl = 60\n".into(),
+        },
+        &[],
+    );
+    assert_eq!(temp(), 0, "the next start removes it");
+    drop(proxy);
+}
+
+#[test]
+fn ttl_flag_wins_and_zero_turns_the_cache_off() {
+    let backend = RawBackend::start(OK);
+    let options = || ProxyOptions {
+        backends: vec![backend.addr.to_string()],
+        extra: "[cache]\nttl = 60\n".into(),
+    };
+    let off = Proxy::start_in(TempDir::new(), options(), &["--ttl", "0"]);
+    let r = get(off.addr, "/z");
+    assert_eq!(r.header("x-cache"), None);
+    get(off.addr, "/z");
+    assert_eq!(hits(&backend), 2);
+    assert!(!off.dir.path().join("cache").exists());
+    let on = Proxy::start_in(TempDir::new(), options(), &["--ttl", "5"]);
+    get(on.addr, "/z");
+    wait_entries(&on.dir, 1);
+    assert_eq!(get(on.addr, "/z").header("x-cache"), Some("HIT"));
+}
