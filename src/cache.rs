@@ -179,6 +179,59 @@ impl Cache {
         }
     }
 
+    /// Every sound entry: key, file size, age and seconds left (negative
+    /// once expired).  Damaged files are skipped, not removed: listing
+    /// changes nothing.
+    pub fn list(&self) -> io::Result<Vec<Listing>> {
+        let now = unix_now();
+        let mut all = Vec::new();
+        for entry in fs::read_dir(&self.dir)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let opened = {
+                let _lock = self.lock(false)?;
+                File::open(entry.path())
+            };
+            let Ok(file) = opened else { continue };
+            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            if let Ok(header) = read_header(file) {
+                all.push(Listing {
+                    key: header.key,
+                    size,
+                    age: now.saturating_sub(header.stored),
+                    left: header.expires as i64 - now as i64,
+                });
+            }
+        }
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(all)
+    }
+
+    /// Removes every entry; returns how many.
+    pub fn purge_all(&self) -> io::Result<usize> {
+        let _lock = self.lock(true)?;
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.dir)?.flatten() {
+            if !entry.file_name().to_string_lossy().starts_with('.')
+                && fs::remove_file(entry.path()).is_ok()
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes the entry for `key`; true if there was one.
+    pub fn purge(&self, key: &str) -> io::Result<bool> {
+        let _lock = self.lock(true)?;
+        match fs::remove_file(self.path_of(key)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Removes the entry for `key`, if any.
     pub fn remove(&self, key: &str) {
         if let Ok(_lock) = self.lock(true) {
@@ -328,9 +381,46 @@ pub fn matches_vary(req: &RequestHead, entry: &ResponseHead) -> bool {
     stored == now
 }
 
+/// One line of `pibl cache ls`.
+pub struct Listing {
+    pub key: String,
+    pub size: u64,
+    pub age: u64,
+    pub left: i64,
+}
+
+/// The cache key of a URL given on the command line, as `key` makes it
+/// for a request: `http://Host:80/p` and `http://host/p` are one entry.
+pub fn key_of_url(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("http://")?;
+    let cut = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (host, target) = rest.split_at(cut);
+    let host = host.to_ascii_lowercase();
+    let host = host.strip_suffix(":80").unwrap_or(&host);
+    let target = if target.is_empty() { "/" } else { target };
+    Some(format!("http://{host}{target}"))
+}
+
+/// What the header of an entry says.
+struct Header {
+    key: String,
+    stored: u64,
+    expires: u64,
+}
+
+fn read_header(file: File) -> io::Result<Header> {
+    read_entry_any(file, "").map(|(header, _)| header)
+}
+
 /// Reads and checks an entry's header and head.  `Ok(None)`: a sound entry
 /// for another key (a hash collision).
-fn read_entry(mut file: File, key: &str) -> io::Result<Option<Entry>> {
+fn read_entry(file: File, key: &str) -> io::Result<Option<Entry>> {
+    let (header, entry) = read_entry_any(file, key)?;
+    Ok(entry.filter(|_| header.key == key))
+}
+
+/// Reads and checks an entry, whatever its key.
+fn read_entry_any(mut file: File, key: &str) -> io::Result<(Header, Option<Entry>)> {
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
     let mut prefix = vec![0u8; MAX_PREFIX];
     let mut got = 0;
@@ -376,21 +466,27 @@ fn read_entry(mut file: File, key: &str) -> io::Result<Option<Entry>> {
     if file.metadata()?.len() != body_offset + body_len {
         return Err(bad("size does not match"));
     }
-    if stored_key != key {
-        return Ok(None);
-    }
     let head = match http::parse_response_head(head) {
         Ok(http::Parsed::Done(h, _)) => h,
         _ => return Err(bad("bad response head")),
     };
-    Ok(Some(Entry {
+    let header = Header {
+        key: stored_key,
+        stored,
+        expires,
+    };
+    if header.key != key {
+        return Ok((header, None));
+    }
+    let entry = Entry {
         file,
         head,
         stored,
         expires,
         body_offset,
         body_len,
-    }))
+    };
+    Ok((header, Some(entry)))
 }
 
 /// An entry being written.  It becomes visible only at `commit`.

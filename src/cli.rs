@@ -50,6 +50,20 @@ pub enum Command {
     /// Run one replica of the demo web application on --port (and --listen,
     /// default 127.0.0.1)
     Backend(BackendArgs),
+    /// List or purge the cache entries (safe while pibl runs)
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// List every entry: key, size, age and time left
+    Ls,
+    /// Remove the entry for URL (http://host/path), or every entry
+    Purge {
+        /// The URL whose entry goes; none: all of them
+        url: Option<String>,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

@@ -33,7 +33,7 @@ use clap::Parser;
 
 use crate::balancer::Balancer;
 use crate::child::Context;
-use crate::cli::{Cli, Command};
+use crate::cli::{CacheCommand, Cli, Command};
 use crate::config::{Config, Overrides};
 use crate::error::Error;
 use crate::log::AccessLog;
@@ -50,6 +50,7 @@ pub fn run() -> ExitCode {
         None => serve(&cli),
         Some(Command::Demo) => demo::run(&cli),
         Some(Command::Backend(args)) => backend_app::run(&cli, args),
+        Some(Command::Cache(command)) => cache_command(&cli, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -134,6 +135,51 @@ pub fn open_cache(config: &Config) -> Result<Option<cache::Cache>, Error> {
         )
     })?;
     Ok(Some(cache))
+}
+
+/// `pibl cache ls` and `pibl cache purge [URL]`.
+fn cache_command(cli: &Cli, command: &CacheCommand) -> Result<(), Error> {
+    let config = load_config(cli)?;
+    let dir = &config.cache.dir;
+    let cache = cache::Cache::new(dir.clone(), config.cache.ttl, config.cache.max_entry);
+    let failed = |e| Error::os(format!("cannot read cache directory {}", dir.display()), e);
+    match command {
+        CacheCommand::Ls => {
+            if !dir.exists() {
+                return Ok(());
+            }
+            println!("{:>10} {:>8} {:>8}  KEY", "SIZE", "AGE", "LEFT");
+            for entry in cache.list().map_err(failed)? {
+                println!(
+                    "{:>10} {:>8} {:>8}  {}",
+                    entry.size, entry.age, entry.left, entry.key
+                );
+            }
+        }
+        CacheCommand::Purge { url: None } => {
+            let removed = if dir.exists() {
+                cache.purge_all().map_err(failed)?
+            } else {
+                0
+            };
+            println!("{removed} entries removed");
+        }
+        CacheCommand::Purge { url: Some(url) } => {
+            let key = cache::key_of_url(url).ok_or_else(|| {
+                Error::config(&config.path, 0, format!("\"{url}\" is not an http:// URL"))
+            })?;
+            let found = dir.exists() && cache.purge(&key).map_err(failed)?;
+            println!(
+                "{}",
+                if found {
+                    "1 entry removed"
+                } else {
+                    "no entry for that URL"
+                }
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `--pid-file`: written once listening, removed on exit.

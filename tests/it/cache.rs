@@ -317,3 +317,56 @@ fn ttl_flag_wins_and_zero_turns_the_cache_off() {
     wait_entries(&on.dir, 1);
     assert_eq!(get(on.addr, "/z").header("x-cache"), Some("HIT"));
 }
+
+#[test]
+fn cache_ls_and_purge_while_serving() {
+    let backend = RawBackend::start(OK);
+    let proxy = cached(&backend, 60);
+    let mut client = Client::connect(proxy.addr);
+    client.get("/a");
+    client.get("/b?x=1");
+    wait_entries(&proxy.dir, 2);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(PIBL)
+            .args(args)
+            .current_dir(proxy.dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listing = run(&["cache", "ls"]);
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 3, "{listing}");
+    assert!(
+        lines[1].ends_with("  http://test/a") && lines[2].ends_with("  http://test/b?x=1"),
+        "{listing}"
+    );
+    let mut listed: Vec<u64> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    let mut on_disk: Vec<u64> = entries(&proxy.dir)
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .collect();
+    listed.sort();
+    on_disk.sort();
+    assert_eq!(listed, on_disk, "sizes are the files' sizes");
+    let left: i64 = lines[1].split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!((55..=60).contains(&left), "{listing}");
+
+    assert_eq!(
+        run(&["cache", "purge", "http://TEST:80/a"]),
+        "1 entry removed\n"
+    );
+    assert_eq!(client.get("/a").header("x-cache"), Some("MISS"));
+    assert_eq!(client.get("/b?x=1").header("x-cache"), Some("HIT"));
+    assert_eq!(run(&["cache", "purge"]), "2 entries removed\n");
+    assert_eq!(client.get("/b?x=1").header("x-cache"), Some("MISS"));
+}
