@@ -53,6 +53,13 @@ pub struct Cache {
     max_entry: u64,
 }
 
+/// Marks an entry used now, for the janitor's least-recently-used order.
+pub fn touch(entry: &Entry) {
+    let _ = entry
+        .file
+        .set_times(fs::FileTimes::new().set_accessed(SystemTime::now()));
+}
+
 /// What the cache says to a request, as the `X-Cache` field reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -230,6 +237,55 @@ impl Cache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// One sweep of the janitor: removes expired entries, then the least
+    /// recently used until the entries fit in `max_size` bytes.  Uses only
+    /// each file's times and size (see `Writer::commit`).
+    pub fn sweep(&self, max_size: u64) -> io::Result<(usize, usize)> {
+        use std::os::unix::fs::MetadataExt;
+        let now = SystemTime::now();
+        let mut kept = Vec::new();
+        let mut expired = Vec::new();
+        for entry in fs::read_dir(&self.dir)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            let modified = meta.modified().unwrap_or(now);
+            if modified <= now {
+                expired.push((entry.path(), meta.ino()));
+            } else {
+                kept.push((
+                    meta.accessed().unwrap_or(UNIX_EPOCH),
+                    meta.len(),
+                    entry.path(),
+                    meta.ino(),
+                ));
+            }
+        }
+        let mut total: u64 = kept.iter().map(|k| k.1).sum();
+        kept.sort_by_key(|k| k.0);
+        let mut evicted = Vec::new();
+        for (_, size, path, ino) in kept {
+            if total <= max_size {
+                break;
+            }
+            total -= size;
+            evicted.push((path, ino));
+        }
+        let _lock = self.lock(true)?;
+        let gone = |list: &[(PathBuf, u64)]| {
+            // Under the lock, and only if the name still holds the same
+            // file: a writer may have replaced it since the scan.
+            list.iter()
+                .filter(|(path, ino)| {
+                    fs::metadata(path).is_ok_and(|m| m.ino() == *ino)
+                        && fs::remove_file(path).is_ok()
+                })
+                .count()
+        };
+        Ok((gone(&expired), gone(&evicted)))
     }
 
     /// Removes the entry for `key`, if any.
@@ -535,6 +591,12 @@ impl Writer {
         if done.is_err() {
             return;
         }
+        // The janitor reads expiry and last use from the file's times
+        // alone: mtime is when the entry expires, atime when it was used.
+        let times = fs::FileTimes::new()
+            .set_modified(UNIX_EPOCH + Duration::from_secs(self.expires))
+            .set_accessed(SystemTime::now());
+        let _ = self.file.set_times(times);
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -24,6 +24,7 @@ pub const DEFAULT_SYSLOG_FACILITY: &str = "daemon";
 pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
 pub const DEFAULT_CACHE_DIR: &str = "cache";
 pub const DEFAULT_CACHE_MAX_ENTRY: i64 = 64 * 1024 * 1024;
+pub const DEFAULT_CACHE_MAX_SIZE: i64 = 1024 * 1024 * 1024;
 
 /// One replica of the application, as written in the config and as resolved.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +64,8 @@ pub struct CacheConfig {
     pub ttl: Duration,
     /// Largest body stored; larger responses stream through uncached.
     pub max_entry: u64,
+    /// Most bytes of entries kept; the least recently used go first.
+    pub max_size: u64,
 }
 
 /// How long pibl waits for each side (nginx's defaults where it has one).
@@ -152,6 +155,7 @@ struct RawCache {
     dir: Option<String>,
     ttl: Option<Spanned<i64>>,
     max_entry: Option<Spanned<i64>>,
+    max_size: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -362,11 +366,13 @@ impl Config {
             dir: None,
             ttl: None,
             max_entry: None,
+            max_size: None,
         });
         let cache = CacheConfig {
             dir: PathBuf::from(raw_cache.dir.unwrap_or_else(|| DEFAULT_CACHE_DIR.into())),
             ttl: Duration::from_secs(count(raw_cache.ttl, "ttl", 0, 0)?),
             max_entry: count(raw_cache.max_entry, "max_entry", DEFAULT_CACHE_MAX_ENTRY, 0)?,
+            max_size: count(raw_cache.max_size, "max_size", DEFAULT_CACHE_MAX_SIZE, 0)?,
         };
 
         Ok(Config {

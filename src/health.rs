@@ -12,17 +12,16 @@ use std::net::TcpStream;
 use std::process;
 use std::thread;
 
-use nix::sys::signal::SigSet;
-
 use crate::config::{Backend, Config, HealthCheck};
 use crate::http;
 use crate::relay::{Context, HeadRules, read_head};
-use crate::signals;
 use crate::wire::Reader;
 
 /// Runs in the helper, for ever (until SIGTERM).
-pub fn run(ctx: &Context, check: &HealthCheck, parent_mask: &SigSet) -> ! {
-    signals::reset_to_default(parent_mask);
+pub fn run(ctx: &Context) -> ! {
+    let Some(check) = &ctx.config.health.check else {
+        process::exit(0)
+    };
     loop {
         for i in 0..ctx.balancer.len() {
             let result = probe(ctx.balancer.backend(i), check, &ctx.config);

@@ -19,6 +19,7 @@ mod demo;
 mod error;
 mod health;
 pub mod http;
+mod janitor;
 mod log;
 mod parent;
 mod privileges;

@@ -49,8 +49,8 @@ struct Parent {
     listener: TcpListener,
     ctx: Context,
     children: HashSet<Pid>,
-    /// The active health checker, when one is configured.
-    checker: Option<Pid>,
+    /// The helper processes: health checker, cache janitor.
+    helpers: Vec<(Helper, Pid)>,
     wait_mask: SigSet,
 }
 
@@ -61,11 +61,11 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
         listener,
         ctx,
         children: HashSet::new(),
-        checker: None,
+        helpers: Vec::new(),
         wait_mask,
     };
-    parent.start_checker();
-    // Said only now that every signal has its handler and the checker runs,
+    parent.start_helpers();
+    // Said only now that every signal has its handler and the helpers run,
     // so whoever waits for this line may act on it at once.
     let bound = parent
         .listener
@@ -77,10 +77,11 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
     );
 
     loop {
-        if signals::take(&GOT_SIGCHLD) && reap_children(&mut parent.children, parent.checker) {
-            diag!("health checker exited; starting another");
-            parent.checker = None;
-            parent.start_checker();
+        if signals::take(&GOT_SIGCHLD) {
+            for helper in reap_children(&mut parent.children, &mut parent.helpers) {
+                diag!("{} exited; starting another", helper.name());
+                parent.start_helper(helper);
+            }
         }
         if signals::is_set(&GOT_SIGTERM) || signals::is_set(&GOT_SIGQUIT) {
             break;
@@ -103,11 +104,11 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
         listener,
         ctx,
         mut children,
-        checker,
+        helpers,
         wait_mask,
     } = parent;
     drop(listener);
-    children.extend(checker);
+    children.extend(helpers.iter().map(|&(_, pid)| pid));
     let timeout = if signals::is_set(&GOT_SIGQUIT) {
         Duration::ZERO
     } else {
@@ -175,24 +176,34 @@ impl Parent {
         // The parent's copy of the client socket closes here.
     }
 
-    /// Forks the health checker, if the configuration asks for one.
-    fn start_checker(&mut self) {
-        let Some(check) = self.ctx.config.health.check.clone() else {
-            return;
-        };
-        // SAFETY: as in spawn_child: the parent is single-threaded.
-        match unsafe { fork() } {
-            Ok(ForkResult::Parent { child }) => self.checker = Some(child),
-            Ok(ForkResult::Child) => {
-                let _ = nix::unistd::close(self.listener.as_raw_fd());
-                crate::health::run(&self.ctx, &check, &self.wait_mask);
-            }
-            Err(e) => diag!("fork: {}; no health checks", e.desc()),
+    /// Forks the helpers the configuration asks for.
+    fn start_helpers(&mut self) {
+        if self.ctx.config.health.check.is_some() {
+            self.start_helper(Helper::HealthChecker);
+        }
+        if self.ctx.cache.is_some() {
+            self.start_helper(Helper::CacheJanitor);
         }
     }
 
-    fn stop_checker(&mut self) {
-        if let Some(pid) = self.checker.take() {
+    fn start_helper(&mut self, helper: Helper) {
+        // SAFETY: as in spawn_child: the parent is single-threaded.
+        match unsafe { fork() } {
+            Ok(ForkResult::Parent { child }) => self.helpers.push((helper, child)),
+            Ok(ForkResult::Child) => {
+                let _ = nix::unistd::close(self.listener.as_raw_fd());
+                signals::reset_to_default(&self.wait_mask);
+                match helper {
+                    Helper::HealthChecker => crate::health::run(&self.ctx),
+                    Helper::CacheJanitor => crate::janitor::run(&self.ctx),
+                }
+            }
+            Err(e) => diag!("fork: {}; no {}", e.desc(), helper.name()),
+        }
+    }
+
+    fn stop_helpers(&mut self) {
+        for (_, pid) in self.helpers.drain(..) {
             let _ = kill(pid, Signal::SIGTERM);
             let _ = waitpid(pid, None);
         }
@@ -246,8 +257,8 @@ impl Parent {
             balancer,
             cache,
         };
-        self.stop_checker();
-        self.start_checker();
+        self.stop_helpers();
+        self.start_helpers();
     }
 }
 
@@ -262,7 +273,7 @@ fn signal_all(children: &HashSet<Pid>, signal: Signal) {
 fn stop_children(children: &mut HashSet<Pid>, timeout: Duration, wait_mask: &SigSet) {
     signal_all(children, Signal::SIGTERM);
     let deadline = Instant::now() + timeout;
-    reap_children(children, None);
+    reap_children(children, &mut Vec::new());
     while !children.is_empty() && !signals::is_set(&GOT_SIGQUIT) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -278,7 +289,7 @@ fn stop_children(children: &mut HashSet<Pid>, timeout: Duration, wait_mask: &Sig
             Some(*wait_mask),
         );
         if signals::take(&GOT_SIGCHLD) {
-            reap_children(children, None);
+            reap_children(children, &mut Vec::new());
         }
     }
     signal_all(children, Signal::SIGKILL);
@@ -326,14 +337,36 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
     Ok(TcpListener::from(fd))
 }
 
-/// Collects every exited child without blocking.  True if `checker` was
-/// among them.
-fn reap_children(children: &mut HashSet<Pid>, checker: Option<Pid>) -> bool {
-    let mut checker_gone = false;
+/// The parent's helper processes: long-lived children that serve no client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Helper {
+    HealthChecker,
+    CacheJanitor,
+}
+
+impl Helper {
+    fn name(self) -> &'static str {
+        match self {
+            Helper::HealthChecker => "health checker",
+            Helper::CacheJanitor => "cache janitor",
+        }
+    }
+}
+
+/// Collects every exited child without blocking; returns the helpers
+/// among them (and forgets them).
+fn reap_children(children: &mut HashSet<Pid>, helpers: &mut Vec<(Helper, Pid)>) -> Vec<Helper> {
+    let mut gone = Vec::new();
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return checker_gone,
-            Ok(status) if status.pid().is_some() && status.pid() == checker => checker_gone = true,
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return gone,
+            Ok(status) if helpers.iter().any(|&(_, pid)| Some(pid) == status.pid()) => {
+                let at = helpers
+                    .iter()
+                    .position(|&(_, pid)| Some(pid) == status.pid())
+                    .expect("found above");
+                gone.push(helpers.remove(at).0);
+            }
             Ok(WaitStatus::Exited(pid, code)) => {
                 children.remove(&pid);
                 if code == child::EXIT_INTERNAL {
@@ -349,7 +382,7 @@ fn reap_children(children: &mut HashSet<Pid>, checker: Option<Pid>) -> bool {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => {
                 diag!("waitpid: {}", e.desc());
-                return checker_gone;
+                return gone;
             }
         }
     }

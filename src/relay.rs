@@ -718,6 +718,7 @@ fn serve_hit(
     mut ex: Exchange,
 ) -> Exchange {
     ex.cache = Some(CacheStatus::Hit);
+    cache::touch(&entry);
     let head_only = req.head.method == "HEAD";
     let framing = if entry.head.status == 204 {
         Framing::Empty

@@ -370,3 +370,52 @@ fn cache_ls_and_purge_while_serving() {
     assert_eq!(run(&["cache", "purge"]), "2 entries removed\n");
     assert_eq!(client.get("/b?x=1").header("x-cache"), Some("MISS"));
 }
+
+#[test]
+fn the_janitor_removes_expired_entries_with_no_client_waiting() {
+    let backend = RawBackend::start(OK);
+    let proxy = cached(&backend, 1);
+    get(proxy.addr, "/e");
+    wait_entries(&proxy.dir, 1);
+    wait_entries(&proxy.dir, 0);
+    assert_eq!(hits(&backend), 1, "no request was needed");
+    let (children, _) = proxy.children();
+    assert_eq!(children.len(), 1, "the janitor is a child of its own");
+}
+
+#[test]
+fn over_max_size_the_least_recently_used_go_first() {
+    let backend = RawBackend::start(OK);
+    // One entry's size, measured: every path below has the same length.
+    let probe = cached(&backend, 60);
+    get(probe.addr, "/1");
+    wait_entries(&probe.dir, 1);
+    let size = fs::metadata(&entries(&probe.dir)[0]).unwrap().len();
+    drop(probe);
+
+    let proxy = Proxy::start_with(ProxyOptions {
+        backends: vec![backend.addr.to_string()],
+        extra: format!("[cache]\nttl = 60\nmax_size = {}\n", size * 5 / 2),
+    });
+    let mut client = Client::connect(proxy.addr);
+    client.get("/1");
+    client.get("/2");
+    assert_eq!(
+        client.get("/1").header("x-cache"),
+        Some("HIT"),
+        "/1 is now the most recently used"
+    );
+    client.get("/3");
+    let evicted = proxy.stderr.wait_for(1);
+    assert!(
+        evicted[0].contains("cache over max_size: 1 least recently used"),
+        "{evicted:?}"
+    );
+    assert_eq!(entries(&proxy.dir).len(), 2);
+    assert_eq!(client.get("/1").header("x-cache"), Some("HIT"));
+    assert_eq!(
+        client.get("/2").header("x-cache"),
+        Some("MISS"),
+        "/2 was the least recently used"
+    );
+}
