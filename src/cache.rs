@@ -248,7 +248,24 @@ impl Cache {
         let mut kept = Vec::new();
         let mut expired = Vec::new();
         for entry in fs::read_dir(&self.dir)?.flatten() {
-            if entry.file_name().to_string_lossy().starts_with('.') {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".fill-") {
+                // Fill locks are left for the next miss; one no one holds
+                // and no one used for a minute goes.
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|m| m + Duration::from_secs(60) < now);
+                if old
+                    && File::open(entry.path())
+                        .is_ok_and(|f| fs2::FileExt::try_lock_exclusive(&f).is_ok())
+                {
+                    let _ = fs::remove_file(entry.path());
+                }
+                continue;
+            }
+            if name.starts_with('.') {
                 continue;
             }
             let Ok(meta) = entry.metadata() else { continue };
@@ -286,6 +303,37 @@ impl Cache {
                 .count()
         };
         Ok((gone(&expired), gone(&evicted)))
+    }
+
+    /// For a miss on `key`: `Fill::Fetch(lock)` when this process is the
+    /// first to want it and should fetch it, holding `lock` until the entry
+    /// is stored; `Fill::Waited` when another process was fetching it and
+    /// has finished (or `FILL_WAIT` passed), so a second look may now hit.
+    /// This is nginx's `proxy_cache_lock`: 100 clients asking at once for
+    /// one uncached URL cause one fetch, not 100.
+    pub fn fill(&self, key: &str) -> Fill {
+        let path = self
+            .dir
+            .join(format!(".fill-{:016x}", fnv1a(FNV_START, key.as_bytes())));
+        let Ok(file) = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+        else {
+            return Fill::Waited;
+        };
+        if fs2::FileExt::try_lock_exclusive(&file).is_ok() {
+            return Fill::Fetch(FillLock(file));
+        }
+        let deadline = std::time::Instant::now() + FILL_WAIT;
+        while std::time::Instant::now() < deadline {
+            std::thread::sleep(FILL_POLL);
+            if fs2::FileExt::try_lock_shared(&file).is_ok() {
+                break;
+            }
+        }
+        Fill::Waited
     }
 
     /// Removes the entry for `key`, if any.
@@ -436,6 +484,21 @@ pub fn matches_vary(req: &RequestHead, entry: &ResponseHead) -> bool {
     let now = vary_values(req, entry);
     stored == now
 }
+
+/// Longest wait for another process fetching the same URL (nginx's
+/// `proxy_cache_lock_timeout`).
+const FILL_WAIT: Duration = Duration::from_secs(5);
+/// How often a waiting process looks whether the fetch is done.
+const FILL_POLL: Duration = Duration::from_millis(5);
+
+pub enum Fill {
+    Fetch(FillLock),
+    Waited,
+}
+
+/// Held by the one process fetching a URL for the cache; released when
+/// dropped (or when the process dies: flock(2) locks go with it).
+pub struct FillLock(#[allow(dead_code)] File);
 
 /// One line of `pibl cache ls`.
 pub struct Listing {

@@ -428,6 +428,8 @@ fn read_replayable_body(
 struct CachePlan<'c> {
     cache: &'c Cache,
     key: String,
+    /// Held while this process fetches the URL for the cache.
+    _fill: Option<cache::FillLock>,
 }
 
 /// Looks the request up.  `Err` carries a stored response to send.
@@ -439,25 +441,54 @@ fn consult_cache<'c>(
     let Some(cache) = cache else { return Ok(None) };
     let key = cache::key(req.head, req.target);
     let request_cc = http::tokens(&req.head.fields, "cache-control");
+    let bypass = request_cc
+        .iter()
+        .any(|t| t == "no-cache" || t == "no-store");
     let status = match req.head.method.as_str() {
-        "GET" | "HEAD"
-            if request_cc
-                .iter()
-                .any(|t| t == "no-cache" || t == "no-store") =>
-        {
-            CacheStatus::Bypass
-        }
-        "GET" | "HEAD" => match cache.lookup(&key) {
+        "GET" | "HEAD" if !bypass => match cache.lookup(&key) {
             Lookup::Fresh(entry) if cache::matches_vary(req.head, &entry.head) => {
                 return Err(entry);
             }
-            Lookup::Fresh(_) | Lookup::Missing => CacheStatus::Miss,
-            Lookup::Stale => CacheStatus::Expired,
+            Lookup::Fresh(_) => CacheStatus::Miss,
+            Lookup::Missing => return fill_or_hit(cache, key, req, ex, CacheStatus::Miss),
+            Lookup::Stale => return fill_or_hit(cache, key, req, ex, CacheStatus::Expired),
         },
         _ => CacheStatus::Bypass,
     };
     ex.cache = Some(status);
-    Ok(Some(CachePlan { cache, key }))
+    Ok(Some(CachePlan {
+        cache,
+        key,
+        _fill: None,
+    }))
+}
+
+/// A miss: fetch, holding the URL's fill lock, or wait for the process
+/// that holds it and look again.
+fn fill_or_hit<'c>(
+    cache: &'c Cache,
+    key: String,
+    req: &Request<'_>,
+    ex: &mut Exchange,
+    status: CacheStatus,
+) -> Result<Option<CachePlan<'c>>, cache::Entry> {
+    ex.cache = Some(status);
+    let fill = match cache.fill(&key) {
+        cache::Fill::Fetch(lock) => Some(lock),
+        cache::Fill::Waited => match cache.lookup(&key) {
+            Lookup::Fresh(entry) if cache::matches_vary(req.head, &entry.head) => {
+                return Err(entry);
+            }
+            // Not stored after all (not cacheable, or a failure): fetch
+            // without the lock, so such URLs are not fetched one at a time.
+            _ => None,
+        },
+    };
+    Ok(Some(CachePlan {
+        cache,
+        key,
+        _fill: fill,
+    }))
 }
 
 impl CachePlan<'_> {

@@ -419,3 +419,25 @@ fn over_max_size_the_least_recently_used_go_first() {
         "/2 was the least recently used"
     );
 }
+
+#[test]
+fn a_hundred_clients_at_once_cause_one_fetch() {
+    let backend = RawBackend::start_slow(OK, std::time::Duration::from_millis(300));
+    let proxy = cached(&backend, 60);
+    let addr = proxy.addr;
+    let clients: Vec<_> = (0..100)
+        .map(|_| std::thread::spawn(move || get(addr, "/popular")))
+        .collect();
+    let answers: Vec<Response> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(
+        answers
+            .iter()
+            .all(|r| r.status == 200 && r.text() == "hello")
+    );
+    assert_eq!(hits(&backend), 1, "one fetch for 100 clients");
+    let hit = answers
+        .iter()
+        .filter(|r| r.header("x-cache") == Some("HIT"))
+        .count();
+    assert_eq!(hit, 99, "the others were served the stored answer");
+}

@@ -503,14 +503,20 @@ impl RawBackend {
     /// Answers, then holds the connection open without a word more: a
     /// response that never ends.
     pub fn start_stalling(answer: &'static [u8]) -> RawBackend {
-        RawBackend::start_with(answer, true)
+        RawBackend::start_with(answer, true, Duration::ZERO)
     }
 
     pub fn start(answer: &'static [u8]) -> RawBackend {
-        RawBackend::start_with(answer, false)
+        RawBackend::start_with(answer, false, Duration::ZERO)
     }
 
-    fn start_with(answer: &'static [u8], stall: bool) -> RawBackend {
+    /// Answers each request after `delay`, each connection in a thread of
+    /// its own.
+    pub fn start_slow(answer: &'static [u8], delay: Duration) -> RawBackend {
+        RawBackend::start_with(answer, false, delay)
+    }
+
+    fn start_with(answer: &'static [u8], stall: bool, delay: Duration) -> RawBackend {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -518,20 +524,24 @@ impl RawBackend {
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-                    head.push(byte[0]);
-                }
-                record
-                    .lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&head).into_owned());
-                let _ = stream.write_all(answer);
-                if stall {
-                    // Keep it open until the peer goes away.
-                    let _ = stream.read(&mut byte);
-                }
+                let record = Arc::clone(&record);
+                thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                        head.push(byte[0]);
+                    }
+                    record
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&head).into_owned());
+                    thread::sleep(delay);
+                    let _ = stream.write_all(answer);
+                    if stall {
+                        // Keep it open until the peer goes away.
+                        let _ = stream.read(&mut byte);
+                    }
+                });
             }
         });
         RawBackend { addr, seen }
