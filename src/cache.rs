@@ -66,6 +66,7 @@ pub enum Status {
     Hit,
     Miss,
     Expired,
+    Revalidated,
     Bypass,
 }
 
@@ -75,6 +76,7 @@ impl Status {
             Status::Hit => "HIT",
             Status::Miss => "MISS",
             Status::Expired => "EXPIRED",
+            Status::Revalidated => "REVALIDATED",
             Status::Bypass => "BYPASS",
         }
     }
@@ -84,6 +86,8 @@ impl Status {
 pub struct Entry {
     pub file: File,
     pub head: ResponseHead,
+    /// The head as stored, for rewriting the header (`refresh`).
+    raw_head: Vec<u8>,
     pub stored: u64,
     pub expires: u64,
     pub body_offset: u64,
@@ -92,7 +96,8 @@ pub struct Entry {
 
 pub enum Lookup {
     Fresh(Entry),
-    Stale,
+    /// Expired, but perhaps still valid: revalidation may refresh it.
+    Stale(Entry),
     Missing,
 }
 
@@ -176,7 +181,7 @@ impl Cache {
         };
         match read_entry(file, key) {
             Ok(Some(entry)) if entry.expires > unix_now() => Lookup::Fresh(entry),
-            Ok(Some(_)) => Lookup::Stale,
+            Ok(Some(entry)) => Lookup::Stale(entry),
             Ok(None) => Lookup::Missing,
             Err(e) => {
                 crate::diag!("cache: {}: {e}; removed", path.display());
@@ -239,12 +244,14 @@ impl Cache {
         }
     }
 
-    /// One sweep of the janitor: removes expired entries, then the least
+    /// One sweep of the janitor: removes entries expired for longer than
+    /// the TTL (kept that long so they can be revalidated), then the least
     /// recently used until the entries fit in `max_size` bytes.  Uses only
     /// each file's times and size (see `Writer::commit`).
     pub fn sweep(&self, max_size: u64) -> io::Result<(usize, usize)> {
         use std::os::unix::fs::MetadataExt;
         let now = SystemTime::now();
+        let grace = self.ttl;
         let mut kept = Vec::new();
         let mut expired = Vec::new();
         for entry in fs::read_dir(&self.dir)?.flatten() {
@@ -270,7 +277,7 @@ impl Cache {
             }
             let Ok(meta) = entry.metadata() else { continue };
             let modified = meta.modified().unwrap_or(now);
-            if modified <= now {
+            if modified + grace <= now {
                 expired.push((entry.path(), meta.ino()));
             } else {
                 kept.push((
@@ -334,6 +341,47 @@ impl Cache {
             }
         }
         Fill::Waited
+    }
+
+    /// After a 304 for a stale entry: a new lifetime from the stored head
+    /// updated with the 304's fields (RFC 9111 §4.3.4), written into the
+    /// entry's header in place.  Returns the entry, fresh again.
+    pub fn refresh(
+        &self,
+        key: &str,
+        mut entry: Entry,
+        req: &RequestHead,
+        not_modified: &ResponseHead,
+    ) -> Option<Entry> {
+        use std::os::unix::fs::FileExt;
+        let mut updated = entry.head.clone();
+        updated.fields.retain(|f| {
+            !not_modified
+                .fields
+                .iter()
+                .any(|n| n.name.eq_ignore_ascii_case(&f.name))
+        });
+        updated.fields.extend(not_modified.fields.iter().cloned());
+        let lifetime = self.lifetime(req, &updated)?;
+        let stored = unix_now();
+        let expires = stored + lifetime.as_secs().max(1);
+        let header = header_bytes(key, stored, expires, &entry.raw_head, entry.body_len);
+        let _lock = self.lock(true).ok()?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(self.path_of(key))
+            .ok()?;
+        use std::os::unix::fs::MetadataExt;
+        if file.metadata().ok()?.ino() != entry.file.metadata().ok()?.ino() {
+            return None; // replaced meanwhile: leave the newer entry be
+        }
+        file.write_all_at(&header, 0).ok()?;
+        let _ = file.set_times(
+            fs::FileTimes::new().set_modified(UNIX_EPOCH + Duration::from_secs(expires)),
+        );
+        entry.stored = stored;
+        entry.expires = expires;
+        Some(entry)
     }
 
     /// Removes the entry for `key`, if any.
@@ -585,6 +633,7 @@ fn read_entry_any(mut file: File, key: &str) -> io::Result<(Header, Option<Entry
     if file.metadata()?.len() != body_offset + body_len {
         return Err(bad("size does not match"));
     }
+    let raw_head = head;
     let head = match http::parse_response_head(head) {
         Ok(http::Parsed::Done(h, _)) => h,
         _ => return Err(bad("bad response head")),
@@ -600,12 +649,42 @@ fn read_entry_any(mut file: File, key: &str) -> io::Result<(Header, Option<Entry
     let entry = Entry {
         file,
         head,
+        raw_head: raw_head.to_vec(),
         stored,
         expires,
         body_offset,
         body_len,
     };
     Ok((header, Some(entry)))
+}
+
+/// An entry's header: fixed-width lines, so it can be rewritten in place.
+fn header_bytes(key: &str, stored: u64, expires: u64, head: &[u8], body_len: u64) -> Vec<u8> {
+    let lines = format!(
+        "{MAGIC}key {key}\nstored {stored:020}\nexpires {expires:020}\nhead {:020}\nbody {body_len:020}\n",
+        head.len()
+    );
+    let check = fnv1a(fnv1a(FNV_START, lines.as_bytes()), head);
+    format!("{lines}check {check:016x}\n\n").into_bytes()
+}
+
+/// The conditional fields that ask the origin whether a stored response is
+/// still valid (RFC 9111 §4.3.1).
+pub fn validators(entry: &Entry) -> Vec<http::Field> {
+    let mut fields = Vec::new();
+    if let Some(etag) = http::values(&entry.head.fields, "etag").next() {
+        fields.push(http::Field {
+            name: "If-None-Match".into(),
+            value: etag.to_vec(),
+        });
+    }
+    if let Some(date) = http::values(&entry.head.fields, "last-modified").next() {
+        fields.push(http::Field {
+            name: "If-Modified-Since".into(),
+            value: date.to_vec(),
+        });
+    }
+    fields
 }
 
 /// An entry being written.  It becomes visible only at `commit`.
@@ -624,21 +703,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    fn header_lines(&self) -> String {
-        format!(
-            "{MAGIC}key {}\nstored {:020}\nexpires {:020}\nhead {:020}\nbody {:020}\n",
-            self.key,
+    fn header(&self) -> Vec<u8> {
+        header_bytes(
+            &self.key,
             self.stored,
             self.expires,
-            self.head.len(),
-            self.body_len
+            &self.head,
+            self.body_len,
         )
-    }
-
-    fn header(&self) -> Vec<u8> {
-        let lines = self.header_lines();
-        let check = fnv1a(fnv1a(FNV_START, lines.as_bytes()), &self.head);
-        format!("{lines}check {check:016x}\n\n").into_bytes()
     }
 
     /// Makes the entry visible, if all of the body was written.

@@ -430,6 +430,8 @@ struct CachePlan<'c> {
     key: String,
     /// Held while this process fetches the URL for the cache.
     _fill: Option<cache::FillLock>,
+    /// An expired entry to revalidate, when it has validators.
+    stale: Option<cache::Entry>,
 }
 
 /// Looks the request up.  `Err` carries a stored response to send.
@@ -450,8 +452,11 @@ fn consult_cache<'c>(
                 return Err(entry);
             }
             Lookup::Fresh(_) => CacheStatus::Miss,
-            Lookup::Missing => return fill_or_hit(cache, key, req, ex, CacheStatus::Miss),
-            Lookup::Stale => return fill_or_hit(cache, key, req, ex, CacheStatus::Expired),
+            Lookup::Missing => return fill_or_hit(cache, key, req, ex, CacheStatus::Miss, None),
+            Lookup::Stale(entry) => {
+                let stale = revalidatable(req.head, entry);
+                return fill_or_hit(cache, key, req, ex, CacheStatus::Expired, stale);
+            }
         },
         _ => CacheStatus::Bypass,
     };
@@ -460,7 +465,22 @@ fn consult_cache<'c>(
         cache,
         key,
         _fill: None,
+        stale: None,
     }))
+}
+
+/// A stale entry worth revalidating: it has validators, it matches the
+/// request's Vary values, and the client sent no conditions of its own
+/// (which pibl then passes on untouched).
+fn revalidatable(req: &RequestHead, entry: cache::Entry) -> Option<cache::Entry> {
+    let client_conditional = req
+        .fields
+        .iter()
+        .any(|f| f.name.len() > 3 && f.name[..3].eq_ignore_ascii_case("if-"));
+    let useful = !client_conditional
+        && cache::matches_vary(req, &entry.head)
+        && !cache::validators(&entry).is_empty();
+    useful.then_some(entry)
 }
 
 /// A miss: fetch, holding the URL's fill lock, or wait for the process
@@ -471,6 +491,7 @@ fn fill_or_hit<'c>(
     req: &Request<'_>,
     ex: &mut Exchange,
     status: CacheStatus,
+    stale: Option<cache::Entry>,
 ) -> Result<Option<CachePlan<'c>>, cache::Entry> {
     ex.cache = Some(status);
     let fill = match cache.fill(&key) {
@@ -488,10 +509,29 @@ fn fill_or_hit<'c>(
         cache,
         key,
         _fill: fill,
+        stale,
     }))
 }
 
 impl CachePlan<'_> {
+    /// The request to forward with the stale entry's validators added, when
+    /// there is one to revalidate.
+    fn conditional(&self, req: &RequestHead) -> Option<RequestHead> {
+        let entry = self.stale.as_ref()?;
+        let mut head = req.clone();
+        head.fields.extend(cache::validators(entry));
+        Some(head)
+    }
+
+    /// After a 304 to a conditional request: the entry, refreshed.
+    fn revalidated(&mut self, req: &RequestHead, resp: &ResponseHead) -> Option<cache::Entry> {
+        if resp.status != 304 {
+            return None;
+        }
+        let entry = self.stale.take()?;
+        self.cache.refresh(&self.key, entry, req, resp)
+    }
+
     /// A writer for the body of `resp`, if it is to be stored; removes the
     /// stored entry after an unsafe method succeeds (RFC 9111 §4.4).
     fn store(&self, req: &RequestHead, resp: &ResponseHead) -> Option<cache::Writer> {
@@ -511,9 +551,9 @@ fn relay_to_backend(
     ctx: &Context,
     mut ex: Exchange,
 ) -> Exchange {
-    let plan = match consult_cache(ctx.cache.as_ref(), req, &mut ex) {
+    let mut plan = match consult_cache(ctx.cache.as_ref(), req, &mut ex) {
         Ok(plan) => plan,
-        Err(entry) => return serve_hit(client, entry, req, ex),
+        Err(entry) => return serve_hit(client, entry, req, ex, CacheStatus::Hit),
     };
     let kept = match read_replayable_body(client, req) {
         Ok(kept) => kept,
@@ -521,6 +561,8 @@ fn relay_to_backend(
     };
     let body_pending = kept.is_none() && req.framing != Framing::Empty;
     let balancer = &ctx.balancer;
+    let conditional = plan.as_ref().and_then(|p| p.conditional(req.head));
+    let forwarded_head = conditional.as_ref().unwrap_or(req.head);
     let mut tried = Vec::new();
     let mut status = 502;
     let mut head = Vec::with_capacity(1024);
@@ -529,7 +571,7 @@ fn relay_to_backend(
         let backend = balancer.backend(i);
         ex.tried(&backend.name);
         http::forward_request(
-            req.head,
+            forwarded_head,
             req.target,
             req.peer,
             &backend.name,
@@ -547,6 +589,9 @@ fn relay_to_backend(
         ) {
             Ok((resp, from_backend)) => {
                 balancer.record_success(i);
+                if let Some(entry) = plan.as_mut().and_then(|p| p.revalidated(req.head, &resp)) {
+                    return serve_hit(client, entry, req, ex, CacheStatus::Revalidated);
+                }
                 let store = plan.as_ref().and_then(|p| p.store(req.head, &resp));
                 return relay_response(client, resp, from_backend, &req.head.method, store, ex);
             }
@@ -747,9 +792,9 @@ fn serve_hit(
     entry: cache::Entry,
     req: &Request<'_>,
     mut ex: Exchange,
+    status: CacheStatus,
 ) -> Exchange {
-    ex.cache = Some(CacheStatus::Hit);
-    cache::touch(&entry);
+    ex.cache = Some(status);
     let head_only = req.head.method == "HEAD";
     let framing = if entry.head.status == 204 {
         Framing::Empty
@@ -758,7 +803,7 @@ fn serve_hit(
     };
     let age = cache::age(&entry).to_string();
     let mut head = Vec::with_capacity(1024);
-    let extra = [("Age", age.as_str()), ("X-Cache", "HIT")];
+    let extra = [("Age", age.as_str()), ("X-Cache", status.as_str())];
     http::forward_response_with(&entry.head, framing, persist_for(&ex), &extra, &mut head);
     ex.status = entry.head.status;
     if send(client, &head).is_err() {
@@ -767,10 +812,16 @@ fn serve_hit(
         return ex;
     }
     if head_only || framing == Framing::Empty {
+        cache::touch(&entry);
         return ex;
     }
     match send_file(client, &entry) {
-        Ok(()) => ex.body_bytes = entry.body_len,
+        Ok(()) => {
+            ex.body_bytes = entry.body_len;
+            // After the reads: the kernel stamps reads with a coarser
+            // clock, which must not leave this use looking older.
+            cache::touch(&entry);
+        }
         Err(_) => {
             ex.end = End::ClientFault;
             ex.keep_alive = false;

@@ -441,3 +441,36 @@ fn a_hundred_clients_at_once_cause_one_fetch() {
         .count();
     assert_eq!(hit, 99, "the others were served the stored answer");
 }
+
+#[test]
+fn a_stale_entry_with_a_validator_is_revalidated_with_a_304() {
+    let backend = RawBackend::start_answering(|head| {
+        if head.contains("\r\nIf-None-Match: \"v1\"\r\n") {
+            b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nCache-Control: max-age=60\r\n\r\n"
+                .to_vec()
+        } else {
+            b"HTTP/1.1 200 OK\r\nETag: \"v1\"\r\nCache-Control: max-age=1\r\nContent-Length: 5\r\n\r\nhello".to_vec()
+        }
+    });
+    let proxy = cached(&backend, 3600);
+    let mut client = Client::connect(proxy.addr);
+    assert_eq!(client.get("/r").header("x-cache"), Some("MISS"));
+    wait_entries(&proxy.dir, 1);
+    // An entry's mtime is its expiry time.
+    let entry = entries(&proxy.dir).remove(0);
+    wait_until("the entry to expire", || {
+        fs::metadata(&entry).unwrap().modified().unwrap()
+            < std::time::SystemTime::now() - std::time::Duration::from_secs(1)
+    });
+    let r = client.get("/r");
+    assert_eq!(
+        (r.status, r.header("x-cache"), r.text().as_str()),
+        (200, Some("REVALIDATED"), "hello")
+    );
+    let seen = backend.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[1].contains("If-None-Match: \"v1\""), "{}", seen[1]);
+    // The 304's max-age=60 now applies: a plain hit, no third request.
+    assert_eq!(client.get("/r").header("x-cache"), Some("HIT"));
+    assert_eq!(hits(&backend), 2);
+}

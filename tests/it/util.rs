@@ -510,6 +510,11 @@ impl RawBackend {
         RawBackend::start_with(answer, false, Duration::ZERO)
     }
 
+    /// Answers each request with what `answer` makes of its head.
+    pub fn start_answering(answer: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static) -> RawBackend {
+        RawBackend::start_general(Arc::new(answer), false, Duration::ZERO)
+    }
+
     /// Answers each request after `delay`, each connection in a thread of
     /// its own.
     pub fn start_slow(answer: &'static [u8], delay: Duration) -> RawBackend {
@@ -517,6 +522,15 @@ impl RawBackend {
     }
 
     fn start_with(answer: &'static [u8], stall: bool, delay: Duration) -> RawBackend {
+        RawBackend::start_general(Arc::new(move |_: &str| answer.to_vec()), stall, delay)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn start_general(
+        answer: Arc<dyn Fn(&str) -> Vec<u8> + Send + Sync>,
+        stall: bool,
+        delay: Duration,
+    ) -> RawBackend {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -525,18 +539,18 @@ impl RawBackend {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 let record = Arc::clone(&record);
+                let answer = Arc::clone(&answer);
                 thread::spawn(move || {
                     let mut head = Vec::new();
                     let mut byte = [0u8; 1];
                     while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
                         head.push(byte[0]);
                     }
-                    record
-                        .lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&head).into_owned());
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let bytes = answer(&head);
+                    record.lock().unwrap().push(head);
                     thread::sleep(delay);
-                    let _ = stream.write_all(answer);
+                    let _ = stream.write_all(&bytes);
                     if stall {
                         // Keep it open until the peer goes away.
                         let _ = stream.read(&mut byte);
