@@ -474,3 +474,31 @@ fn a_stale_entry_with_a_validator_is_revalidated_with_a_304() {
     assert_eq!(client.get("/r").header("x-cache"), Some("HIT"));
     assert_eq!(hits(&backend), 2);
 }
+
+#[test]
+fn a_body_over_max_entry_streams_through_uncached() {
+    let backend = RawBackend::start(OK);
+    let proxy = Proxy::start_with(ProxyOptions {
+        backends: vec![backend.addr.to_string()],
+        extra: "[cache]\nttl = 60\nmax_entry = 4\n".into(),
+    });
+    let mut client = Client::connect(proxy.addr);
+    for _ in 0..2 {
+        let r = client.get("/large");
+        assert_eq!(
+            (r.header("x-cache"), r.text().as_str()),
+            (Some("MISS"), "hello")
+        );
+    }
+    assert_eq!(hits(&backend), 2);
+    assert!(entries(&proxy.dir).is_empty());
+    let leftovers = fs::read_dir(proxy.dir.path().join("cache"))
+        .unwrap()
+        .flatten();
+    assert!(
+        leftovers
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+            .count()
+            == 0
+    );
+}
