@@ -17,7 +17,7 @@
 //!   /sink             reads the body; answers its length and FNV-1a hash
 
 use std::io::{self, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, SystemTime};
@@ -48,8 +48,12 @@ pub fn run(cli: &Cli, args: &BackendArgs) -> Result<(), Error> {
     };
     let listen = cli.listen.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let addr = SocketAddr::new(listen, port);
-    let listener =
-        TcpListener::bind(addr).map_err(|e| Error::os(format!("cannot listen on {addr}"), e))?;
+    // pibl's own listen backlog (511), not std's 128: a replica under a
+    // benchmark must not refuse connections that pibl would queue.
+    let listener = crate::parent::bind(addr)?;
+    listener
+        .set_nonblocking(false)
+        .map_err(|e| Error::os("cannot make the listener blocking", e))?;
     let bound = listener
         .local_addr()
         .map_err(|e| Error::os("cannot read the listening address", e))?;

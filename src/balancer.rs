@@ -6,7 +6,8 @@
 //! same whatever child serves the request: over 3N requests, 3 healthy
 //! backends get exactly N each.  A backend that failed `max_fails` times
 //! within `fail_timeout` is skipped until `fail_timeout` has passed, then
-//! tried again (as nginx's `max_fails`/`fail_timeout`); one the active
+//! tried again (as nginx's `max_fails`/`fail_timeout`, and as there, never
+//! when it is the only backend); one the active
 //! health check marked down is skipped until the check sees it up.
 
 use std::sync::atomic::Ordering;
@@ -78,7 +79,9 @@ impl Balancer {
             slot.fails.fetch_add(1, Ordering::Relaxed) + 1
         };
         diag!("backend {name}: {why}");
-        if fails >= self.health.max_fails {
+        // As nginx: a lone backend is never marked down, since skipping it
+        // would only turn a passing failure into a run of 502s.
+        if fails >= self.health.max_fails && self.backends.len() > 1 {
             let was = slot.down_until_ms.swap(now + window, Ordering::Relaxed);
             if was <= now {
                 diag!(

@@ -152,18 +152,22 @@ impl Cache {
             .join(format!("{:016x}", fnv1a(FNV_START, key.as_bytes())))
     }
 
+    /// The cache lock: shared to open an entry, exclusive to change which
+    /// file a name holds (`pibl cache` waits as long as it takes).
     fn lock(&self, exclusive: bool) -> io::Result<File> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.dir.join(LOCK_FILE))?;
+        let file = open_lock(&self.dir.join(LOCK_FILE))?;
         if exclusive {
             fs2::FileExt::lock_exclusive(&file)?;
         } else {
             fs2::FileExt::lock_shared(&file)?;
         }
         Ok(file)
+    }
+
+    /// The exclusive cache lock for a child or the janitor: see
+    /// `lock_exclusive_within`.
+    fn lock_briefly(&self) -> io::Result<File> {
+        lock_exclusive_within(&self.dir.join(LOCK_FILE))
     }
 
     /// The entry for `key`, if there is a sound one.  A corrupt entry, or one
@@ -298,7 +302,7 @@ impl Cache {
             total -= size;
             evicted.push((path, ino));
         }
-        let _lock = self.lock(true)?;
+        let _lock = self.lock_briefly()?;
         let gone = |list: &[(PathBuf, u64)]| {
             // Under the lock, and only if the name still holds the same
             // file: a writer may have replaced it since the scan.
@@ -366,7 +370,7 @@ impl Cache {
         let stored = unix_now();
         let expires = stored + lifetime.as_secs().max(1);
         let header = header_bytes(key, stored, expires, &entry.raw_head, entry.body_len);
-        let _lock = self.lock(true).ok()?;
+        let _lock = self.lock_briefly().ok()?;
         let file = OpenOptions::new()
             .write(true)
             .open(self.path_of(key))
@@ -386,7 +390,7 @@ impl Cache {
 
     /// Removes the entry for `key`, if any.
     pub fn remove(&self, key: &str) {
-        if let Ok(_lock) = self.lock(true) {
+        if let Ok(_lock) = self.lock_briefly() {
             let _ = fs::remove_file(self.path_of(key));
         }
     }
@@ -531,6 +535,37 @@ pub fn matches_vary(req: &RequestHead, entry: &ResponseHead) -> bool {
         .collect();
     let now = vary_values(req, entry);
     stored == now
+}
+
+/// Longest wait of a child or the janitor for the exclusive cache lock.
+const EXCLUSIVE_WAIT: Duration = Duration::from_millis(50);
+
+fn open_lock(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+}
+
+/// Takes the exclusive lock on `path` if it can within `EXCLUSIVE_WAIT`.
+/// flock(2) gives a waiting exclusive lock no precedence over new shared
+/// ones, so under a steady stream of readers a blocking wait could last
+/// for ever, and every child finishing a response would queue behind it.
+/// Readers hold the lock only to open a file, so there are gaps; one who
+/// finds none gives up the change (an entry not stored, not removed yet).
+fn lock_exclusive_within(path: &Path) -> io::Result<File> {
+    let file = open_lock(path)?;
+    let deadline = std::time::Instant::now() + EXCLUSIVE_WAIT;
+    loop {
+        if fs2::FileExt::try_lock_exclusive(&file).is_ok() {
+            return Ok(file);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Longest wait for another process fetching the same URL (nginx's
@@ -732,17 +767,8 @@ impl Writer {
             .set_modified(UNIX_EPOCH + Duration::from_secs(self.expires))
             .set_accessed(SystemTime::now());
         let _ = self.file.set_times(times);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.lock_path);
-        if let Ok(lock) = lock {
-            if fs2::FileExt::lock_exclusive(&lock).is_ok()
-                && fs::rename(&self.temp, &self.target).is_ok()
-            {
-                self.failed = true; // renamed: nothing left to remove
-            }
+        if let Ok(_lock) = lock_exclusive_within(&self.lock_path) {
+            let _ = fs::rename(&self.temp, &self.target);
         }
     }
 }
@@ -765,9 +791,9 @@ impl Write for Writer {
 }
 
 impl Drop for Writer {
+    /// Whatever was not renamed into place goes (after a rename the
+    /// temporary name no longer exists, and this does nothing).
     fn drop(&mut self) {
-        if self.failed || Path::new(&self.temp).exists() {
-            let _ = fs::remove_file(&self.temp);
-        }
+        let _ = fs::remove_file(&self.temp);
     }
 }

@@ -272,3 +272,25 @@ fn killing_a_backend_under_load_loses_no_request() {
     );
     wait_stderr(&proxy, &format!("backend {victim_name} marked down"));
 }
+
+#[test]
+fn a_lone_backend_is_never_marked_down() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // fail_timeout far beyond the test's patience: were the lone backend
+    // marked down, it would not be asked again in time.
+    let proxy = with(vec![format!("127.0.0.1:{port}")], "fail_timeout = 3600\n");
+    assert_eq!(get(proxy.addr, "/whoami").status, 502);
+    let _back = Backend::start_on("back", port);
+    assert_eq!(get(proxy.addr, "/whoami").text(), "back\n");
+    assert!(
+        !proxy
+            .stderr
+            .snapshot()
+            .iter()
+            .any(|l| l.contains("marked down"))
+    );
+}
