@@ -31,7 +31,7 @@
 //! read first; truncation, the likely damage, is caught by the size.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -43,6 +43,8 @@ const LOCK_FILE: &str = ".lock";
 const TEMP_PREFIX: &str = ".tmp-";
 /// Most bytes of header and head read to open an entry.
 const MAX_PREFIX: usize = 96 * 1024;
+/// What is read first: enough for the header and a usual head.
+const FIRST_READ: usize = 8 * 1024;
 
 /// Statuses cacheable by default (RFC 9110 §15.1, RFC 9111 §4.2.2).
 const CACHEABLE: [u16; 11] = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501];
@@ -51,6 +53,12 @@ pub struct Cache {
     dir: PathBuf,
     ttl: Duration,
     max_entry: u64,
+    /// This process's descriptor of `cache/.lock`, for shared locks.  Each
+    /// process needs its own: a flock(2) lock belongs to an open file
+    /// description, and one inherited across a fork would be shared with
+    /// the parent's other children.  The parent never looks entries up, so
+    /// every child and helper starts with none and opens its own.
+    lock_fd: std::cell::RefCell<Option<File>>,
 }
 
 /// Marks an entry used now, for the janitor's least-recently-used order.
@@ -132,6 +140,7 @@ impl Cache {
             dir,
             ttl,
             max_entry,
+            lock_fd: std::cell::RefCell::new(None),
         }
     }
 
@@ -164,6 +173,20 @@ impl Cache {
         Ok(file)
     }
 
+    /// Runs `open` under the shared cache lock, on this process's own
+    /// descriptor of the lock file (kept open: one open(2) fewer per hit).
+    fn shared<T>(&self, open: impl FnOnce() -> T) -> io::Result<T> {
+        let mut slot = self.lock_fd.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(open_lock(&self.dir.join(LOCK_FILE))?);
+        }
+        let file = slot.as_ref().expect("just set");
+        fs2::FileExt::lock_shared(file)?;
+        let result = open();
+        fs2::FileExt::unlock(file)?;
+        Ok(result)
+    }
+
     /// The exclusive cache lock for a child or the janitor: see
     /// `lock_exclusive_within`.
     fn lock_briefly(&self) -> io::Result<File> {
@@ -174,13 +197,7 @@ impl Cache {
     /// stored for another key, is removed and reported missing.
     pub fn lookup(&self, key: &str) -> Lookup {
         let path = self.path_of(key);
-        let opened = {
-            let Ok(_lock) = self.lock(false) else {
-                return Lookup::Missing;
-            };
-            File::open(&path)
-        };
-        let Ok(file) = opened else {
+        let Ok(Ok(file)) = self.shared(|| File::open(&path)) else {
             return Lookup::Missing;
         };
         match read_entry(file, key) {
@@ -622,17 +639,19 @@ fn read_entry(file: File, key: &str) -> io::Result<Option<Entry>> {
 }
 
 /// Reads and checks an entry, whatever its key.
-fn read_entry_any(mut file: File, key: &str) -> io::Result<(Header, Option<Entry>)> {
+fn read_entry_any(file: File, key: &str) -> io::Result<(Header, Option<Entry>)> {
+    use std::os::unix::fs::FileExt;
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-    let mut prefix = vec![0u8; MAX_PREFIX];
-    let mut got = 0;
-    while got < prefix.len() {
-        match file.read(&mut prefix[got..])? {
-            0 => break,
-            n => got += n,
-        }
+    // One pread(2) of what is likely the whole header and head; more only
+    // for a head that does not fit.
+    let size = file.metadata()?.len();
+    let mut prefix = vec![0u8; (size as usize).min(FIRST_READ)];
+    file.read_exact_at(&mut prefix, 0)?;
+    if !prefix.windows(2).any(|w| w == b"\n\n") && size as usize > prefix.len() {
+        let had = prefix.len();
+        prefix.resize((size as usize).min(MAX_PREFIX), 0);
+        file.read_exact_at(&mut prefix[had..], had as u64)?;
     }
-    prefix.truncate(got);
     let end = prefix
         .windows(2)
         .position(|w| w == b"\n\n")
@@ -658,6 +677,14 @@ fn read_entry_any(mut file: File, key: &str) -> io::Result<(Header, Option<Entry
     let body_len = number(field("body")?)?;
     let check = u64::from_str_radix(&field("check")?, 16).map_err(|_| bad("bad check"))?;
     let check_at = header.find("check ").ok_or_else(|| bad("no check"))?;
+    if end + head_len > prefix.len()
+        && (end + head_len) as u64 <= size
+        && end + head_len <= MAX_PREFIX
+    {
+        let had = prefix.len();
+        prefix.resize(end + head_len, 0);
+        file.read_exact_at(&mut prefix[had..], had as u64)?;
+    }
     let head = prefix
         .get(end..end + head_len)
         .ok_or_else(|| bad("head cut short"))?;
@@ -665,7 +692,7 @@ fn read_entry_any(mut file: File, key: &str) -> io::Result<(Header, Option<Entry
         return Err(bad("check does not match"));
     }
     let body_offset = (end + head_len) as u64;
-    if file.metadata()?.len() != body_offset + body_len {
+    if size != body_offset + body_len {
         return Err(bad("size does not match"));
     }
     let raw_head = head;

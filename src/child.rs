@@ -66,6 +66,8 @@ fn serve_connection(
         }
     };
     let mut reader = Reader::with_capacity(stream, BUFFER_SIZE);
+    // getpid(2) once, not once per log line.
+    let pid = process::id();
     let mut worst = End::Served;
     // The first request is awaited as long as a head may take; later ones
     // as long as a keep-alive connection may idle (nginx does the same).
@@ -82,7 +84,7 @@ fn serve_connection(
         let Some(ex) = relay::exchange(&mut reader, peer.ip(), ctx) else {
             break;
         };
-        record(log.as_mut(), peer, &ex);
+        record(log.as_mut(), peer, pid, &ex);
         worst = worst.max(ex.end);
         if !ex.keep_alive || signals::is_set(&GOT_SIGTERM) {
             break;
@@ -95,7 +97,7 @@ fn serve_connection(
     }
 }
 
-fn record(log: Option<&mut AccessLog>, peer: SocketAddr, ex: &Exchange) {
+fn record(log: Option<&mut AccessLog>, peer: SocketAddr, pid: u32, ex: &Exchange) {
     let line = log::format_line(&Entry {
         client: peer.ip(),
         time: ex.time,
@@ -106,7 +108,7 @@ fn record(log: Option<&mut AccessLog>, peer: SocketAddr, ex: &Exchange) {
         user_agent: ex.user_agent.as_deref(),
         upstream: ex.upstream.as_deref(),
         duration: ex.started.elapsed(),
-        pid: process::id(),
+        pid,
         cache: ex.cache.map(|c| c.as_str()),
     });
     match log {
