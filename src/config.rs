@@ -252,21 +252,41 @@ impl Config {
                 .map(|b| resolve_backend(b.get_ref()).map_err(|p| at(b.span(), p)))
                 .collect::<Result<Vec<_>, _>>()?,
         };
-        let max_clients = match raw.max_clients {
-            None => DEFAULT_MAX_CLIENTS,
-            Some(m) if *m.get_ref() >= 1 => *m.get_ref() as usize,
-            Some(m) => return Err(at(m.span(), "max_clients: must be at least 1".into())),
-        };
-        let shutdown_timeout = match raw.shutdown_timeout {
-            None => Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECS),
-            Some(t) if *t.get_ref() >= 0 => Duration::from_secs(*t.get_ref() as u64),
-            Some(t) => {
-                return Err(at(
-                    t.span(),
-                    "shutdown_timeout: must not be negative".into(),
-                ));
+        let seconds = |v: Option<Spanned<f64>>,
+                       name: &str,
+                       default: f64|
+         -> Result<Duration, Error> {
+            match v {
+                None => Ok(Duration::from_secs_f64(default)),
+                Some(v) if v.get_ref().is_finite() && *v.get_ref() > 0.0 && *v.get_ref() < 1e9 => {
+                    Ok(Duration::from_secs_f64(*v.get_ref()))
+                }
+                Some(v) => Err(at(
+                    v.span(),
+                    format!("{name}: must be a positive number of seconds"),
+                )),
             }
         };
+        let count =
+            |v: Option<Spanned<i64>>, name: &str, default: i64, min: i64| -> Result<u64, Error> {
+                match v {
+                    None => Ok(default as u64),
+                    Some(v) if *v.get_ref() >= min => Ok(*v.get_ref() as u64),
+                    Some(v) => Err(at(v.span(), format!("{name}: must be at least {min}"))),
+                }
+            };
+        let max_clients = count(
+            raw.max_clients,
+            "max_clients",
+            DEFAULT_MAX_CLIENTS as i64,
+            1,
+        )? as usize;
+        let shutdown_timeout = Duration::from_secs(count(
+            raw.shutdown_timeout,
+            "shutdown_timeout",
+            DEFAULT_SHUTDOWN_TIMEOUT_SECS as i64,
+            0,
+        )?);
         let log = raw.log.unwrap_or(RawLog {
             file: None,
             syslog: None,
@@ -292,29 +312,6 @@ impl Config {
         });
         let log_file = log.file.unwrap_or(DEFAULT_LOG_FILE.into());
 
-        let seconds = |v: Option<Spanned<f64>>,
-                       name: &str,
-                       default: f64|
-         -> Result<Duration, Error> {
-            match v {
-                None => Ok(Duration::from_secs_f64(default)),
-                Some(v) if v.get_ref().is_finite() && *v.get_ref() > 0.0 && *v.get_ref() < 1e9 => {
-                    Ok(Duration::from_secs_f64(*v.get_ref()))
-                }
-                Some(v) => Err(at(
-                    v.span(),
-                    format!("{name}: must be a positive number of seconds"),
-                )),
-            }
-        };
-        let count =
-            |v: Option<Spanned<i64>>, name: &str, default: i64, min: i64| -> Result<u64, Error> {
-                match v {
-                    None => Ok(default as u64),
-                    Some(v) if *v.get_ref() >= min => Ok(*v.get_ref() as u64),
-                    Some(v) => Err(at(v.span(), format!("{name}: must be at least {min}"))),
-                }
-            };
         let timeouts = Timeouts {
             connect: seconds(raw.connect_timeout, "connect_timeout", 5.0)?,
             backend: seconds(raw.backend_timeout, "backend_timeout", 60.0)?,

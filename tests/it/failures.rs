@@ -17,33 +17,12 @@ fn dead_address() -> String {
     l.local_addr().unwrap().to_string()
 }
 
-fn with(backends: Vec<String>, extra: &str) -> Proxy {
-    Proxy::start_with(ProxyOptions {
-        backends,
-        extra: extra.to_string(),
-    })
-}
-
-/// Waits for a stderr line of the proxy containing `text`.
-fn wait_stderr(proxy: &Proxy, text: &str) -> String {
-    let mut found = None;
-    wait_until(&format!("stderr line with {text:?}"), || {
-        found = proxy
-            .stderr
-            .snapshot()
-            .into_iter()
-            .find(|l| l.contains(text));
-        found.is_some()
-    });
-    found.unwrap()
-}
-
 #[test]
 fn a_refused_connection_fails_over_invisibly() {
     let a = Backend::start("a");
     let c = Backend::start("c");
     let dead = dead_address();
-    let proxy = with(
+    let proxy = Proxy::start_for(
         vec![a.addr.to_string(), dead.clone(), c.addr.to_string()],
         "",
     );
@@ -56,11 +35,8 @@ fn a_refused_connection_fails_over_invisibly() {
         "both tries logged: {}",
         log[1]
     );
-    wait_stderr(
-        &proxy,
-        &format!("backend {dead}: connect: Connection refused"),
-    );
-    wait_stderr(&proxy, &format!("backend {dead} marked down"));
+    proxy.wait_stderr(&format!("backend {dead}: connect: Connection refused"));
+    proxy.wait_stderr(&format!("backend {dead} marked down"));
     // Marked down, the dead backend is skipped: a and c alternate exactly.
     let later: Vec<&str> = log[3..]
         .iter()
@@ -77,19 +53,19 @@ fn a_backend_marked_down_is_tried_again_after_fail_timeout() {
         .local_addr()
         .unwrap()
         .port();
-    let proxy = with(
+    let proxy = Proxy::start_for(
         vec![a.addr.to_string(), format!("127.0.0.1:{port}")],
         "fail_timeout = 0.5\n",
     );
     for _ in 0..4 {
         assert_eq!(get(proxy.addr, "/whoami").text(), "a\n");
     }
-    wait_stderr(&proxy, "marked down for 0.5 s");
+    proxy.wait_stderr("marked down for 0.5 s");
     let _b = Backend::start_on("b", port);
     wait_until("backend b to be used again", || {
         get(proxy.addr, "/whoami").text() == "b\n"
     });
-    wait_stderr(&proxy, &format!("backend 127.0.0.1:{port} is up again"));
+    proxy.wait_stderr(&format!("backend 127.0.0.1:{port} is up again"));
 }
 
 #[test]
@@ -97,7 +73,7 @@ fn idempotent_requests_are_retried_but_post_is_never_replayed() {
     // Reads the request, then hangs up without a word.
     let closer = RawBackend::start(b"");
     let good = RawBackend::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-    let proxy = with(
+    let proxy = Proxy::start_for(
         vec![closer.addr.to_string(), good.addr.to_string()],
         "max_fails = 100\n",
     );
@@ -129,19 +105,19 @@ fn idempotent_requests_are_retried_but_post_is_never_replayed() {
         seen_closer.iter().any(|h| h.starts_with("POST /three ")),
         "{seen_closer:?}"
     );
-    wait_stderr(&proxy, "closed without a response");
+    proxy.wait_stderr("closed without a response");
 }
 
 #[test]
 fn a_silent_backend_is_504_and_a_malformed_one_502() {
     let slow = Backend::start("slow");
-    let proxy = with(
+    let proxy = Proxy::start_for(
         vec![slow.addr.to_string()],
         "backend_timeout = 0.5\nmax_fails = 100\n",
     );
     let r = get(proxy.addr, "/slow?ms=5000");
     assert_eq!(r.status, 504);
-    wait_stderr(&proxy, "response: timed out");
+    proxy.wait_stderr("response: timed out");
 
     for answer in [
         &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc"[..],
@@ -152,7 +128,7 @@ fn a_silent_backend_is_504_and_a_malformed_one_502() {
     ] {
         let answer: &'static [u8] = Box::leak(answer.to_vec().into_boxed_slice());
         let raw = RawBackend::start(answer);
-        let proxy = with(vec![raw.addr.to_string()], "max_fails = 100\n");
+        let proxy = Proxy::start_for(vec![raw.addr.to_string()], "max_fails = 100\n");
         let r = get(proxy.addr, "/");
         assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(answer));
         assert!(!r.text().contains("127.0.0.1"));
@@ -161,12 +137,12 @@ fn a_silent_backend_is_504_and_a_malformed_one_502() {
 
 #[test]
 fn all_backends_down_is_502_with_the_reason_logged() {
-    let proxy = with(vec![dead_address(), dead_address()], "");
+    let proxy = Proxy::start_for(vec![dead_address(), dead_address()], "");
     let r = get(proxy.addr, "/");
     assert_eq!(r.status, 502);
     let r = get(proxy.addr, "/");
     assert_eq!(r.status, 502);
-    wait_stderr(&proxy, "no backend is up");
+    proxy.wait_stderr("no backend is up");
 }
 
 #[test]
@@ -174,26 +150,22 @@ fn the_health_checker_marks_backends_down_and_up() {
     let a = Backend::start("a");
     let b = Backend::start("b");
     let port = b.addr.port();
-    let proxy = with(
+    let proxy = Proxy::start_for(
         vec![a.addr.to_string(), b.addr.to_string()],
         "health_check = { path = \"/whoami\", interval = 0.2 }\n",
     );
     let (children, _) = proxy.children();
     assert_eq!(children.len(), 1, "the checker is a child of its own");
     drop(b);
-    wait_stderr(
-        &proxy,
-        &format!("health check: backend 127.0.0.1:{port} is down"),
-    );
+    proxy.wait_stderr(&format!("health check: backend 127.0.0.1:{port} is down"));
     // No client request had to fail for it to be skipped.
     for _ in 0..4 {
         assert_eq!(get(proxy.addr, "/whoami").text(), "a\n");
     }
     let _b = Backend::start_on("b", port);
-    wait_stderr(
-        &proxy,
-        &format!("health check: backend 127.0.0.1:{port} is up again"),
-    );
+    proxy.wait_stderr(&format!(
+        "health check: backend 127.0.0.1:{port} is up again"
+    ));
     let names: Vec<String> = (0..4).map(|_| get(proxy.addr, "/whoami").text()).collect();
     assert_eq!(names.iter().filter(|n| *n == "b\n").count(), 2, "{names:?}");
     let refused = format!("]: backend 127.0.0.1:{port}: connect");
@@ -212,7 +184,7 @@ fn killing_a_backend_under_load_loses_no_request() {
     let backends = Backend::start_many(3);
     let victim_port = backends[1].addr.port();
     let victim_name = backends[1].addr.to_string();
-    let proxy = with(
+    let proxy = Proxy::start_for(
         backends.iter().map(|b| b.addr.to_string()).collect(),
         "fail_timeout = 0.5\n",
     );
@@ -253,7 +225,7 @@ fn killing_a_backend_under_load_loses_no_request() {
     backends[1] = None;
     wait_until("3,000 requests", || done.load(Ordering::Relaxed) >= 3_000);
     backends[1] = Some(Backend::start_on("b2", victim_port));
-    wait_stderr(&proxy, &format!("backend {victim_name} is up again"));
+    proxy.wait_stderr(&format!("backend {victim_name} is up again"));
     let after_recovery = done.load(Ordering::Relaxed);
     let target = (after_recovery + 500).clamp(5_000, CLIENTS * MAX_PER_CLIENT);
     wait_until("5,000 requests, 500 of them after the recovery", || {
@@ -270,7 +242,7 @@ fn killing_a_backend_under_load_loses_no_request() {
         names.iter().any(|n| n == "b2\n"),
         "the restarted backend served again"
     );
-    wait_stderr(&proxy, &format!("backend {victim_name} marked down"));
+    proxy.wait_stderr(&format!("backend {victim_name} marked down"));
 }
 
 #[test]
@@ -282,7 +254,7 @@ fn a_lone_backend_is_never_marked_down() {
         .port();
     // fail_timeout far beyond the test's patience: were the lone backend
     // marked down, it would not be asked again in time.
-    let proxy = with(vec![format!("127.0.0.1:{port}")], "fail_timeout = 3600\n");
+    let proxy = Proxy::start_for(vec![format!("127.0.0.1:{port}")], "fail_timeout = 3600\n");
     assert_eq!(get(proxy.addr, "/whoami").status, 502);
     let _back = Backend::start_on("back", port);
     assert_eq!(get(proxy.addr, "/whoami").text(), "back\n");

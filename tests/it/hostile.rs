@@ -8,17 +8,10 @@ use std::time::Duration;
 
 use crate::util::*;
 
-fn with(backends: Vec<String>, extra: &str) -> Proxy {
-    Proxy::start_with(ProxyOptions {
-        backends,
-        extra: extra.to_string(),
-    })
-}
-
 #[test]
 fn a_head_that_never_ends_gets_408() {
     let backends = Backend::start_many(1);
-    let proxy = with(
+    let proxy = Proxy::start_for(
         vec![backends[0].addr.to_string()],
         "client_header_timeout = 0.5\n",
     );
@@ -35,7 +28,7 @@ fn a_head_that_never_ends_gets_408() {
 #[test]
 fn idle_keep_alive_connections_are_closed() {
     let backends = Backend::start_many(1);
-    let proxy = with(
+    let proxy = Proxy::start_for(
         vec![backends[0].addr.to_string()],
         "keepalive_timeout = 0.5\n",
     );
@@ -50,7 +43,7 @@ fn idle_keep_alive_connections_are_closed() {
 #[test]
 fn a_stalled_body_gets_408() {
     let backends = Backend::start_many(1);
-    let proxy = with(
+    let proxy = Proxy::start_for(
         vec![backends[0].addr.to_string()],
         "client_body_timeout = 0.5\n",
     );
@@ -68,7 +61,7 @@ fn a_stalled_body_gets_408() {
 #[test]
 fn a_client_that_stops_reading_is_dropped() {
     let backends = Backend::start_many(1);
-    let proxy = with(vec![backends[0].addr.to_string()], "send_timeout = 0.5\n");
+    let proxy = Proxy::start_for(vec![backends[0].addr.to_string()], "send_timeout = 0.5\n");
     let mut client = Client::connect(proxy.addr);
     client.send(b"GET /big?kb=200000 HTTP/1.1\r\nHost: t\r\n\r\n");
     wait_until("the child to start", || !proxy.children().0.is_empty());
@@ -85,7 +78,7 @@ fn a_client_that_stops_reading_is_dropped() {
 #[test]
 fn slowloris_does_not_starve_a_normal_client() {
     let backends = Backend::start_many(1);
-    let proxy = with(
+    let proxy = Proxy::start_for(
         vec![backends[0].addr.to_string()],
         "client_header_timeout = 5\n",
     );
@@ -120,7 +113,7 @@ fn slowloris_does_not_starve_a_normal_client() {
 #[test]
 fn size_limits_414_431_413() {
     let raw = RawBackend::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-    let proxy = with(
+    let proxy = Proxy::start_for(
         vec![raw.addr.to_string()],
         "max_request_line = 100\nmax_header_size = 1024\nmax_headers = 5\nmax_body = 10\n",
     );
@@ -165,7 +158,7 @@ fn size_limits_414_431_413() {
     // A chunked body has no size up front: it is streamed until it passes
     // max_body, then cut off with 413 (the backend sees an unfinished body).
     let backends = Backend::start_many(1);
-    let proxy = with(vec![backends[0].addr.to_string()], "max_body = 10\n");
+    let proxy = Proxy::start_for(vec![backends[0].addr.to_string()], "max_body = 10\n");
     let mut client = Client::connect(proxy.addr);
     client.send(b"POST /sink HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n");
     assert_eq!(
@@ -213,7 +206,7 @@ const SMUGGLING: &[(&[u8], u16)] = &[
 #[test]
 fn ambiguous_or_malformed_requests_are_refused_and_never_forwarded() {
     let raw = RawBackend::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-    let proxy = with(vec![raw.addr.to_string()], "");
+    let proxy = Proxy::start_for(vec![raw.addr.to_string()], "");
     for &(request, status) in SMUGGLING {
         let mut client = Client::connect(proxy.addr);
         client.send(request);
@@ -237,7 +230,7 @@ fn ambiguous_or_malformed_requests_are_refused_and_never_forwarded() {
 #[test]
 fn bad_chunks_are_refused_and_never_reach_the_backend() {
     let backends = Backend::start_many(1);
-    let proxy = with(vec![backends[0].addr.to_string()], "");
+    let proxy = Proxy::start_for(vec![backends[0].addr.to_string()], "");
     for body in [
         &b"zz\r\nhello\r\n0\r\n\r\n"[..],
         b"5\r\nhelloEXTRA\r\n0\r\n\r\n",
@@ -265,7 +258,7 @@ fn bare_lf_heads_are_accepted_and_forwarded_with_crlf() {
     // backend never sees the ambiguity; it refuses bare LF in chunked
     // framing, which it does not re-read line by line the same way.
     let backends = Backend::start_many(1);
-    let proxy = with(vec![backends[0].addr.to_string()], "");
+    let proxy = Proxy::start_for(vec![backends[0].addr.to_string()], "");
     let mut client = Client::connect(proxy.addr);
     client.send(b"GET /headers HTTP/1.1\nHost: t\nX-Lf: yes\n\n");
     let seen = client.response("GET").text();

@@ -18,20 +18,6 @@ fn options(backends: &[&Backend], extra: &str) -> ProxyOptions {
     }
 }
 
-/// Waits for a stderr line of the proxy containing `text`; returns it.
-fn wait_stderr(proxy: &Proxy, text: &str) -> String {
-    let mut found = None;
-    wait_until(&format!("stderr line with {text:?}"), || {
-        found = proxy
-            .stderr
-            .snapshot()
-            .into_iter()
-            .find(|l| l.contains(text));
-        found.is_some()
-    });
-    found.unwrap()
-}
-
 #[test]
 fn sigterm_lets_a_200_mib_response_in_flight_complete() {
     let backends = Backend::start_many(1);
@@ -80,7 +66,7 @@ fn shutdown_timeout_bounds_the_wait_for_stragglers() {
     proxy.process.signal(Signal::SIGTERM);
     assert_eq!(proxy.process.wait_exit().code(), Some(0));
     assert!(client.is_closed());
-    wait_stderr(&proxy, "still busy after shutdown_timeout");
+    proxy.wait_stderr("still busy after shutdown_timeout");
 }
 
 #[test]
@@ -110,7 +96,7 @@ fn sighup_reload_changes_backends_for_new_connections_only() {
     )
     .unwrap();
     proxy.process.signal(Signal::SIGHUP);
-    wait_stderr(&proxy, "configuration reloaded");
+    proxy.wait_stderr("configuration reloaded");
     assert_eq!(
         get(proxy.addr, "/whoami").text(),
         "b\n",
@@ -135,7 +121,7 @@ fn sighup_with_a_broken_config_keeps_the_old_one() {
     )
     .unwrap();
     proxy.process.signal(Signal::SIGHUP);
-    let line = wait_stderr(&proxy, "reload refused");
+    let line = proxy.wait_stderr("reload refused");
     assert!(
         line.contains("pibl.conf:2: unknown field `nonsense`"),
         "{line}"
@@ -211,7 +197,7 @@ fn sigusr1_reopens_the_log_for_rotation() {
     let log = proxy.dir.path().join("pibl.log");
     fs::rename(&log, proxy.dir.path().join("pibl.log.1")).unwrap();
     proxy.process.signal(Signal::SIGUSR1);
-    wait_stderr(&proxy, "reopening log files");
+    proxy.wait_stderr("reopening log files");
     kept.get("/whoami?n=2");
     get(proxy.addr, "/whoami?n=3");
     proxy.wait_log(3);

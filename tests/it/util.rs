@@ -279,6 +279,29 @@ impl Proxy {
             .collect()
     }
 
+    /// A proxy for the backends at `backends`, with more lines of config.
+    pub fn start_for(backends: Vec<String>, extra: &str) -> Proxy {
+        Proxy::start_with(ProxyOptions {
+            backends,
+            extra: extra.to_string(),
+        })
+    }
+
+    /// Waits for a line on the proxy's standard error containing `text`,
+    /// and returns it.
+    pub fn wait_stderr(&self, text: &str) -> String {
+        let mut found = None;
+        wait_until(&format!("stderr line with {text:?}"), || {
+            found = self
+                .stderr
+                .snapshot()
+                .into_iter()
+                .find(|l| l.contains(text));
+            found.is_some()
+        });
+        found.expect("found above")
+    }
+
     /// Waits until `n` access lines are on stdout, returns them.
     pub fn wait_log(&self, n: usize) -> Vec<String> {
         self.stdout.wait_for(n)
