@@ -15,6 +15,7 @@ use nix::sys::signal::SigSet;
 
 use crate::diag;
 use crate::log::{self, AccessLog, Entry};
+use crate::pool::Pool;
 pub use crate::relay::Context;
 use crate::relay::{self, BUFFER_SIZE, End, Exchange};
 use crate::signals::{self, GOT_SIGTERM, GOT_SIGUSR1, Idle};
@@ -68,6 +69,7 @@ fn serve_connection(
     let mut reader = Reader::with_capacity(stream, BUFFER_SIZE);
     // getpid(2) once, not once per log line.
     let pid = process::id();
+    let mut pool = Pool::new(ctx.balancer.len());
     let mut worst = End::Served;
     // The first request is awaited as long as a head may take; later ones
     // as long as a keep-alive connection may idle (nginx does the same).
@@ -81,7 +83,7 @@ fn serve_connection(
             break;
         }
         idle_timeout = timeouts.keepalive;
-        let Some(ex) = relay::exchange(&mut reader, peer.ip(), ctx) else {
+        let Some(ex) = relay::exchange(&mut reader, peer.ip(), ctx, &mut pool) else {
             break;
         };
         record(log.as_mut(), peer, pid, &ex);

@@ -32,6 +32,8 @@ pub struct RequestHead {
 pub struct ResponseHead {
     pub status: u16,
     pub reason: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
     pub fields: Vec<Field>,
 }
 
@@ -110,6 +112,7 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Parsed<ResponseHead>, Reject> {
             ResponseHead {
                 status: resp.code.unwrap_or_default(),
                 reason: resp.reason.unwrap_or_default().to_string(),
+                minor: resp.version.unwrap_or(1),
                 fields: own_fields(resp.headers),
             },
             len,
@@ -217,6 +220,15 @@ pub fn response_framing(method: &str, resp: &ResponseHead) -> Result<Framing, &'
     })
 }
 
+/// May pibl send another request on the backend connection that carried
+/// this response?  HTTP/1.1, and no `Connection: close`.
+pub fn backend_keeps_alive(resp: &ResponseHead) -> bool {
+    resp.minor == 1
+        && !tokens(&resp.fields, "connection")
+            .iter()
+            .any(|t| t == "close")
+}
+
 /// Does the client want the connection kept open after this request?
 pub fn client_keeps_alive(req: &RequestHead) -> bool {
     let connection = tokens(&req.fields, "connection");
@@ -295,14 +307,15 @@ fn push_framing(out: &mut Vec<u8>, framing: Framing) {
 
 /// The head pibl sends to a backend: HTTP/1.1, origin-form target, Host
 /// kept, hop-by-hop fields dropped, X-Forwarded-For/-Proto and Via added, one
-/// unambiguous framing, and `Connection: close` since each backend connection
-/// carries one request.
+/// unambiguous framing, and `Connection: close` unless pibl means to keep
+/// the connection for another request (`keep_alive`).
 pub fn forward_request(
     req: &RequestHead,
     target: &str,
     client: IpAddr,
     backend_host: &str,
     framing: Framing,
+    keep_alive: bool,
     out: &mut Vec<u8>,
 ) {
     out.clear();
@@ -322,7 +335,10 @@ pub fn forward_request(
     push_field(out, "X-Forwarded-Proto", b"http");
     push_field(out, "Via", &appended(&req.fields, "via", VIA));
     push_framing(out, framing);
-    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// What the `Connection` field of a response to the client must say.
@@ -534,6 +550,7 @@ mod tests {
             "127.0.0.2".parse().unwrap(),
             "b:1",
             Framing::Length(3),
+            false,
             &mut out,
         );
         let text = String::from_utf8(out).unwrap();
@@ -553,12 +570,14 @@ mod tests {
             "::1".parse().unwrap(),
             "b:1",
             Framing::Empty,
+            true,
             &mut out,
         );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\r\nHost: b:1\r\n"));
         assert!(
-            String::from_utf8(out)
-                .unwrap()
-                .contains("\r\nHost: b:1\r\n")
+            !text.contains("Connection"),
+            "keep-alive is HTTP/1.1's default"
         );
     }
 

@@ -22,6 +22,7 @@ pub mod http;
 mod janitor;
 mod log;
 mod parent;
+mod pool;
 mod privileges;
 mod relay;
 mod shm;

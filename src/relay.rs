@@ -23,6 +23,7 @@ use crate::body::{self, CopyError, Encode};
 use crate::cache::{self, Cache, Lookup, Status as CacheStatus};
 use crate::config::Config;
 use crate::http::{self, Framing, Parsed, Persist, Reject, RequestHead, ResponseHead};
+use crate::pool::Pool;
 use crate::wire::Reader;
 
 /// Size of the buffer on each side; bodies pass through it.
@@ -196,7 +197,12 @@ pub fn read_head<R: Read + AsFd, T>(
 
 /// Serves one request from `client`.  `None` when the client closed (or
 /// idled out) cleanly between requests.
-pub fn exchange(client: &mut Reader<&TcpStream>, peer: IpAddr, ctx: &Context) -> Option<Exchange> {
+pub fn exchange(
+    client: &mut Reader<&TcpStream>,
+    peer: IpAddr,
+    ctx: &Context,
+    pool: &mut Pool,
+) -> Option<Exchange> {
     let limits = &ctx.config.limits;
     let rules = HeadRules {
         max_size: limits.max_header_size,
@@ -234,7 +240,7 @@ pub fn exchange(client: &mut Reader<&TcpStream>, peer: IpAddr, ctx: &Context) ->
         framing,
         peer,
     };
-    Some(relay_to_backend(client, &request, ctx, ex))
+    Some(relay_to_backend(client, &request, ctx, pool, ex))
 }
 
 /// Validates a request head and returns the target to forward (origin-form)
@@ -549,6 +555,7 @@ fn relay_to_backend(
     client: &mut Reader<&TcpStream>,
     req: &Request<'_>,
     ctx: &Context,
+    pool: &mut Pool,
     mut ex: Exchange,
 ) -> Exchange {
     let mut plan = match consult_cache(ctx.cache.as_ref(), req, &mut ex) {
@@ -563,6 +570,9 @@ fn relay_to_backend(
     let balancer = &ctx.balancer;
     let conditional = plan.as_ref().and_then(|p| p.conditional(req.head));
     let forwarded_head = conditional.as_ref().unwrap_or(req.head);
+    // Only a request pibl could send again goes on a kept connection, and
+    // only its connection is kept afterwards.
+    let replayable = kept.is_some() && req.is_idempotent();
     let mut tried = Vec::new();
     let mut status = 502;
     let mut head = Vec::with_capacity(1024);
@@ -576,24 +586,52 @@ fn relay_to_backend(
             req.peer,
             &backend.name,
             req.framing,
+            replayable,
             &mut head,
         );
-        match attempt(
+        let idle = if replayable { pool.take(i) } else { None };
+        let reused = idle.is_some();
+        let mut result = attempt(
             client,
             req,
             ctx,
+            idle,
             backend.addr,
             &head,
             kept.as_deref(),
             &mut ex,
-        ) {
+        );
+        if reused && matches!(result, Err(Attempt::Sent(_, 502))) {
+            // The backend closed the kept connection as pibl sent on it:
+            // no fault of the backend's; the same request on a new one.
+            result = attempt(
+                client,
+                req,
+                ctx,
+                None,
+                backend.addr,
+                &head,
+                kept.as_deref(),
+                &mut ex,
+            );
+        }
+        match result {
             Ok((resp, from_backend)) => {
                 balancer.record_success(i);
                 if let Some(entry) = plan.as_mut().and_then(|p| p.revalidated(req.head, &resp)) {
                     return serve_hit(client, entry, req, ex, CacheStatus::Revalidated);
                 }
                 let store = plan.as_ref().and_then(|p| p.store(req.head, &resp));
-                return relay_response(client, resp, from_backend, &req.head.method, store, ex);
+                let keep = replayable.then_some((pool, i));
+                return relay_response(
+                    client,
+                    resp,
+                    from_backend,
+                    &req.head.method,
+                    store,
+                    keep,
+                    ex,
+                );
             }
             Err(Attempt::ClientFault) => return ex,
             Err(Attempt::NotSent(why)) => balancer.record_failure(i, &why),
@@ -614,17 +652,24 @@ fn relay_to_backend(
 
 /// One try at one backend: connect, send the request, read the final
 /// response head.
+/// `idle` is a kept connection to the backend at `addr`, if there is one.
+#[allow(clippy::too_many_arguments)]
 fn attempt(
     client: &mut Reader<&TcpStream>,
     req: &Request<'_>,
     ctx: &Context,
+    idle: Option<TcpStream>,
     addr: std::net::SocketAddr,
     head: &[u8],
     kept: Option<&[u8]>,
     ex: &mut Exchange,
 ) -> Result<(ResponseHead, Reader<TcpStream>), Attempt> {
-    let upstream =
-        connect(addr, &ctx.config).map_err(|e| Attempt::NotSent(describe("connect", &e)))?;
+    let upstream = match idle {
+        Some(stream) => stream,
+        None => {
+            connect(addr, &ctx.config).map_err(|e| Attempt::NotSent(describe("connect", &e)))?
+        }
+    };
     let sent = match kept {
         Some(body) => crate::wire::write_all_vectored(&mut &upstream, &[head, body]),
         None => (&upstream).write_all(head),
@@ -726,6 +771,7 @@ fn relay_response(
     mut from_backend: Reader<TcpStream>,
     method: &str,
     mut store: Option<cache::Writer>,
+    keep: Option<(&mut Pool, usize)>,
     mut ex: Exchange,
 ) -> Exchange {
     let Ok(framing) = http::response_framing(method, &resp) else {
@@ -764,6 +810,12 @@ fn relay_response(
             ex.body_bytes = n;
             if let Some(writer) = store {
                 writer.commit();
+            }
+            let reusable = framing != Framing::UntilClose
+                && http::backend_keeps_alive(&resp)
+                && from_backend.buffered().is_empty();
+            if let (Some((pool, i)), true) = (keep, reusable) {
+                pool.put(i, from_backend.into_inner());
             }
         }
         Err(CopyError::Read(e)) => {

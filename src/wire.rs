@@ -27,6 +27,11 @@ impl<R: Read> Reader<R> {
         &self.inner
     }
 
+    /// The stream, for another reader; whatever is buffered is lost.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
     /// The bytes read but not yet consumed.
     pub fn buffered(&self) -> &[u8] {
         &self.buf[self.start..self.end]

@@ -182,7 +182,6 @@ fn hop_by_hop_fields_dropped_and_proxy_fields_added_to_requests() {
             "X-Forwarded-For: 192.0.2.7, 127.0.0.1",
             "X-Forwarded-Proto: http",
             "Via: 1.0 edge, 1.1 pibl",
-            "Connection: close",
         ]
     );
 }
