@@ -92,7 +92,7 @@ fn serve(stream: &TcpStream, name: &str) -> io::Result<()> {
             return reply(stream, name, 400, false, &[], b"bad framing\n");
         };
         if http::expects_continue(&req) && framing != Framing::Empty {
-            (&mut &*stream).write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+            (&mut &*stream).write_all(http::CONTINUE)?;
         }
         let keep = http::client_keeps_alive(&req);
         if !respond(&mut reader, stream, name, &req, framing, keep)? || !keep {
@@ -125,13 +125,14 @@ fn respond(
         "/echo" => return echo(reader, stream, name, framing, keep, head_only),
         "/sink" => {
             let mut hash = Fnv::default();
-            body::relay(reader, &mut hash, framing, Encode::Plain, 0).map_err(copy_error)?;
+            body::relay(reader, &mut hash, framing, Encode::Plain, 0).map_err(io::Error::from)?;
             let text = format!("bytes={} fnv1a={:016x}\n", hash.len, hash.state);
             reply(stream, name, 200, keep, &[], text.as_bytes())?;
             return Ok(true);
         }
         _ => {
-            body::relay(reader, &mut io::sink(), framing, Encode::Plain, 0).map_err(copy_error)?;
+            body::relay(reader, &mut io::sink(), framing, Encode::Plain, 0)
+                .map_err(io::Error::from)?;
         }
     }
     let text = |s: String| s.into_bytes();
@@ -220,12 +221,6 @@ fn respond(
         )?,
     }
     Ok(true)
-}
-
-fn copy_error(e: body::CopyError) -> io::Error {
-    match e {
-        body::CopyError::Read(e) | body::CopyError::Write(e) => e,
-    }
 }
 
 fn response_head(status: u16, name: &str, fields: &[(&str, &str)]) -> String {
@@ -354,9 +349,9 @@ fn echo(
     let mut out = stream;
     out.write_all(response_head(200, name, &fields).as_bytes())?;
     if head_only {
-        body::relay(reader, &mut io::sink(), framing, Encode::Plain, 0).map_err(copy_error)?;
+        body::relay(reader, &mut io::sink(), framing, Encode::Plain, 0).map_err(io::Error::from)?;
     } else {
-        body::relay(reader, &mut out, framing, encode, 0).map_err(copy_error)?;
+        body::relay(reader, &mut out, framing, encode, 0).map_err(io::Error::from)?;
     }
     Ok(true)
 }

@@ -24,6 +24,16 @@ pub enum CopyError {
     Write(io::Error),
 }
 
+/// The error itself, whichever side it was on, for callers to whom the
+/// side does not matter.
+impl From<CopyError> for io::Error {
+    fn from(e: CopyError) -> io::Error {
+        match e {
+            CopyError::Read(e) | CopyError::Write(e) => e,
+        }
+    }
+}
+
 /// How the copy delimits what it writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encode {

@@ -239,6 +239,9 @@ pub fn client_keeps_alive(req: &RequestHead) -> bool {
     }
 }
 
+/// The interim response that lets a client send the body it held back.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 /// Does the client ask for `100 Continue` before it sends the body?
 pub fn expects_continue(req: &RequestHead) -> bool {
     value(&req.fields, "expect").is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))

@@ -216,10 +216,7 @@ pub fn exchange(
         Ok(None) => return None,
         Ok(Some(req)) => req,
         Err(HeadError::Reject(r)) => return Some(refuse(client, ex, r.status)),
-        Err(HeadError::Io(e)) => {
-            let status = if is_timeout(&e) { 408 } else { 400 };
-            return Some(refuse(client, ex, status));
-        }
+        Err(HeadError::Io(e)) => return Some(refuse(client, ex, client_read_status(&e))),
     };
     ex.request_line = format!("{} {} HTTP/1.{}", req.method, req.target, req.minor);
     ex.referer = http::values(&req.fields, "referer")
@@ -300,6 +297,28 @@ fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> 
     let head = text.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix)
         .then(|| &text[prefix.len()..])
+}
+
+/// The status for a request whose head or body could not be read: a
+/// client too slow (408), a body over max_body (413), or bytes that are
+/// not HTTP (400).
+fn client_read_status(e: &io::Error) -> u16 {
+    if is_timeout(e) {
+        408
+    } else if e.kind() == io::ErrorKind::FileTooLarge {
+        413
+    } else {
+        400
+    }
+}
+
+/// Answers `Expect: 100-continue` just before pibl reads the body.  pibl
+/// answers the expectation itself, as nginx does, and does not pass it on:
+/// a backend then never waits for a client that waits for it.
+fn send_continue(client: &Reader<&TcpStream>, req: &Request<'_>) {
+    if req.wants_continue() {
+        let _ = send(client, http::CONTINUE);
+    }
 }
 
 /// Sends a response pibl makes itself and ends the exchange.  The
@@ -416,13 +435,10 @@ fn read_replayable_body(
     match req.framing {
         Framing::Empty => Ok(Some(Vec::new())),
         Framing::Length(n) if req.is_idempotent() && n <= REPLAY_BODY_MAX => {
-            if req.wants_continue() {
-                let _ = send(client, b"HTTP/1.1 100 Continue\r\n\r\n");
-            }
+            send_continue(client, req);
             let mut body = Vec::with_capacity(n as usize);
-            body::relay(client, &mut body, req.framing, Encode::Plain, 0).map_err(|e| match e {
-                CopyError::Read(e) | CopyError::Write(e) => e,
-            })?;
+            body::relay(client, &mut body, req.framing, Encode::Plain, 0)
+                .map_err(io::Error::from)?;
             Ok(Some(body))
         }
         _ => Ok(None),
@@ -564,7 +580,7 @@ fn relay_to_backend(
     };
     let kept = match read_replayable_body(client, req) {
         Ok(kept) => kept,
-        Err(e) => return refuse(client, ex, if is_timeout(&e) { 408 } else { 400 }),
+        Err(e) => return refuse(client, ex, client_read_status(&e)),
     };
     let body_pending = kept.is_none() && req.framing != Framing::Empty;
     let balancer = &ctx.balancer;
@@ -676,12 +692,7 @@ fn attempt(
     };
     sent.map_err(|e| Attempt::Sent(describe("sending the request", &e), 502))?;
     if kept.is_none() {
-        if req.wants_continue() {
-            // pibl answers the expectation itself, as nginx does, and does
-            // not pass it on: the backend never waits for a client that
-            // waits for it.
-            let _ = send(client, b"HTTP/1.1 100 Continue\r\n\r\n");
-        }
+        send_continue(client, req);
         let encode = if req.framing == Framing::Chunked {
             Encode::Chunked
         } else {
@@ -698,14 +709,9 @@ fn attempt(
             Err(CopyError::Read(e)) => {
                 // The client's fault; the exchange ends here, and the
                 // caller must not blame the backend.
-                let status = match e.kind() {
-                    _ if is_timeout(&e) => 408,
-                    io::ErrorKind::FileTooLarge => 413,
-                    _ => 400,
-                };
                 ex.keep_alive = false;
                 ex.end = End::ClientFault;
-                send_error(client, ex, status);
+                send_error(client, ex, client_read_status(&e));
                 return Err(Attempt::ClientFault);
             }
             // The backend stopped reading: it may have answered early (a
