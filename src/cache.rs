@@ -126,10 +126,15 @@ const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
 /// The cache key of a request: scheme, host (lower-cased, default port
 /// dropped) and target.  Requests without a Host share the empty host.
 pub fn key(req: &RequestHead, target: &str) -> String {
-    let host = http::value(&req.fields, "host")
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    key_of(
+        http::value(&req.fields, "host").unwrap_or("").trim(),
+        target,
+    )
+}
+
+/// `http://host/target`, the host lower-cased and without port 80.
+fn key_of(host: &str, target: &str) -> String {
+    let host = host.to_ascii_lowercase();
     let host = host.strip_suffix(":80").unwrap_or(&host);
     format!("http://{host}{target}")
 }
@@ -161,15 +166,12 @@ impl Cache {
             .join(format!("{:016x}", fnv1a(FNV_START, key.as_bytes())))
     }
 
-    /// The cache lock: shared to open an entry, exclusive to change which
-    /// file a name holds (`pibl cache` waits as long as it takes).
-    fn lock(&self, exclusive: bool) -> io::Result<File> {
+    /// The exclusive cache lock, to change which file a name holds, for
+    /// `pibl cache purge`, which waits as long as it takes (entries are
+    /// opened under the shared lock: see `shared`).
+    fn lock_waiting(&self) -> io::Result<File> {
         let file = open_lock(&self.dir.join(LOCK_FILE))?;
-        if exclusive {
-            fs2::FileExt::lock_exclusive(&file)?;
-        } else {
-            fs2::FileExt::lock_shared(&file)?;
-        }
+        fs2::FileExt::lock_exclusive(&file)?;
         Ok(file)
     }
 
@@ -222,11 +224,9 @@ impl Cache {
             if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
-            let opened = {
-                let _lock = self.lock(false)?;
-                File::open(entry.path())
+            let Ok(file) = self.shared(|| File::open(entry.path()))? else {
+                continue;
             };
-            let Ok(file) = opened else { continue };
             let size = file.metadata().map(|m| m.len()).unwrap_or(0);
             if let Ok(header) = read_header(file) {
                 all.push(Listing {
@@ -243,7 +243,7 @@ impl Cache {
 
     /// Removes every entry; returns how many.
     pub fn purge_all(&self) -> io::Result<usize> {
-        let _lock = self.lock(true)?;
+        let _lock = self.lock_waiting()?;
         let mut removed = 0;
         for entry in fs::read_dir(&self.dir)?.flatten() {
             if !entry.file_name().to_string_lossy().starts_with('.')
@@ -257,7 +257,7 @@ impl Cache {
 
     /// Removes the entry for `key`; true if there was one.
     pub fn purge(&self, key: &str) -> io::Result<bool> {
-        let _lock = self.lock(true)?;
+        let _lock = self.lock_waiting()?;
         match fs::remove_file(self.path_of(key)) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -614,10 +614,8 @@ pub fn key_of_url(url: &str) -> Option<String> {
     let rest = url.strip_prefix("http://")?;
     let cut = rest.find(['/', '?']).unwrap_or(rest.len());
     let (host, target) = rest.split_at(cut);
-    let host = host.to_ascii_lowercase();
-    let host = host.strip_suffix(":80").unwrap_or(&host);
     let target = if target.is_empty() { "/" } else { target };
-    Some(format!("http://{host}{target}"))
+    Some(key_of(host, target))
 }
 
 /// What the header of an entry says.
