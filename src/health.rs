@@ -29,10 +29,6 @@ pub fn run(ctx: &Context) -> ! {
             ctx.balancer.set_checked(i, result.is_ok(), &why);
         }
         thread::sleep(check.interval);
-        if std::os::unix::process::parent_id() == 1 {
-            // The parent is gone (killed with SIGKILL): so is our purpose.
-            process::exit(0);
-        }
     }
 }
 

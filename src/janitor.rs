@@ -28,8 +28,5 @@ pub fn run(ctx: &Context) -> ! {
             Err(e) => diag!("cache sweep: {}", crate::error::describe_io(&e)),
         }
         thread::sleep(SWEEP_INTERVAL);
-        if std::os::unix::process::parent_id() == 1 {
-            process::exit(0);
-        }
     }
 }

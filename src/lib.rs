@@ -92,31 +92,35 @@ fn serve(cli: &Cli) -> Result<(), Error> {
         )
     })?;
     let listener = parent::bind(config.listen_addr())?;
-    let cache = open_cache(&config)?;
+    let ctx = build_context(config)?;
     let pid_file = cli.pid_file.as_deref().map(PidFile::write).transpose()?;
-    let mut writable = vec![config.log_file.as_path()];
-    if cache.is_some() {
-        writable.push(config.cache.dir.as_path());
+    let mut writable = vec![ctx.config.log_file.as_path()];
+    if ctx.cache.is_some() {
+        writable.push(ctx.config.cache.dir.as_path());
     }
-    privileges::drop_root(&config, &writable)?;
-    crate::log::set_diag_syslog(config.syslog.clone());
-    let shared = SharedState::map()?;
-    let balancer = Balancer::new(config.backends.clone(), config.health.clone(), shared);
+    privileges::drop_root(&ctx.config, &writable)?;
+    crate::log::set_diag_syslog(ctx.config.syslog.clone());
     let reloader = parent::Reloader {
         path: cli.config.clone(),
         overrides: overrides(cli),
     };
-    let result = parent::run(
-        listener,
-        Context {
-            config,
-            balancer,
-            cache,
-        },
-        reloader,
-    );
+    let result = parent::run(listener, ctx, reloader);
     drop(pid_file);
     result
+}
+
+/// What children are forked with, for `config`: the cache, and a balancer
+/// over fresh shared pages (health slots belong to one backend list).
+/// Used at start-up and at every reload.
+pub fn build_context(config: Config) -> Result<Context, Error> {
+    let cache = open_cache(&config)?;
+    let shared = SharedState::map()?;
+    let balancer = Balancer::new(config.backends.clone(), config.health.clone(), shared);
+    Ok(Context {
+        config,
+        balancer,
+        cache,
+    })
 }
 
 /// The cache, if its TTL is not zero, with its directory made and cleared

@@ -25,11 +25,9 @@ use nix::sys::time::TimeSpec;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
-use crate::balancer::Balancer;
 use crate::child::{self, Context};
 use crate::config::{Config, Overrides};
 use crate::error::Error;
-use crate::shm::SharedState;
 use crate::signals::{self, GOT_SIGCHLD, GOT_SIGHUP, GOT_SIGQUIT, GOT_SIGTERM, GOT_SIGUSR1};
 use crate::{diag, notice};
 
@@ -193,6 +191,13 @@ impl Parent {
             Ok(ForkResult::Child) => {
                 let _ = nix::unistd::close(self.listener.as_raw_fd());
                 signals::reset_to_default(&self.wait_mask);
+                // A helper has no purpose without its parent: the kernel
+                // ends it if the parent dies, even by SIGKILL (and the
+                // check covers a parent that died before the call).
+                let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+                if std::os::unix::process::parent_id() == 1 {
+                    std::process::exit(0);
+                }
                 match helper {
                     Helper::HealthChecker => crate::health::run(&self.ctx),
                     Helper::CacheJanitor => crate::janitor::run(&self.ctx),
@@ -212,51 +217,36 @@ impl Parent {
     /// Re-reads the configuration.  Children already running keep the one
     /// they were forked with; an invalid file changes nothing.
     fn reload(&mut self, reloader: &Reloader) {
-        let config = match Config::load_with(&reloader.path, &reloader.overrides) {
-            Ok(config) => config,
+        // Everything is made before anything is changed: a reload that
+        // fails at any step leaves pibl exactly as it was.
+        let listen = self.ctx.config.listen_addr();
+        let prepared = Config::load_with(&reloader.path, &reloader.overrides).and_then(|config| {
+            let listener = if config.listen_addr() != listen {
+                Some(bind(config.listen_addr())?)
+            } else {
+                None
+            };
+            Ok((crate::build_context(config)?, listener))
+        });
+        let (ctx, listener) = match prepared {
+            Ok(ready) => ready,
             Err(e) => {
                 diag!("reload refused, configuration unchanged: {e}");
                 return;
             }
         };
-        if config.listen_addr() != self.ctx.config.listen_addr() {
-            match bind(config.listen_addr()) {
-                Ok(listener) => self.listener = listener,
-                Err(e) => {
-                    diag!("reload refused, configuration unchanged: {e}");
-                    return;
-                }
-            }
+        if let Some(listener) = listener {
+            self.listener = listener;
         }
-        // Fresh shared pages: the health slots belong to the old list.
-        let shared = match SharedState::map() {
-            Ok(shared) => shared,
-            Err(e) => {
-                diag!("reload refused, configuration unchanged: {e}");
-                return;
-            }
-        };
-        let cache = match crate::open_cache(&config) {
-            Ok(cache) => cache,
-            Err(e) => {
-                diag!("reload refused, configuration unchanged: {e}");
-                return;
-            }
-        };
-        crate::log::set_diag_syslog(config.syslog.clone());
-        let balancer = Balancer::new(config.backends.clone(), config.health.clone(), shared);
+        crate::log::set_diag_syslog(ctx.config.syslog.clone());
         notice!(
             "configuration reloaded: listening on {}, {} backends",
             self.listener
                 .local_addr()
                 .map_or("?".into(), |a| a.to_string()),
-            config.backends.len()
+            ctx.config.backends.len()
         );
-        self.ctx = Context {
-            config,
-            balancer,
-            cache,
-        };
+        self.ctx = ctx;
         self.stop_helpers();
         self.start_helpers();
     }
