@@ -53,21 +53,24 @@ pub fn relay<R: Read, W: Write>(
     encode: Encode,
     limit: u64,
 ) -> Result<u64, CopyError> {
-    relay_tapped(src, dst, framing, encode, limit, None)
+    relay_tapped(src, dst, &[], framing, encode, limit, None)
 }
 
-/// `relay`, also writing every payload byte (decoded, unframed) to `tap`:
-/// how the cache keeps a copy of a body on its way to the client.
+/// `relay`, first writing `head` (a response head) together with the first
+/// body bytes, in one writev(2), and also writing every payload byte
+/// (decoded, unframed) to `tap`: how the cache keeps a copy of a body on
+/// its way to the client.
 pub fn relay_tapped<R: Read, W: Write>(
     src: &mut Reader<R>,
     dst: &mut W,
+    head: &[u8],
     framing: Framing,
     encode: Encode,
     limit: u64,
     tap: Option<&mut dyn Write>,
 ) -> Result<u64, CopyError> {
     let limit = if limit == 0 { u64::MAX } else { limit };
-    let mut out = Out { dst, tap };
+    let mut out = Out { dst, tap, head };
     let sent = match framing {
         Framing::Empty => 0,
         Framing::Length(n) => copy_exact(src, &mut out, n, encode)?,
@@ -75,36 +78,65 @@ pub fn relay_tapped<R: Read, W: Write>(
         Framing::UntilClose => copy_until_close(src, &mut out, encode)?,
     };
     if encode == Encode::Chunked && framing != Framing::Empty {
-        out.dst.write_all(b"0\r\n\r\n").map_err(CopyError::Write)?;
+        out.send(&[b"0\r\n\r\n"])?;
     }
+    out.send(&[])?;
     Ok(sent)
 }
 
-/// The destination of a copy, and the optional tap beside it.
-struct Out<'a, 'b, W> {
+/// The destination of a copy, the optional tap beside it, and what is
+/// still to be written before the body.
+struct Out<'a, 'b, 'h, W> {
     dst: &'a mut W,
     tap: Option<&'b mut dyn Write>,
+    head: &'h [u8],
+}
+
+impl<W: Write> Out<'_, '_, '_, W> {
+    /// Writes `parts` (at most four), after the head if it is not out yet.
+    fn send(&mut self, parts: &[&[u8]]) -> Result<(), CopyError> {
+        if self.head.is_empty() {
+            return write_all_vectored(self.dst, parts).map_err(CopyError::Write);
+        }
+        let mut all: [&[u8]; 5] = [self.head, &[], &[], &[], &[]];
+        all[1..=parts.len()].copy_from_slice(parts);
+        self.head = &[];
+        write_all_vectored(self.dst, &all[..=parts.len()]).map_err(CopyError::Write)
+    }
 }
 
 /// Writes `data` once, as one chunk if `encode` asks for it.
-fn emit<W: Write>(out: &mut Out<'_, '_, W>, data: &[u8], encode: Encode) -> Result<(), CopyError> {
+fn emit<W: Write>(
+    out: &mut Out<'_, '_, '_, W>,
+    data: &[u8],
+    encode: Encode,
+) -> Result<(), CopyError> {
     if let Some(tap) = out.tap.as_mut() {
         let _ = tap.write_all(data);
     }
-    let dst = &mut *out.dst;
-    let result = match encode {
-        Encode::Plain => dst.write_all(data),
+    match encode {
+        Encode::Plain => out.send(&[data]),
         Encode::Chunked => {
-            let size = format!("{:x}\r\n", data.len());
-            write_all_vectored(dst, &[size.as_bytes(), data, b"\r\n"])
+            let mut size = [0u8; 18];
+            out.send(&[chunk_size_line(data.len() as u64, &mut size), data, b"\r\n"])
         }
-    };
-    result.map_err(CopyError::Write)
+    }
+}
+
+/// `SIZE CRLF` in hex, formatted into `buf` without allocating.
+fn chunk_size_line(size: u64, buf: &mut [u8; 18]) -> &[u8] {
+    let digits = (16 - size.leading_zeros() as usize / 4).max(1);
+    for (i, b) in buf[..digits].iter_mut().enumerate() {
+        let nibble = (size >> (4 * (digits - 1 - i))) & 0xf;
+        *b = b"0123456789abcdef"[nibble as usize];
+    }
+    buf[digits..digits + 2].copy_from_slice(b"\r\n");
+    &buf[..digits + 2]
 }
 
 fn copy_exact<R: Read, W: Write>(
     src: &mut Reader<R>,
-    dst: &mut Out<'_, '_, W>,
+    dst: &mut Out<'_, '_, '_, W>,
     len: u64,
     encode: Encode,
 ) -> Result<u64, CopyError> {
@@ -126,7 +158,7 @@ fn copy_exact<R: Read, W: Write>(
 
 fn copy_until_close<R: Read, W: Write>(
     src: &mut Reader<R>,
-    dst: &mut Out<'_, '_, W>,
+    dst: &mut Out<'_, '_, '_, W>,
     encode: Encode,
 ) -> Result<u64, CopyError> {
     let mut total = 0u64;
@@ -141,7 +173,7 @@ fn copy_until_close<R: Read, W: Write>(
 
 fn copy_chunked<R: Read, W: Write>(
     src: &mut Reader<R>,
-    dst: &mut Out<'_, '_, W>,
+    dst: &mut Out<'_, '_, '_, W>,
     encode: Encode,
     limit: u64,
 ) -> Result<u64, CopyError> {
@@ -161,10 +193,8 @@ fn copy_chunked<R: Read, W: Write>(
             return Ok(total);
         }
         if encode == Encode::Chunked {
-            let head = format!("{size:x}\r\n");
-            dst.dst
-                .write_all(head.as_bytes())
-                .map_err(CopyError::Write)?;
+            let mut line = [0u8; 18];
+            dst.send(&[chunk_size_line(size, &mut line)])?;
         }
         copy_exact(src, dst, size, Encode::Plain)?;
         let end = src.line(2).map_err(CopyError::Read)?;
@@ -173,7 +203,7 @@ fn copy_chunked<R: Read, W: Write>(
         }
         src.consume(2);
         if encode == Encode::Chunked {
-            dst.dst.write_all(b"\r\n").map_err(CopyError::Write)?;
+            dst.send(&[b"\r\n"])?;
         }
         total += size;
     }
@@ -242,6 +272,54 @@ mod tests {
             run(b"abc", Framing::Length(10), Encode::Plain),
             Err(CopyError::Read(_))
         ));
+    }
+
+    /// Counts write calls: the head must leave with the first body bytes.
+    struct Writes(Vec<Vec<u8>>);
+    impl Write for Writes {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.push(b.to_vec());
+            Ok(b.len())
+        }
+        fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+            self.0
+                .push(bufs.iter().flat_map(|b| b.iter().copied()).collect());
+            Ok(bufs.iter().map(|b| b.len()).sum())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn head_goes_out_with_the_first_body_bytes() {
+        let cases: [(&[u8], Framing, Encode, &[u8]); 3] = [
+            (b"hello", Framing::Length(5), Encode::Plain, b"HEADhello"),
+            (
+                b"hello",
+                Framing::UntilClose,
+                Encode::Chunked,
+                b"HEAD5\r\nhello\r\n",
+            ),
+            (b"", Framing::Empty, Encode::Plain, b"HEAD"),
+        ];
+        for (input, framing, encode, first) in cases {
+            let mut src = Reader::with_capacity(input, 64);
+            let mut out = Writes(Vec::new());
+            relay_tapped(&mut src, &mut out, b"HEAD", framing, encode, 0, None).unwrap();
+            assert_eq!(out.0[0], first, "{framing:?}");
+        }
+    }
+
+    #[test]
+    fn chunk_size_lines() {
+        for size in [0u64, 1, 0xf, 0x10, 0xabc, 0x1_0000, u64::MAX] {
+            let mut buf = [0u8; 18];
+            assert_eq!(
+                chunk_size_line(size, &mut buf),
+                format!("{size:x}\r\n").as_bytes()
+            );
+        }
     }
 
     #[test]

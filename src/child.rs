@@ -69,7 +69,7 @@ fn serve_connection(
     let mut reader = Reader::with_capacity(stream, BUFFER_SIZE);
     // getpid(2) once, not once per log line.
     let pid = process::id();
-    let mut pool = Pool::new(ctx.balancer.len());
+    let mut pool = Pool::new(ctx.balancer.len(), BUFFER_SIZE);
     let mut worst = End::Served;
     // The first request is awaited as long as a head may take; later ones
     // as long as a keep-alive connection may idle (nginx does the same).

@@ -1,43 +1,72 @@
 //! Idle connections to the backends, kept by one child for its next
-//! requests (as nginx's upstream `keepalive`).
+//! requests (as nginx's upstream `keepalive`), with their read buffers.
 //!
 //! A child serves one client at a time, so it needs at most one connection
 //! per backend.  Connections live no longer than the child.  Only requests
 //! pibl can send again (idempotent, body kept) go on a kept connection: the
 //! backend may close an idle connection just as pibl sends on it, and such
 //! a request is then simply sent again on a new one.
+//!
+//! A connection that is not kept gives its buffer back, so a child
+//! allocates (and the kernel faults in) one backend buffer, not one per
+//! request.
 
 use std::net::TcpStream;
 use std::os::fd::AsFd;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use crate::wire::Reader;
+
 pub struct Pool {
-    idle: Vec<Option<TcpStream>>,
+    idle: Vec<Option<Reader<TcpStream>>>,
+    spare: Vec<Vec<u8>>,
+    buffer_size: usize,
 }
 
 impl Pool {
-    pub fn new(backends: usize) -> Pool {
+    pub fn new(backends: usize, buffer_size: usize) -> Pool {
         Pool {
             idle: (0..backends).map(|_| None).collect(),
+            spare: Vec::new(),
+            buffer_size,
         }
     }
 
     /// The idle connection to backend `i`, unless the backend has closed
     /// it (or sent something unasked, which makes it unusable too).
-    pub fn take(&mut self, i: usize) -> Option<TcpStream> {
-        let stream = self.idle.get_mut(i)?.take()?;
-        let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+    pub fn take(&mut self, i: usize) -> Option<Reader<TcpStream>> {
+        let conn = self.idle.get_mut(i)?.take()?;
+        let mut fds = [PollFd::new(conn.get_ref().as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::ZERO) {
-            Ok(0) => Some(stream),
-            _ => None,
+            Ok(0) => Some(conn),
+            _ => {
+                self.discard(conn);
+                None
+            }
         }
     }
 
-    /// Keeps `stream` to backend `i` for the next request.
-    pub fn put(&mut self, i: usize, stream: TcpStream) {
-        if let Some(slot) = self.idle.get_mut(i) {
-            *slot = Some(stream);
+    /// A new connection, read through a recycled buffer when there is one.
+    pub fn wrap(&mut self, stream: TcpStream) -> Reader<TcpStream> {
+        match self.spare.pop() {
+            Some(buf) => Reader::with_buffer(stream, buf),
+            None => Reader::with_capacity(stream, self.buffer_size),
         }
+    }
+
+    /// Keeps `conn` to backend `i` for the next request.
+    pub fn put(&mut self, i: usize, conn: Reader<TcpStream>) {
+        if let Some(slot) = self.idle.get_mut(i) {
+            if let Some(old) = slot.replace(conn) {
+                self.discard(old);
+            }
+        }
+    }
+
+    /// Closes `conn`, keeping its buffer.
+    pub fn discard(&mut self, conn: Reader<TcpStream>) {
+        let (_, buf) = conn.into_parts();
+        self.spare.push(buf);
     }
 }

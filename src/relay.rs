@@ -611,6 +611,7 @@ fn relay_to_backend(
             client,
             req,
             ctx,
+            pool,
             idle,
             backend.addr,
             &head,
@@ -624,6 +625,7 @@ fn relay_to_backend(
                 client,
                 req,
                 ctx,
+                pool,
                 None,
                 backend.addr,
                 &head,
@@ -638,14 +640,14 @@ fn relay_to_backend(
                     return serve_hit(client, entry, req, ex, CacheStatus::Revalidated);
                 }
                 let store = plan.as_ref().and_then(|p| p.store(req.head, &resp));
-                let keep = replayable.then_some((pool, i));
+                let keep = replayable.then_some(i);
                 return relay_response(
                     client,
                     resp,
                     from_backend,
                     &req.head.method,
                     store,
-                    keep,
+                    (pool, keep),
                     ex,
                 );
             }
@@ -674,21 +676,23 @@ fn attempt(
     client: &mut Reader<&TcpStream>,
     req: &Request<'_>,
     ctx: &Context,
-    idle: Option<TcpStream>,
+    pool: &mut Pool,
+    idle: Option<Reader<TcpStream>>,
     addr: std::net::SocketAddr,
     head: &[u8],
     kept: Option<&[u8]>,
     ex: &mut Exchange,
 ) -> Result<(ResponseHead, Reader<TcpStream>), Attempt> {
-    let upstream = match idle {
-        Some(stream) => stream,
-        None => {
-            connect(addr, &ctx.config).map_err(|e| Attempt::NotSent(describe("connect", &e)))?
-        }
+    let mut from_backend = match idle {
+        Some(conn) => conn,
+        None => pool.wrap(
+            connect(addr, &ctx.config).map_err(|e| Attempt::NotSent(describe("connect", &e)))?,
+        ),
     };
+    let upstream = from_backend.get_ref();
     let sent = match kept {
-        Some(body) => crate::wire::write_all_vectored(&mut &upstream, &[head, body]),
-        None => (&upstream).write_all(head),
+        Some(body) => crate::wire::write_all_vectored(&mut &*upstream, &[head, body]),
+        None => (&*upstream).write_all(head),
     };
     sent.map_err(|e| Attempt::Sent(describe("sending the request", &e), 502))?;
     if kept.is_none() {
@@ -700,7 +704,7 @@ fn attempt(
         };
         match body::relay(
             client,
-            &mut &upstream,
+            &mut &*upstream,
             req.framing,
             encode,
             ctx.config.limits.max_body,
@@ -720,7 +724,6 @@ fn attempt(
             Err(CopyError::Write(_)) => ex.keep_alive = false,
         }
     }
-    let mut from_backend = Reader::with_capacity(upstream, BUFFER_SIZE);
     let resp = read_final_head(client, &mut from_backend, ex.minor)?;
     Ok((resp, from_backend))
 }
@@ -777,7 +780,7 @@ fn relay_response(
     mut from_backend: Reader<TcpStream>,
     method: &str,
     mut store: Option<cache::Writer>,
-    keep: Option<(&mut Pool, usize)>,
+    (pool, keep): (&mut Pool, Option<usize>),
     mut ex: Exchange,
 ) -> Exchange {
     let Ok(framing) = http::response_framing(method, &resp) else {
@@ -803,15 +806,11 @@ fn relay_response(
     let x_cache = ex.cache.map(|c| [("X-Cache", c.as_str())]);
     let extra: &[(&str, &str)] = x_cache.as_ref().map_or(&[], |x| x);
     http::forward_response_with(&resp, to_client, persist_for(&ex), extra, &mut head);
-    if send(client, &head).is_err() {
-        ex.end = End::ClientFault;
-        ex.keep_alive = false;
-        return ex;
-    }
     ex.status = resp.status;
     let mut out = *client.get_ref();
     let tap = store.as_mut().map(|w| w as &mut dyn Write);
-    match body::relay_tapped(&mut from_backend, &mut out, framing, encode, 0, tap) {
+    let copied = body::relay_tapped(&mut from_backend, &mut out, &head, framing, encode, 0, tap);
+    match copied {
         Ok(n) => {
             ex.body_bytes = n;
             if let Some(writer) = store {
@@ -820,8 +819,9 @@ fn relay_response(
             let reusable = framing != Framing::UntilClose
                 && http::backend_keeps_alive(&resp)
                 && from_backend.buffered().is_empty();
-            if let (Some((pool, i)), true) = (keep, reusable) {
-                pool.put(i, from_backend.into_inner());
+            match keep {
+                Some(i) if reusable => pool.put(i, from_backend),
+                _ => pool.discard(from_backend),
             }
         }
         Err(CopyError::Read(e)) => {

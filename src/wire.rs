@@ -3,21 +3,39 @@
 //! `Reader` keeps the bytes read past the end of one message (the next
 //! pipelined request, the start of a body) for the next reader of the stream,
 //! which `std::io::BufReader` hides behind its `BufRead` interface.
+//!
+//! Its buffer is zeroed only as far as reads have reached: a child that
+//! serves small messages touches a page or two of it, not all 64 KiB, and
+//! each page not touched is a page fault not taken.
 
 use std::io::{self, IoSlice, Read, Write};
 
+/// The first stretch of a buffer that reads may use; it doubles each
+/// time a read fills what there is, up to the capacity.
+const FIRST_WINDOW: usize = 4096;
+
 pub struct Reader<R> {
     inner: R,
-    buf: Box<[u8]>,
+    /// `buf.len()` is the zeroed, usable part; `buf.capacity()` the most.
+    buf: Vec<u8>,
+    capacity: usize,
     start: usize,
     end: usize,
 }
 
 impl<R: Read> Reader<R> {
     pub fn with_capacity(inner: R, capacity: usize) -> Reader<R> {
+        Reader::with_buffer(inner, Vec::with_capacity(capacity))
+    }
+
+    /// A reader that uses `buf` (whose bytes count for nothing), as
+    /// returned by `into_parts`: no allocation, and no zeroing again, per
+    /// backend exchange.
+    pub fn with_buffer(inner: R, buf: Vec<u8>) -> Reader<R> {
         Reader {
             inner,
-            buf: vec![0; capacity].into_boxed_slice(),
+            capacity: buf.capacity(),
+            buf,
             start: 0,
             end: 0,
         }
@@ -30,6 +48,11 @@ impl<R: Read> Reader<R> {
     /// The stream, for another reader; whatever is buffered is lost.
     pub fn into_inner(self) -> R {
         self.inner
+    }
+
+    /// The stream and the buffer, for reuse; whatever is buffered is lost.
+    pub fn into_parts(self) -> (R, Vec<u8>) {
+        (self.inner, self.buf)
     }
 
     /// The bytes read but not yet consumed.
@@ -48,13 +71,16 @@ impl<R: Read> Reader<R> {
 
     /// True when the buffer holds as much unconsumed data as it can.
     pub fn is_full(&self) -> bool {
-        self.end - self.start == self.buf.len()
+        self.end - self.start == self.capacity
     }
 
     /// Reads once more from the stream, after what is buffered.  Returns the
     /// number of new bytes: 0 means end of stream.
     pub fn fill(&mut self) -> io::Result<usize> {
-        if self.end == self.buf.len() {
+        if self.end == self.buf.len() && self.buf.len() < self.capacity {
+            let grown = (self.buf.len() * 2).max(FIRST_WINDOW).min(self.capacity);
+            self.buf.resize(grown, 0);
+        } else if self.end == self.buf.len() {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;

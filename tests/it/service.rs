@@ -55,14 +55,24 @@ fn sigterm_lets_a_200_mib_response_in_flight_complete() {
     );
 }
 
+/// A client whose request has reached a backend that answers after 60 s,
+/// past the test's patience: a request surely in flight.
+fn request_in_flight(extra: &str) -> (Proxy, Client) {
+    let backend = RawBackend::start_slow(OK, std::time::Duration::from_secs(60));
+    let proxy = Proxy::start_for(vec![backend.addr.to_string()], extra);
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
+    wait_until("the request to reach the backend", || {
+        !backend.seen.lock().unwrap().is_empty()
+    });
+    (proxy, client)
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
 #[test]
 fn shutdown_timeout_bounds_the_wait_for_stragglers() {
-    let backends = Backend::start_many(1);
-    // The backend answers after 60 s; the test's patience is 20 s.
-    let mut proxy = Proxy::start_with(options(&[&backends[0]], "shutdown_timeout = 1\n"));
-    let mut client = Client::connect(proxy.addr);
-    client.send(b"GET /slow?ms=60000 HTTP/1.1\r\nHost: t\r\n\r\n");
-    wait_until("the child to be forked", || !proxy.children().0.is_empty());
+    let (mut proxy, mut client) = request_in_flight("shutdown_timeout = 1\n");
     proxy.process.signal(Signal::SIGTERM);
     assert_eq!(proxy.process.wait_exit().code(), Some(0));
     assert!(client.is_closed());
@@ -71,12 +81,8 @@ fn shutdown_timeout_bounds_the_wait_for_stragglers() {
 
 #[test]
 fn sigquit_stops_at_once() {
-    let backends = Backend::start_many(1);
     // Were SIGQUIT graceful, the exit would take 60 s, past the test's patience.
-    let mut proxy = Proxy::start_with(options(&[&backends[0]], "shutdown_timeout = 60\n"));
-    let mut client = Client::connect(proxy.addr);
-    client.send(b"GET /slow?ms=60000 HTTP/1.1\r\nHost: t\r\n\r\n");
-    wait_until("the child to be forked", || !proxy.children().0.is_empty());
+    let (mut proxy, mut client) = request_in_flight("shutdown_timeout = 60\n");
     proxy.process.signal(Signal::SIGQUIT);
     assert_eq!(proxy.process.wait_exit().code(), Some(0));
     assert!(client.is_closed());
