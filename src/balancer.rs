@@ -17,6 +17,7 @@ use crate::diag;
 use crate::notice;
 use crate::shm::{BackendHealth, SharedState, now_ms};
 
+#[derive(Clone)]
 pub struct Balancer {
     backends: Vec<Backend>,
     health: Health,

@@ -149,6 +149,12 @@ impl Cache {
         }
     }
 
+    /// The same cache for another thread, which needs its own descriptor
+    /// of the lock file (see `lock_fd`).
+    pub fn for_thread(&self) -> Cache {
+        Cache::new(self.dir.clone(), self.ttl, self.max_entry)
+    }
+
     /// Creates the directory and removes temporary files left by a pibl
     /// that died while writing.  Run once, by the parent, at start-up.
     pub fn prepare(&self) -> io::Result<()> {

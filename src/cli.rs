@@ -27,6 +27,11 @@ pub struct Cli {
     #[arg(short, long, global = true, value_name = "ADDR")]
     pub listen: Option<IpAddr>,
 
+    /// How connections are served: a process forked for each, a pool of
+    /// prefork workers, or a thread for each (overrides `model`)
+    #[arg(short, long, value_enum, value_name = "MODEL")]
+    pub model: Option<crate::config::Model>,
+
     /// Check the configuration and exit: 0 if valid, 78 if not
     #[arg(short = 't', long)]
     pub check: bool,

@@ -23,6 +23,10 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_SYSLOG_FACILITY: &str = "daemon";
 pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
 pub const DEFAULT_CACHE_DIR: &str = "cache";
+pub const DEFAULT_MIN_SPARE: i64 = 5;
+pub const DEFAULT_MAX_SPARE: i64 = 10;
+pub const DEFAULT_MAX_WORKERS: i64 = 256;
+pub const DEFAULT_MAX_REQUESTS: i64 = 10_000;
 pub const DEFAULT_CACHE_MAX_ENTRY: i64 = 64 * 1024 * 1024;
 pub const DEFAULT_CACHE_MAX_SIZE: i64 = 1024 * 1024 * 1024;
 
@@ -33,10 +37,47 @@ pub struct Backend {
     pub addr: SocketAddr,
 }
 
+/// How connections are given to code that serves them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Model {
+    /// One child process forked per connection.
+    #[default]
+    Fork,
+    /// A pool of worker processes that accept connections in turn.
+    Prefork,
+    /// One thread per connection in a single process.
+    Thread,
+}
+
+impl Model {
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Fork => "fork",
+            Model::Prefork => "prefork",
+            Model::Thread => "thread",
+        }
+    }
+}
+
+/// The prefork model's pool of workers (Apache prefork's settings).
+#[derive(Debug, Clone)]
+pub struct PreforkConfig {
+    /// Fewest idle workers: below, more are started.
+    pub min_spare: usize,
+    /// Most idle workers: above, some are stopped.
+    pub max_spare: usize,
+    /// Most workers, busy or idle: the most connections served at once.
+    pub max_workers: usize,
+    /// Connections a worker serves before it exits; 0: no limit.
+    pub max_requests: u64,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: String,
+    pub model: Model,
+    pub prefork: PreforkConfig,
     pub listen: IpAddr,
     pub port: u16,
     pub backends: Vec<Backend>,
@@ -125,6 +166,8 @@ pub struct SyslogTarget {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    model: Option<Spanned<String>>,
+    prefork: Option<RawPrefork>,
     listen: Option<Spanned<String>>,
     port: Option<u16>,
     backends: Option<Spanned<Vec<Spanned<String>>>>,
@@ -147,6 +190,15 @@ struct RawConfig {
     fail_timeout: Option<Spanned<f64>>,
     health_check: Option<Spanned<RawHealthCheck>>,
     cache: Option<RawCache>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrefork {
+    min_spare: Option<Spanned<i64>>,
+    max_spare: Option<Spanned<i64>>,
+    max_workers: Option<Spanned<i64>>,
+    max_requests: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -178,6 +230,7 @@ struct RawLog {
 /// and at every reload.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
+    pub model: Option<Model>,
     pub port: Option<u16>,
     pub listen: Option<IpAddr>,
     /// `--ttl`: the cache's lifetime in seconds.
@@ -188,6 +241,9 @@ impl Config {
     /// Reads the file at `path`, validates it, and applies `overrides`.
     pub fn load_with(path: &str, overrides: &Overrides) -> Result<Config, Error> {
         let mut config = Config::load(path)?;
+        if let Some(model) = overrides.model {
+            config.model = model;
+        }
         if let Some(port) = overrides.port {
             config.port = port;
         }
@@ -359,6 +415,55 @@ impl Config {
             check,
         };
 
+        let model = match &raw.model {
+            None => Model::default(),
+            Some(m) => clap::ValueEnum::from_str(m.get_ref(), false).map_err(|_| {
+                at(
+                    m.span(),
+                    format!("model: \"{}\" is not fork, prefork or thread", m.get_ref()),
+                )
+            })?,
+        };
+        let raw_prefork = raw.prefork.unwrap_or(RawPrefork {
+            min_spare: None,
+            max_spare: None,
+            max_workers: None,
+            max_requests: None,
+        });
+        let max_spare_span = raw_prefork.max_spare.as_ref().map(|v| v.span());
+        let max_workers_span = raw_prefork.max_workers.as_ref().map(|v| v.span());
+        let prefork = PreforkConfig {
+            min_spare: count(raw_prefork.min_spare, "min_spare", DEFAULT_MIN_SPARE, 1)? as usize,
+            max_spare: count(raw_prefork.max_spare, "max_spare", DEFAULT_MAX_SPARE, 1)? as usize,
+            max_workers: count(
+                raw_prefork.max_workers,
+                "max_workers",
+                DEFAULT_MAX_WORKERS,
+                1,
+            )? as usize,
+            max_requests: count(
+                raw_prefork.max_requests,
+                "max_requests",
+                DEFAULT_MAX_REQUESTS,
+                0,
+            )?,
+        };
+        if prefork.max_spare < prefork.min_spare {
+            return Err(at(
+                max_spare_span.unwrap_or(0..0),
+                "max_spare: must be at least min_spare".to_string(),
+            ));
+        }
+        if prefork.max_workers > crate::shm::MAX_WORKERS {
+            return Err(at(
+                max_workers_span.unwrap_or(0..0),
+                format!(
+                    "max_workers: at most {} are supported",
+                    crate::shm::MAX_WORKERS
+                ),
+            ));
+        }
+
         let raw_cache = raw.cache.unwrap_or(RawCache {
             dir: None,
             ttl: None,
@@ -374,6 +479,8 @@ impl Config {
 
         Ok(Config {
             path: path.to_string(),
+            model,
+            prefork,
             listen,
             port: raw.port.unwrap_or(DEFAULT_PORT),
             backends,
@@ -441,6 +548,41 @@ mod tests {
         assert_eq!(c.log_file, PathBuf::from("pibl.log"));
         assert_eq!(c.max_clients, DEFAULT_MAX_CLIENTS);
         assert_eq!(c.backends[0].addr, "127.0.0.1:9001".parse().unwrap());
+    }
+
+    #[test]
+    fn models_and_the_prefork_pool() {
+        let b = "backends = [\"127.0.0.1:1\"]\n";
+        let c = Config::parse("t.conf", b).unwrap();
+        assert_eq!(c.model, Model::Fork);
+        assert_eq!(c.prefork.max_requests, 10_000);
+        let c = Config::parse(
+            "t.conf",
+            &format!("model = \"prefork\"\n{b}[prefork]\nmin_spare = 3\nmax_spare = 4\nmax_workers = 9\nmax_requests = 0\n"),
+        )
+        .unwrap();
+        assert_eq!(c.model, Model::Prefork);
+        assert_eq!(
+            (
+                c.prefork.min_spare,
+                c.prefork.max_spare,
+                c.prefork.max_workers,
+                c.prefork.max_requests
+            ),
+            (3, 4, 9, 0)
+        );
+        assert_eq!(
+            err(&format!("{b}model = \"fibers\"\n")),
+            "t.conf:2: model: \"fibers\" is not fork, prefork or thread"
+        );
+        assert_eq!(
+            err(&format!("{b}[prefork]\nmin_spare = 8\nmax_spare = 2\n")),
+            "t.conf:4: max_spare: must be at least min_spare"
+        );
+        assert_eq!(
+            err(&format!("{b}[prefork]\nmax_workers = 5000\n")),
+            "t.conf:3: max_workers: at most 4096 are supported"
+        );
     }
 
     #[test]

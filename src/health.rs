@@ -9,7 +9,6 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::process;
 use std::thread;
 
 use crate::config::{Backend, Config, HealthCheck};
@@ -17,12 +16,13 @@ use crate::http;
 use crate::relay::{Context, HeadRules, read_head};
 use crate::wire::Reader;
 
-/// Runs in the helper, for ever (until SIGTERM).
-pub fn run(ctx: &Context) -> ! {
+/// Runs in the helper (a process, or a thread in the thread model) until
+/// `keep_going` says no (a process: until SIGTERM).
+pub fn run(ctx: &Context, keep_going: &dyn Fn() -> bool) {
     let Some(check) = &ctx.config.health.check else {
-        process::exit(0)
+        return;
     };
-    loop {
+    while keep_going() {
         for i in 0..ctx.balancer.len() {
             let result = probe(ctx.balancer.backend(i), check, &ctx.config);
             let why = result.as_ref().err().cloned().unwrap_or_default();

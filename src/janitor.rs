@@ -3,7 +3,6 @@
 //! expired entries, so no client waits on that, and keeps the entries
 //! within `cache.max_size` by removing the least recently used.
 
-use std::process;
 use std::thread;
 use std::time::Duration;
 
@@ -14,12 +13,13 @@ use crate::relay::Context;
 /// times and size, so it is cheap.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Runs in the helper, for ever (until SIGTERM).
-pub fn run(ctx: &Context) -> ! {
+/// Runs in the helper (a process, or a thread in the thread model) until
+/// `keep_going` says no (a process: until SIGTERM).
+pub fn run(ctx: &Context, keep_going: &dyn Fn() -> bool) {
     let Some(cache) = &ctx.cache else {
-        process::exit(0)
+        return;
     };
-    loop {
+    while keep_going() {
         match cache.sweep(ctx.config.cache.max_size) {
             Ok((_, 0)) => {}
             Ok((_, evicted)) => {

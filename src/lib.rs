@@ -15,6 +15,7 @@ mod child;
 mod cli;
 mod clock;
 mod config;
+mod connection;
 mod demo;
 mod error;
 mod health;
@@ -23,10 +24,12 @@ mod janitor;
 mod log;
 mod parent;
 mod pool;
+mod prefork;
 mod privileges;
 mod relay;
 mod shm;
 mod signals;
+mod thread;
 pub mod wire;
 
 use std::process::ExitCode;
@@ -34,11 +37,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::balancer::Balancer;
-use crate::child::Context;
 use crate::cli::{CacheCommand, Cli, Command};
 use crate::config::{Config, Overrides};
 use crate::error::Error;
 use crate::log::AccessLog;
+use crate::relay::Context;
 use crate::shm::SharedState;
 
 /// The whole program: what `main` runs.
@@ -66,6 +69,7 @@ pub fn run() -> ExitCode {
 /// The command line's overrides of the configuration file.
 pub fn overrides(cli: &Cli) -> Overrides {
     Overrides {
+        model: cli.model,
         port: cli.port,
         listen: cli.listen,
         ttl: cli.ttl,
@@ -114,7 +118,7 @@ fn serve(cli: &Cli) -> Result<(), Error> {
 /// Used at start-up and at every reload.
 pub fn build_context(config: Config) -> Result<Context, Error> {
     let cache = open_cache(&config)?;
-    let shared = SharedState::map()?;
+    let shared = shm::map::<SharedState>()?;
     let balancer = Balancer::new(config.backends.clone(), config.health.clone(), shared);
     Ok(Context {
         config,

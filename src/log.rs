@@ -14,6 +14,7 @@ use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use crate::clock;
@@ -95,7 +96,12 @@ pub struct AccessLog {
     path: PathBuf,
     file: File,
     syslog: Option<SyslogWriter>,
+    /// The `LOG_GENERATION` the file was opened in.
+    generation: u64,
 }
+
+/// How many times this process was asked to reopen its log files.
+pub static LOG_GENERATION: AtomicU64 = AtomicU64::new(0);
 
 fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
@@ -111,12 +117,13 @@ impl AccessLog {
             path: path.to_path_buf(),
             file: open_append(path)?,
             syslog,
+            generation: LOG_GENERATION.load(Ordering::Relaxed),
         })
     }
 
     /// Opens the file again by name, for log rotation: lines go to
     /// whatever file now has the name.
-    pub fn reopen(&mut self) -> io::Result<()> {
+    fn reopen(&mut self) -> io::Result<()> {
         self.file = open_append(&self.path)?;
         Ok(())
     }
@@ -124,7 +131,17 @@ impl AccessLog {
     /// Appends `line` to the file in one write(2) under an exclusive flock(2),
     /// and prints it on standard output while still holding the lock, so
     /// neither copy is ever interleaved with another child's line.
+    /// A SIGUSR1 since the last line (or a newer generation of the log,
+    /// for threads that share one process) opens the file again first.
     pub fn write(&mut self, line: &str) -> io::Result<()> {
+        if crate::signals::take(&crate::signals::GOT_SIGUSR1) {
+            LOG_GENERATION.fetch_add(1, Ordering::Relaxed);
+        }
+        let generation = LOG_GENERATION.load(Ordering::Relaxed);
+        if generation != self.generation {
+            self.generation = generation;
+            self.reopen()?;
+        }
         fs2::FileExt::lock_exclusive(&self.file)?;
         let written = (&self.file).write_all(line.as_bytes());
         // stdout may be closed or a full pipe; the file is the record.

@@ -1,4 +1,6 @@
-//! The parent: accept, fork, reap, and answer signals.  Nothing else.
+//! The parent of the process models: accept and fork (fork model) or keep
+//! a pool of workers (prefork model, see prefork.rs), reap, and answer
+//! signals.  Nothing else.
 //!
 //! The parent is single-threaded for its whole life, so fork(2) is safe: no
 //! lock can be held by a thread that does not exist in the child.  It never
@@ -25,15 +27,17 @@ use nix::sys::time::TimeSpec;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
-use crate::child::{self, Context};
-use crate::config::{Config, Overrides};
+use crate::child;
+use crate::config::{Config, Model, Overrides};
 use crate::error::Error;
+use crate::prefork::{self, Prefork};
+use crate::relay::Context;
 use crate::signals::{self, GOT_SIGCHLD, GOT_SIGHUP, GOT_SIGQUIT, GOT_SIGTERM, GOT_SIGUSR1};
 use crate::{diag, notice};
 
 /// Pause after accept(2) fails for want of descriptors, so a full table
 /// does not turn the loop into a busy spin.
-const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
+pub const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 
 /// What a reload needs to build a new context.
 pub struct Reloader {
@@ -49,17 +53,37 @@ struct Parent {
     children: HashSet<Pid>,
     /// The helper processes: health checker, cache janitor.
     helpers: Vec<(Helper, Pid)>,
+    /// The worker pool, in the prefork model.
+    prefork: Option<Prefork>,
     wait_mask: SigSet,
 }
 
+/// Empties the standard streams' buffers before a fork: anything still
+/// buffered would be written twice, once by each process.
+pub fn flush_std() {
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+}
+
 pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<(), Error> {
+    if ctx.config.model == Model::Thread {
+        return crate::thread::run(listener, ctx, reloader);
+    }
     let wait_mask = signals::install_parent()
         .map_err(|e| Error::os("cannot install signal handlers", e.into()))?;
+    let prefork = match ctx.config.model {
+        Model::Prefork => {
+            Prefork::prepare(&listener)?;
+            Some(Prefork::new()?)
+        }
+        _ => None,
+    };
     let mut parent = Parent {
         listener,
         ctx,
         children: HashSet::new(),
         helpers: Vec::new(),
+        prefork,
         wait_mask,
     };
     parent.start_helpers();
@@ -70,16 +94,14 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
         .local_addr()
         .map_err(|e| Error::os("cannot read the listening address", e))?;
     notice!(
-        "listening on {bound}, {} backends",
-        parent.ctx.config.backends.len()
+        "listening on {bound}, {} backends, {} model",
+        parent.ctx.config.backends.len(),
+        parent.ctx.config.model.name()
     );
 
     loop {
         if signals::take(&GOT_SIGCHLD) {
-            for helper in reap_children(&mut parent.children, &mut parent.helpers) {
-                diag!("{} exited; starting another", helper.name());
-                parent.start_helper(helper);
-            }
+            parent.reap();
         }
         if signals::is_set(&GOT_SIGTERM) || signals::is_set(&GOT_SIGQUIT) {
             break;
@@ -91,10 +113,18 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
             // Children open the log by name when they start; those already
             // running are told to open it again.
             signal_all(&parent.children, Signal::SIGUSR1);
+            if let Some(pool) = &parent.prefork {
+                signal_all(&pool.pids().collect(), Signal::SIGUSR1);
+            }
             notice!("reopening log files");
         }
+        if let Some(pool) = &mut parent.prefork {
+            pool.maintain(&parent.listener, &parent.ctx, &parent.wait_mask);
+            parent.wait_for_event(false, Some(prefork::TICK));
+            continue;
+        }
         let room = parent.children.len() < parent.ctx.config.max_clients;
-        if parent.wait_for_event(room) {
+        if parent.wait_for_event(room, None) {
             parent.accept_client();
         }
     }
@@ -103,10 +133,12 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
         ctx,
         mut children,
         helpers,
+        prefork,
         wait_mask,
     } = parent;
     drop(listener);
     children.extend(helpers.iter().map(|&(_, pid)| pid));
+    children.extend(prefork.iter().flat_map(|pool| pool.pids()));
     let timeout = if signals::is_set(&GOT_SIGQUIT) {
         Duration::ZERO
     } else {
@@ -117,14 +149,15 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
 }
 
 impl Parent {
-    /// Sleeps until a signal arrives or, when there is room for a child, a
-    /// client connects.  True when the listener is readable.
-    fn wait_for_event(&self, room: bool) -> bool {
+    /// Sleeps until a signal arrives, `timeout` passes, or (when `listen`)
+    /// a client connects.  True when the listener is readable.
+    fn wait_for_event(&self, listen: bool, timeout: Option<Duration>) -> bool {
         let mut fds = Vec::with_capacity(1);
-        if room {
+        if listen {
             fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
         }
-        match ppoll(&mut fds, None, Some(self.wait_mask)) {
+        let timeout = timeout.map(TimeSpec::from_duration);
+        match ppoll(&mut fds, timeout, Some(self.wait_mask)) {
             Ok(_) => fds.first().and_then(PollFd::any).unwrap_or(false),
             Err(Errno::EINTR) => false,
             Err(e) => {
@@ -154,9 +187,7 @@ impl Parent {
     }
 
     fn spawn_child(&mut self, stream: TcpStream, peer: SocketAddr) {
-        // Anything still buffered would be written twice, once by each process.
-        let _ = io::stdout().flush();
-        let _ = io::stderr().flush();
+        flush_std();
         // SAFETY: the parent is single-threaded (see the module comment), so
         // the child starts with every lock free and every invariant intact.
         match unsafe { fork() } {
@@ -185,6 +216,7 @@ impl Parent {
     }
 
     fn start_helper(&mut self, helper: Helper) {
+        flush_std();
         // SAFETY: as in spawn_child: the parent is single-threaded.
         match unsafe { fork() } {
             Ok(ForkResult::Parent { child }) => self.helpers.push((helper, child)),
@@ -198,10 +230,10 @@ impl Parent {
                 if std::os::unix::process::parent_id() == 1 {
                     std::process::exit(0);
                 }
-                match helper {
-                    Helper::HealthChecker => crate::health::run(&self.ctx),
-                    Helper::CacheJanitor => crate::janitor::run(&self.ctx),
-                }
+                // What ps(1) and top(1) show, as nginx's "cache manager".
+                set_process_name(helper.name());
+                helper.run(&self.ctx, &|| true);
+                std::process::exit(0)
             }
             Err(e) => diag!("fork: {}; no {}", e.desc(), helper.name()),
         }
@@ -220,9 +252,15 @@ impl Parent {
         // Everything is made before anything is changed: a reload that
         // fails at any step leaves pibl exactly as it was.
         let listen = self.ctx.config.listen_addr();
+        let model = self.ctx.config.model;
         let prepared = Config::load_with(&reloader.path, &reloader.overrides).and_then(|config| {
+            let config = keep_model(config, model);
             let listener = if config.listen_addr() != listen {
-                Some(bind(config.listen_addr())?)
+                let listener = bind(config.listen_addr())?;
+                if model == Model::Prefork {
+                    Prefork::prepare(&listener)?;
+                }
+                Some(listener)
             } else {
                 None
             };
@@ -249,7 +287,49 @@ impl Parent {
         self.ctx = ctx;
         self.stop_helpers();
         self.start_helpers();
+        if let Some(pool) = &mut self.prefork {
+            pool.retire_all();
+        }
     }
+
+    /// Collects every exited child without blocking: a helper is started
+    /// again, a worker's slot freed.
+    fn reap(&mut self) {
+        for (pid, status) in reap_children() {
+            if let Some(at) = self.helpers.iter().position(|&(_, p)| p == pid) {
+                let (helper, _) = self.helpers.remove(at);
+                diag!("{} exited; starting another", helper.name());
+                self.start_helper(helper);
+                continue;
+            }
+            let known = self.children.remove(&pid)
+                || self.prefork.as_mut().is_some_and(|pool| pool.reaped(pid));
+            if known {
+                report_exit(pid, status);
+            }
+        }
+    }
+}
+
+/// Names this process (its comm, 15 bytes at most) for ps(1) and top(1).
+pub fn set_process_name(name: &str) {
+    if let Ok(name) = std::ffi::CString::new(name) {
+        let _ = nix::sys::prctl::set_name(&name);
+    }
+}
+
+/// The model is chosen at start: a reload keeps it, and says so if the
+/// file now asks for another.
+pub fn keep_model(mut config: Config, model: Model) -> Config {
+    if config.model != model {
+        diag!(
+            "model cannot change on reload: still {} (restart pibl for {})",
+            model.name(),
+            config.model.name()
+        );
+        config.model = model;
+    }
+    config
 }
 
 fn signal_all(children: &HashSet<Pid>, signal: Signal) {
@@ -263,7 +343,7 @@ fn signal_all(children: &HashSet<Pid>, signal: Signal) {
 fn stop_children(children: &mut HashSet<Pid>, timeout: Duration, wait_mask: &SigSet) {
     signal_all(children, Signal::SIGTERM);
     let deadline = Instant::now() + timeout;
-    reap_children(children, &mut Vec::new());
+    forget_reaped(children);
     while !children.is_empty() && !signals::is_set(&GOT_SIGQUIT) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -279,7 +359,7 @@ fn stop_children(children: &mut HashSet<Pid>, timeout: Duration, wait_mask: &Sig
             Some(*wait_mask),
         );
         if signals::take(&GOT_SIGCHLD) {
-            reap_children(children, &mut Vec::new());
+            forget_reaped(children);
         }
     }
     signal_all(children, Signal::SIGKILL);
@@ -329,13 +409,21 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
 
 /// The parent's helper processes: long-lived children that serve no client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Helper {
+pub enum Helper {
     HealthChecker,
     CacheJanitor,
 }
 
 impl Helper {
-    fn name(self) -> &'static str {
+    /// The helper's work, for as long as `keep_going` says.
+    pub fn run(self, ctx: &Context, keep_going: &dyn Fn() -> bool) {
+        match self {
+            Helper::HealthChecker => crate::health::run(ctx, keep_going),
+            Helper::CacheJanitor => crate::janitor::run(ctx, keep_going),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
         match self {
             Helper::HealthChecker => "health checker",
             Helper::CacheJanitor => "cache janitor",
@@ -343,37 +431,43 @@ impl Helper {
     }
 }
 
-/// Collects every exited child without blocking; returns the helpers
-/// among them (and forgets them).
-fn reap_children(children: &mut HashSet<Pid>, helpers: &mut Vec<(Helper, Pid)>) -> Vec<Helper> {
+fn forget_reaped(children: &mut HashSet<Pid>) {
+    for (pid, _) in reap_children() {
+        children.remove(&pid);
+    }
+}
+
+/// Collects every exited child without blocking.
+fn reap_children() -> Vec<(Pid, WaitStatus)> {
     let mut gone = Vec::new();
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return gone,
-            Ok(status) if helpers.iter().any(|&(_, pid)| Some(pid) == status.pid()) => {
-                let at = helpers
-                    .iter()
-                    .position(|&(_, pid)| Some(pid) == status.pid())
-                    .expect("found above");
-                gone.push(helpers.remove(at).0);
-            }
-            Ok(WaitStatus::Exited(pid, code)) => {
-                children.remove(&pid);
-                if code == child::EXIT_INTERNAL {
-                    diag!("child {pid} failed (exit {code})");
+            Ok(status) => {
+                if let Some(pid) = status.pid() {
+                    gone.push((pid, status));
                 }
             }
-            Ok(WaitStatus::Signaled(pid, signal, _)) => {
-                children.remove(&pid);
-                if !matches!(signal, Signal::SIGTERM | Signal::SIGINT | Signal::SIGKILL) {
-                    diag!("child {pid} killed by {signal}");
-                }
-            }
-            Ok(_) | Err(Errno::EINTR) => {}
+            Err(Errno::EINTR) => {}
             Err(e) => {
                 diag!("waitpid: {}", e.desc());
                 return gone;
             }
         }
+    }
+}
+
+/// Says what is worth saying about a child's or worker's end.
+fn report_exit(pid: Pid, status: WaitStatus) {
+    match status {
+        WaitStatus::Exited(_, code) if code == child::EXIT_INTERNAL => {
+            diag!("child {pid} failed (exit {code})");
+        }
+        WaitStatus::Signaled(_, signal, _)
+            if !matches!(signal, Signal::SIGTERM | Signal::SIGINT | Signal::SIGKILL) =>
+        {
+            diag!("child {pid} killed by {signal}");
+        }
+        _ => {}
     }
 }

@@ -40,6 +40,18 @@ pub struct Context {
     pub cache: Option<Cache>,
 }
 
+impl Context {
+    /// A copy for a thread of its own (the thread model): the same shared
+    /// pages and cache directory, its own descriptors.
+    pub fn for_thread(&self) -> Context {
+        Context {
+            config: self.config.clone(),
+            balancer: self.balancer.clone(),
+            cache: self.cache.as_ref().map(Cache::for_thread),
+        }
+    }
+}
+
 /// How an exchange ended, from the child's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum End {

@@ -9,7 +9,7 @@
 //! idle client connection, so SIGTERM stops it between requests and never in
 //! the middle of one.
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -144,20 +144,60 @@ pub enum Idle {
     TimedOut,
 }
 
-/// In a child between requests: waits for the client to send, for SIGTERM
-/// or SIGINT, or for `timeout`.
-pub fn wait_idle(fd: BorrowedFd<'_>, timeout: Duration, mask: &SigSet) -> Idle {
+/// How a connection waiting for its next request learns that pibl stops.
+#[derive(Clone, Copy)]
+pub enum StopWatch {
+    /// In a child process: SIGTERM or SIGINT, blocked while it serves and
+    /// unblocked (to this mask) only while it waits.
+    Signals(SigSet),
+    /// In a thread: a pipe that becomes readable when pibl stops (the
+    /// process's signals go to its main thread, which sets `GOT_SIGTERM`
+    /// and writes to the pipe).
+    Pipe(RawFd),
+}
+
+/// Waits for `fd` to be readable (or closed) for at most `timeout`, with
+/// signals as they are; false on timeout.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
+    let wait = Some(TimeSpec::from_duration(timeout));
+    loop {
+        match ppoll(&mut [PollFd::new(fd, PollFlags::POLLIN)], wait, None) {
+            Ok(0) => return false,
+            Err(Errno::EINTR) => continue,
+            _ => return true, // ready, or an error the read will report
+        }
+    }
+}
+
+/// Between requests: waits for the client to send, for the stop `watch`
+/// reports, or for `timeout`.
+pub fn wait_idle(fd: BorrowedFd<'_>, timeout: Duration, watch: StopWatch) -> Idle {
     loop {
         if is_set(&GOT_SIGTERM) {
             return Idle::Stop;
         }
-        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-        match ppoll(
-            &mut fds,
-            Some(TimeSpec::from_duration(timeout)),
-            Some(*mask),
-        ) {
+        let wait = Some(TimeSpec::from_duration(timeout));
+        let result = match watch {
+            StopWatch::Signals(mask) => {
+                ppoll(&mut [PollFd::new(fd, PollFlags::POLLIN)], wait, Some(mask))
+            }
+            StopWatch::Pipe(stop) => {
+                // SAFETY: the pipe outlives every thread that watches it:
+                // the main thread closes it only after joining them all.
+                let stop = unsafe { BorrowedFd::borrow_raw(stop) };
+                let mut fds = [
+                    PollFd::new(fd, PollFlags::POLLIN),
+                    PollFd::new(stop, PollFlags::POLLIN),
+                ];
+                ppoll(&mut fds, wait, None).map(|n| match fds[1].any() {
+                    Some(true) => -1,
+                    _ => n,
+                })
+            }
+        };
+        match result {
             Ok(0) => return Idle::TimedOut,
+            Ok(-1) => return Idle::Stop,
             Ok(_) => return Idle::Ready,
             Err(Errno::EINTR) => continue,
             Err(_) => return Idle::Ready, // let the read report it

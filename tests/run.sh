@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs pibl's whole test suite: the unit and integration tests (which start
-# the built binary against real backends on loopback), then lint of the man
+# the built binary against real backends on loopback, once per concurrency
+# model), then lint of the man
 # pages and the systemd unit.  Installs mandoc, groff and systemd-analyze
 # from Debian's packages when they are missing and it runs as root.
 set -euo pipefail
@@ -21,7 +22,14 @@ if ((${#need[@]})); then
     fi
 fi
 
+# Every test, with the proxies in the default fork model; then the
+# integration suite again in each other model (PIBL_MODEL, read by
+# tests/it/util.rs): every behaviour holds whatever serves the connections.
 cargo test --all-targets "$@"
+for model in prefork thread; do
+    echo "integration tests, $model model"
+    PIBL_MODEL=$model cargo test --test it "$@"
+done
 
 echo "lint: man pages"
 # -W warning: warnings and errors fail; the style note that pibl(1) and

@@ -64,9 +64,7 @@ fn a_client_that_stops_reading_is_dropped() {
     let proxy = Proxy::start_for(vec![backends[0].addr.to_string()], "send_timeout = 0.5\n");
     let mut client = Client::connect(proxy.addr);
     client.send(b"GET /big?kb=200000 HTTP/1.1\r\nHost: t\r\n\r\n");
-    wait_until("the child to start", || !proxy.children().0.is_empty());
-    // The client reads nothing; its child gives up after send_timeout.
-    proxy.wait_no_children();
+    // The client reads nothing; pibl gives up after send_timeout, and logs.
     let log = proxy.wait_log(1);
     assert!(
         log[0].contains("\"GET /big?kb=200000 HTTP/1.1\" 200 "),

@@ -67,7 +67,7 @@ fn fifty_clients_times_twenty_requests_make_a_thousand_whole_lines() {
         w.join().unwrap();
     }
     let stdout = proxy.wait_log(1000);
-    proxy.wait_no_children();
+    proxy.wait_settled();
     let file = proxy.log_lines();
     assert_eq!(proxy.stdout.snapshot().len(), 1000);
     assert_eq!(file.len(), 1000);

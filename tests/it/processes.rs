@@ -1,5 +1,6 @@
-//! The process model: a child per connection, every child reaped, no
-//! descriptor leaked, at most max_clients children at once.
+//! The concurrency models: a child per connection (fork), a worker per
+//! connection at a time (prefork), a thread per connection (thread); every
+//! child reaped, no descriptor leaked, at most max_clients at once.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -28,16 +29,22 @@ fn a_child_per_connection_serves_all_its_requests() {
         drop(client);
         let log = proxy.wait_log((c + 1) * 4);
         let pids: HashSet<i32> = log[c * 4..].iter().map(|l| pid_of(l)).collect();
-        assert_eq!(pids.len(), 1, "one child per connection: {log:?}");
+        assert_eq!(pids.len(), 1, "one process per connection: {log:?}");
         pids_by_connection.push(*pids.iter().next().unwrap());
     }
     let distinct: HashSet<i32> = pids_by_connection.iter().copied().collect();
-    assert_eq!(
-        distinct.len(),
-        3,
-        "a new child for each connection: {pids_by_connection:?}"
-    );
-    assert!(!distinct.contains(&proxy.pid()), "the parent serves nobody");
+    match model().as_str() {
+        "fork" => assert_eq!(
+            distinct.len(),
+            3,
+            "a new child for each connection: {pids_by_connection:?}"
+        ),
+        "thread" => assert_eq!(distinct, HashSet::from([proxy.pid()]), "one process"),
+        _ => {}
+    }
+    if model() != "thread" {
+        assert!(!distinct.contains(&proxy.pid()), "the parent serves nobody");
+    }
 }
 
 #[test]
@@ -45,7 +52,7 @@ fn ten_thousand_connections_leave_no_zombie_and_no_descriptor() {
     let backends = Backend::start_many(3);
     let proxy = Proxy::start(&backends);
     assert_eq!(get(proxy.addr, "/whoami").status, 200);
-    proxy.wait_no_children();
+    proxy.wait_settled();
     let fds_before = open_fds(proxy.pid());
 
     let addr = proxy.addr;
@@ -63,7 +70,7 @@ fn ten_thousand_connections_leave_no_zombie_and_no_descriptor() {
     for w in workers {
         assert_eq!(w.join().unwrap(), HashMap::from([(200, 2500)]));
     }
-    proxy.wait_no_children();
+    proxy.wait_settled();
     assert_eq!(
         open_fds(proxy.pid()),
         fds_before,
@@ -76,7 +83,12 @@ fn ten_thousand_connections_leave_no_zombie_and_no_descriptor() {
 fn max_clients_caps_live_children() {
     let backends = Backend::start_many(1);
     let mut options = ProxyOptions::new(&backends);
-    options.extra = "max_clients = 2\n".into();
+    // In the prefork model, the pool's bound is max_workers.
+    options.extra = match model().as_str() {
+        "prefork" => "[prefork]\nmax_workers = 2\nmin_spare = 1\nmax_spare = 2\n",
+        _ => "max_clients = 2\n",
+    }
+    .into();
     let proxy = Proxy::start_with(options);
 
     let mut first = Client::connect(proxy.addr);
@@ -94,7 +106,7 @@ fn max_clients_caps_live_children() {
     let mut byte = [0u8; 1];
     let waited = third.reader.get_mut().read(&mut byte);
     assert!(waited.is_err(), "served beyond max_clients: {waited:?}");
-    assert_eq!(proxy.children().0.len(), 2);
+    assert_eq!(proxy.serving(), 2);
     // One leaves; the third is served.
     drop(first);
     third.stream().set_read_timeout(Some(PATIENCE)).unwrap();
@@ -108,10 +120,93 @@ fn sigterm_stops_the_parent_and_its_children() {
     let mut idle = Client::connect(proxy.addr);
     assert_eq!(idle.get("/whoami").status, 200);
     let (children, _) = proxy.children();
-    assert_eq!(children.len(), 1);
+    assert_eq!(children.is_empty(), model() == "thread");
     proxy.process.signal(Signal::SIGTERM);
     let status = proxy.process.wait_exit();
     assert_eq!(status.code(), Some(0));
     assert!(idle.is_closed());
-    assert!(!std::path::Path::new(&format!("/proc/{}", children[0])).exists());
+    for child in children {
+        assert!(!std::path::Path::new(&format!("/proc/{child}")).exists());
+    }
+}
+
+/// A prefork proxy with a `[prefork]` table of `settings`.
+fn prefork(backends: &[Backend], settings: &str) -> Proxy {
+    let mut options = ProxyOptions::new(backends);
+    options.extra = format!("[prefork]\n{settings}");
+    Proxy::start_in(TempDir::new(), options, &["--model", "prefork"])
+}
+
+fn workers(proxy: &Proxy) -> usize {
+    proxy.tasks_named("pibl worker")
+}
+
+#[test]
+fn the_prefork_pool_grows_with_the_load_and_shrinks_back() {
+    let backends = Backend::start_many(1);
+    let proxy = prefork(&backends, "min_spare = 2\nmax_spare = 3\nmax_workers = 8\n");
+    wait_until("min_spare idle workers", || workers(&proxy) == 2);
+    // Six clients at once, each holding its worker with keep-alive.
+    let mut clients: Vec<Client> = (0..6).map(|_| Client::connect(proxy.addr)).collect();
+    for client in &mut clients {
+        assert_eq!(client.get("/whoami").status, 200);
+    }
+    // Six busy, and the pool tops up its spares, within max_workers.
+    wait_until("spare workers beside the busy ones", || {
+        workers(&proxy) == 8
+    });
+    let pids: HashSet<i32> = proxy.wait_log(6).iter().map(|l| pid_of(l)).collect();
+    assert_eq!(pids.len(), 6, "one worker per connection at a time");
+    drop(clients);
+    wait_until("the idle workers to shrink to max_spare", || {
+        workers(&proxy) == 3
+    });
+}
+
+#[test]
+fn a_prefork_worker_exits_after_max_requests_connections() {
+    let backends = Backend::start_many(1);
+    let proxy = prefork(
+        &backends,
+        "min_spare = 1\nmax_spare = 1\nmax_workers = 1\nmax_requests = 2\n",
+    );
+    for _ in 0..6 {
+        assert_eq!(get(proxy.addr, "/whoami").status, 200);
+    }
+    let pids: Vec<i32> = proxy.wait_log(6).iter().map(|l| pid_of(l)).collect();
+    // One worker at a time, each replaced after two connections.
+    for pair in pids.chunks(2) {
+        assert_eq!(pair[0], pair[1], "{pids:?}");
+    }
+    let distinct: HashSet<i32> = pids.iter().copied().collect();
+    assert_eq!(distinct.len(), 3, "{pids:?}");
+}
+
+#[test]
+fn the_thread_model_serves_from_one_process() {
+    let backends = Backend::start_many(3);
+    let proxy = Proxy::start_in(
+        TempDir::new(),
+        ProxyOptions::new(&backends),
+        &["--model", "thread"],
+    );
+    let mut clients: Vec<Client> = (0..3).map(|_| Client::connect(proxy.addr)).collect();
+    let mut seen = Vec::new();
+    for client in &mut clients {
+        seen.push(
+            client
+                .get("/whoami")
+                .header("x-backend")
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(proxy.tasks_named("pibl conn"), 3, "a thread per connection");
+    assert!(proxy.children().0.is_empty(), "no child process");
+    let distinct: HashSet<&String> = seen.iter().collect();
+    assert_eq!(distinct.len(), 3, "round robin over threads: {seen:?}");
+    let pids: HashSet<i32> = proxy.wait_log(3).iter().map(|l| pid_of(l)).collect();
+    assert_eq!(pids, HashSet::from([proxy.pid()]));
+    drop(clients);
+    wait_until("the threads to end", || proxy.tasks_named("pibl conn") == 0);
 }

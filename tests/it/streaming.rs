@@ -11,8 +11,9 @@ use crate::util::*;
 
 const MIB: u64 = 1024 * 1024;
 const SIZE: u64 = 256 * MIB;
-/// Bound on the RSS of the parent plus its busy child, with wide margin:
-/// the buffers are 2 x 64 KiB, the rest is the program itself.
+/// Bound on the RSS of the parent plus its children (a busy child, or a
+/// pool of prefork workers), with wide margin: the buffers are 2 x 64 KiB,
+/// the rest is the program itself.
 const RSS_BOUND_KIB: u64 = 32 * 1024;
 
 /// Samples the summed RSS of the proxy and its children until stopped;
@@ -32,7 +33,10 @@ impl RssSampler {
             let mut with_child = 0;
             while !s.load(Ordering::Relaxed) {
                 let (children, _) = children_of(parent);
-                with_child += u64::from(!children.is_empty());
+                // A thread of the proxy's own, in the thread model.
+                let threads =
+                    std::fs::read_dir(format!("/proc/{parent}/task")).map_or(0, |d| d.count());
+                with_child += u64::from(!children.is_empty() || threads > 1);
                 let total = rss_kib(parent) + children.iter().map(|&c| rss_kib(c)).sum::<u64>();
                 p.fetch_max(total, Ordering::Relaxed);
                 thread::sleep(Duration::from_millis(20));

@@ -233,8 +233,15 @@ impl Proxy {
     /// command-line arguments.
     pub fn start_in(dir: TempDir, options: ProxyOptions, args: &[&str]) -> Proxy {
         fs::write(dir.path().join("pibl.conf"), options.config_text()).unwrap();
+        let model = model();
+        let model_args = if args.contains(&"--model") {
+            vec![]
+        } else {
+            vec!["--model", model.as_str()]
+        };
         let mut child = Command::new(PIBL)
             .args(["--port", "0"])
+            .args(model_args)
             .args(args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
@@ -312,6 +319,51 @@ impl Proxy {
         children_of(self.pid())
     }
 
+    /// How many tasks of the proxy are called `name`: its threads and its
+    /// children (pibl names its helpers, prefork workers and threads).
+    pub fn tasks_named(&self, name: &str) -> usize {
+        let comm = |path: String| fs::read_to_string(path).unwrap_or_default();
+        let threads = fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .map(|dir| {
+                dir.flatten()
+                    .filter(|t| comm(format!("{}/comm", t.path().display())).trim_end() == name)
+                    .count()
+            })
+            .unwrap_or(0);
+        let children = self
+            .children()
+            .0
+            .into_iter()
+            .filter(|pid| comm(format!("/proc/{pid}/comm")).trim_end() == name)
+            .count();
+        threads + children
+    }
+
+    /// The connections being served now, as the model shows them: live
+    /// children (fork), busy-or-idle workers (prefork), threads (thread).
+    pub fn serving(&self) -> usize {
+        match model().as_str() {
+            "thread" => self.tasks_named("pibl conn"),
+            "prefork" => self.tasks_named("pibl worker"),
+            // Children only: the proxy's own main thread is "pibl" too.
+            _ => self.tasks_named("pibl") - 1,
+        }
+    }
+
+    /// Waits until no connection is being served and no child is a
+    /// zombie: every child reaped, every thread ended.  (Prefork workers
+    /// stay, waiting for the next connection.)
+    pub fn wait_settled(&self) {
+        wait_until("the proxy to settle", || {
+            let (_, zombies) = self.children();
+            let idle = match model().as_str() {
+                "prefork" => true,
+                _ => self.serving() == 0,
+            };
+            zombies.is_empty() && idle
+        });
+    }
+
     /// Waits until the proxy has no child at all, live or zombie.
     pub fn wait_no_children(&self) {
         wait_until("the proxy's children to exit", || {
@@ -319,6 +371,12 @@ impl Proxy {
             live.is_empty() && zombies.is_empty()
         });
     }
+}
+
+/// The concurrency model the proxies of this run use: `PIBL_MODEL`, so
+/// that tests/run.sh runs the suite once per model; fork by default.
+pub fn model() -> String {
+    std::env::var("PIBL_MODEL").unwrap_or_else(|_| "fork".into())
 }
 
 /// Polls `done` until it holds, at most PATIENCE.

@@ -1,0 +1,123 @@
+//! One client connection, from its first request to its close, whatever
+//! runs it: a forked child, a prefork worker, or a thread.
+//!
+//! Requests on the connection are served in order (keep-alive and
+//! pipelining), each logged, until the client closes, idles out, an
+//! exchange leaves the connection unusable, or pibl is asked to stop, which
+//! takes effect between requests only: a request once begun is finished.
+
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::process;
+use std::time::Duration;
+
+use crate::diag;
+use crate::log::{self, AccessLog, Entry};
+use crate::pool::Pool;
+use crate::relay::{self, BUFFER_SIZE, Context, End, Exchange};
+use crate::signals::{self, GOT_SIGTERM, Idle, StopWatch};
+use crate::wire::Reader;
+
+/// What serving connections needs beyond the context, kept by whatever
+/// serves them: a prefork worker keeps its backend connections from one
+/// client to the next.
+pub struct Worker {
+    log: Option<AccessLog>,
+    pool: Pool,
+    /// getpid(2) once, not once per log line.
+    pid: u32,
+}
+
+impl Worker {
+    pub fn new(ctx: &Context) -> Worker {
+        let log = AccessLog::open(&ctx.config.log_file, ctx.config.syslog.as_ref())
+            .map_err(|e| {
+                diag!(
+                    "cannot open log file {}: {}",
+                    ctx.config.log_file.display(),
+                    crate::error::describe_io(&e)
+                )
+            })
+            .ok();
+        Worker {
+            log,
+            pool: Pool::new(ctx.balancer.len(), BUFFER_SIZE),
+            pid: process::id(),
+        }
+    }
+
+    /// Serves `stream` until it is done; returns the worst way an exchange
+    /// on it ended.
+    pub fn serve(
+        &mut self,
+        stream: &TcpStream,
+        peer: SocketAddr,
+        ctx: &Context,
+        stop: StopWatch,
+    ) -> End {
+        let timeouts = &ctx.config.timeouts;
+        // Reads time out as a body stalls; the head has its own deadline,
+        // and the wait between requests its own timeout (below).
+        let setup = stream
+            .set_nodelay(true)
+            .and_then(|()| stream.set_read_timeout(Some(timeouts.client_body)))
+            .and_then(|()| stream.set_write_timeout(Some(timeouts.send)));
+        if let Err(e) = setup {
+            diag!("client {peer}: {}", crate::error::describe_io(&e));
+            return End::ClientFault;
+        }
+        let mut reader = Reader::with_capacity(stream, BUFFER_SIZE);
+        let mut worst = End::Served;
+        // The first request is awaited as long as a head may take; later
+        // ones as long as a keep-alive connection may idle (as nginx).
+        let mut idle_timeout = timeouts.client_header;
+        let mut first = true;
+        loop {
+            if reader.buffered().is_empty() {
+                match signals::wait_idle(stream.as_fd(), idle_timeout, stop) {
+                    Idle::Ready => {}
+                    // Accepted just as pibl stops, a connection still gets
+                    // an answer to the request it has already sent.
+                    Idle::Stop
+                        if first && signals::wait_readable(stream.as_fd(), Duration::ZERO) => {}
+                    _ => break,
+                }
+            }
+            first = false;
+            idle_timeout = timeouts.keepalive;
+            let Some(ex) = relay::exchange(&mut reader, peer.ip(), ctx, &mut self.pool) else {
+                break;
+            };
+            self.record(peer, &ex);
+            worst = worst.max(ex.end);
+            if !ex.keep_alive || signals::is_set(&GOT_SIGTERM) {
+                break;
+            }
+        }
+        worst
+    }
+
+    fn record(&mut self, peer: SocketAddr, ex: &Exchange) {
+        let line = log::format_line(&Entry {
+            client: peer.ip(),
+            time: ex.time,
+            request: &ex.request_line,
+            status: ex.status,
+            body_bytes: ex.body_bytes,
+            referer: ex.referer.as_deref(),
+            user_agent: ex.user_agent.as_deref(),
+            upstream: ex.upstream.as_deref(),
+            duration: ex.started.elapsed(),
+            pid: self.pid,
+            cache: ex.cache.map(|c| c.as_str()),
+        });
+        match &mut self.log {
+            Some(log) => {
+                if let Err(e) = log.write(&line) {
+                    diag!("cannot write log file: {}", crate::error::describe_io(&e));
+                }
+            }
+            None => print!("{line}"),
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The prefork model: a pool of worker processes, forked ahead of need,
+//! that each accept(2) on the shared listening socket and serve one
+//! connection at a time — Apache's prefork MPM.
+//!
+//! The parent never touches a connection.  Ten times a second it counts the
+//! idle workers on the scoreboard (shared pages each worker writes its state
+//! to) and forks more when fewer than `min_spare` are idle — twice as many
+//! each time in a row it has to, as Apache does — up to `max_workers`; it
+//! stops one when more than `max_spare` are idle.  A worker exits after
+//! `max_requests` connections, so a leak cannot grow without bound.
+//!
+//! The kernel hands each new connection to one worker blocked in accept(2)
+//! (no thundering herd).  The listening socket is blocking in this model,
+//! with a receive timeout so that a worker that missed its SIGTERM (sent
+//! just before it blocked) still stops within a second.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::process;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::socket::SockFlag;
+use nix::unistd::{ForkResult, Pid, fork};
+
+use crate::config::PreforkConfig;
+use crate::connection::Worker;
+use crate::diag;
+use crate::error::Error;
+use crate::relay::Context;
+use crate::shm::{self, SLOT_BUSY, SLOT_FREE, SLOT_IDLE, SLOT_STARTING, Scoreboard, WorkerSlot};
+use crate::signals::{self, GOT_SIGTERM, StopWatch};
+
+/// How often the parent looks at the scoreboard.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Most workers forked in one tick.
+const MAX_SPAWN_RATE: usize = 32;
+/// How long an idle worker blocks in accept(2) before it looks at its
+/// flags again.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A worker's name in ps(1).
+pub const WORKER_NAME: &str = "pibl worker";
+
+pub struct Prefork {
+    board: &'static Scoreboard,
+    /// Workers of the current configuration: pid → slot.
+    workers: HashMap<Pid, usize>,
+    /// Workers told to stop (an older configuration, or too many idle);
+    /// their slots stay taken until they are reaped.
+    retiring: HashMap<Pid, usize>,
+    /// Workers to fork at the next shortage: doubles while shortages last.
+    spawn_rate: usize,
+}
+
+impl Prefork {
+    pub fn new() -> Result<Prefork, Error> {
+        Ok(Prefork {
+            board: shm::map::<Scoreboard>()?,
+            workers: HashMap::new(),
+            retiring: HashMap::new(),
+            spawn_rate: 1,
+        })
+    }
+
+    /// Makes `listener` what workers need: blocking, with a timeout.
+    pub fn prepare(listener: &TcpListener) -> Result<(), Error> {
+        let fail = |e: io::Error| Error::os("cannot prepare the listening socket", e);
+        listener.set_nonblocking(false).map_err(fail)?;
+        let timeout = nix::sys::time::TimeVal::new(ACCEPT_TIMEOUT.as_secs() as i64, 0);
+        nix::sys::socket::setsockopt(
+            listener,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &timeout,
+        )
+        .map_err(|e| fail(e.into()))
+    }
+
+    fn state(&self, slot: usize) -> u32 {
+        self.board.slots[slot].state.load(Ordering::Relaxed)
+    }
+
+    /// Starts or stops workers so that between `min_spare` and `max_spare`
+    /// of them are idle.  A worker still starting counts as idle.
+    pub fn maintain(&mut self, listener: &TcpListener, ctx: &Context, parent_mask: &SigSet) {
+        let limits = &ctx.config.prefork;
+        let idle: Vec<Pid> = self
+            .workers
+            .iter()
+            .filter(|&(_, &slot)| matches!(self.state(slot), SLOT_IDLE | SLOT_STARTING))
+            .map(|(&pid, _)| pid)
+            .collect();
+        let room = limits.max_workers.saturating_sub(self.workers.len());
+        if idle.len() < limits.min_spare && room > 0 {
+            let want = (limits.min_spare - idle.len())
+                .max(self.spawn_rate)
+                .min(room);
+            for _ in 0..want {
+                self.spawn(listener, ctx, parent_mask);
+            }
+            self.spawn_rate = (self.spawn_rate * 2).min(MAX_SPAWN_RATE);
+            return;
+        }
+        self.spawn_rate = 1;
+        if idle.len() > limits.max_spare {
+            // One at a time, as Apache: a burst that made them may return.
+            self.retire(idle[0]);
+        }
+    }
+
+    fn free_slot(&self) -> Option<usize> {
+        let taken: Vec<usize> = self
+            .workers
+            .values()
+            .chain(self.retiring.values())
+            .copied()
+            .collect();
+        (0..shm::MAX_WORKERS).find(|slot| !taken.contains(slot))
+    }
+
+    fn spawn(&mut self, listener: &TcpListener, ctx: &Context, parent_mask: &SigSet) {
+        let Some(slot) = self.free_slot() else { return };
+        let record = &self.board.slots[slot];
+        record.state.store(SLOT_STARTING, Ordering::Relaxed);
+        record.served.store(0, Ordering::Relaxed);
+        crate::parent::flush_std();
+        // SAFETY: the parent is single-threaded (see parent.rs), so the
+        // worker starts with every lock free and every invariant intact.
+        match unsafe { fork() } {
+            Ok(ForkResult::Parent { child }) => {
+                self.workers.insert(child, slot);
+            }
+            Ok(ForkResult::Child) => work(listener, ctx, record, &ctx.config.prefork, parent_mask),
+            Err(e) => {
+                record.state.store(SLOT_FREE, Ordering::Relaxed);
+                diag!("fork: {}; no new worker", e.desc());
+            }
+        }
+    }
+
+    /// Asks worker `pid` to stop after its connection.
+    fn retire(&mut self, pid: Pid) {
+        if let Some(slot) = self.workers.remove(&pid) {
+            let _ = kill(pid, Signal::SIGTERM);
+            self.retiring.insert(pid, slot);
+        }
+    }
+
+    /// Retires every worker: after a reload, new workers use the new
+    /// configuration.
+    pub fn retire_all(&mut self) {
+        let pids: Vec<Pid> = self.workers.keys().copied().collect();
+        pids.into_iter().for_each(|pid| self.retire(pid));
+    }
+
+    /// Forgets `pid` if it was a worker, freeing its slot.
+    pub fn reaped(&mut self, pid: Pid) -> bool {
+        let slot = self
+            .workers
+            .remove(&pid)
+            .or_else(|| self.retiring.remove(&pid));
+        if let Some(slot) = slot {
+            self.board.slots[slot]
+                .state
+                .store(SLOT_FREE, Ordering::Relaxed);
+        }
+        slot.is_some()
+    }
+
+    pub fn pids(&self) -> impl Iterator<Item = Pid> + '_ {
+        self.workers.keys().chain(self.retiring.keys()).copied()
+    }
+}
+
+/// accept(2) once: std's `accept` tries again after EINTR, and a worker
+/// must see the signal that interrupted it.
+fn accept_once(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    let fd = nix::sys::socket::accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC)?;
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let peer = stream.peer_addr()?;
+    Ok((stream, peer))
+}
+
+/// A worker's life: accept, serve, until told to stop or `max_requests`.
+fn work(
+    listener: &TcpListener,
+    ctx: &Context,
+    slot: &WorkerSlot,
+    limits: &PreforkConfig,
+    parent_mask: &SigSet,
+) -> ! {
+    let idle_mask = signals::install_child(parent_mask);
+    crate::parent::set_process_name(WORKER_NAME);
+    let serving_mask = SigSet::thread_get_mask().unwrap_or(idle_mask);
+    slot.pid.store(process::id() as i32, Ordering::Relaxed);
+    let mut worker = Worker::new(ctx);
+    let mut served = 0u64;
+    while limits.max_requests == 0 || served < limits.max_requests {
+        slot.state.store(SLOT_IDLE, Ordering::Relaxed);
+        // Stop signals are let in only while idle; one already pending
+        // arrives here, before the flag is read.
+        let _ = idle_mask.thread_set_mask();
+        if signals::is_set(&GOT_SIGTERM) {
+            break;
+        }
+        let accepted = accept_once(listener);
+        let _ = serving_mask.thread_set_mask();
+        match accepted {
+            Ok((stream, peer)) => {
+                slot.state.store(SLOT_BUSY, Ordering::Relaxed);
+                worker.serve(&stream, peer, ctx, StopWatch::Signals(idle_mask));
+                served += 1;
+                slot.served.store(served, Ordering::Relaxed);
+            }
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EMFILE | libc::ENFILE) => {
+                    diag!("accept: {}; pausing", crate::error::describe_io(&e));
+                    std::thread::sleep(crate::parent::FD_EXHAUSTED_PAUSE);
+                }
+                // A signal, the accept timeout, a client gone before its
+                // turn (or one gone so fast it has no peer address).
+                Some(libc::EINTR | libc::EAGAIN | libc::ECONNABORTED | libc::ENOTCONN) => {}
+                _ => diag!("accept: {}", crate::error::describe_io(&e)),
+            },
+        }
+    }
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    process::exit(0)
+}
