@@ -18,6 +18,10 @@ use crate::relay::{self, BUFFER_SIZE, Context, End, Exchange};
 use crate::signals::{self, GOT_SIGTERM, Idle, StopWatch};
 use crate::wire::Reader;
 
+/// How long a connection accepted as pibl stops is given to send its
+/// first request (which is normally on its way already).
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
 /// What serving connections needs beyond the context, kept by whatever
 /// serves them: a prefork worker keeps its backend connections from one
 /// client to the next.
@@ -78,8 +82,7 @@ impl Worker {
                     Idle::Ready => {}
                     // Accepted just as pibl stops, a connection still gets
                     // an answer to the request it has already sent.
-                    Idle::Stop
-                        if first && signals::wait_readable(stream.as_fd(), Duration::ZERO) => {}
+                    Idle::Stop if first && signals::wait_readable(stream.as_fd(), STOP_GRACE) => {}
                     _ => break,
                 }
             }

@@ -30,7 +30,7 @@ use nix::unistd::{ForkResult, Pid, fork};
 use crate::child;
 use crate::config::{Config, Model, Overrides};
 use crate::error::Error;
-use crate::prefork::{self, Prefork};
+use crate::prefork::Prefork;
 use crate::relay::Context;
 use crate::signals::{self, GOT_SIGCHLD, GOT_SIGHUP, GOT_SIGQUIT, GOT_SIGTERM, GOT_SIGUSR1};
 use crate::{diag, notice};
@@ -119,8 +119,8 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
             notice!("reopening log files");
         }
         if let Some(pool) = &mut parent.prefork {
-            pool.maintain(&parent.listener, &parent.ctx, &parent.wait_mask);
-            parent.wait_for_event(false, Some(prefork::TICK));
+            let next = pool.maintain(&parent.listener, &parent.ctx, &parent.wait_mask);
+            parent.wait_for_event(false, Some(next));
             continue;
         }
         let room = parent.children.len() < parent.ctx.config.max_clients;
@@ -217,6 +217,7 @@ impl Parent {
 
     fn start_helper(&mut self, helper: Helper) {
         flush_std();
+        let parent = std::process::id();
         // SAFETY: as in spawn_child: the parent is single-threaded.
         match unsafe { fork() } {
             Ok(ForkResult::Parent { child }) => self.helpers.push((helper, child)),
@@ -227,7 +228,7 @@ impl Parent {
                 // ends it if the parent dies, even by SIGKILL (and the
                 // check covers a parent that died before the call).
                 let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
-                if std::os::unix::process::parent_id() == 1 {
+                if std::os::unix::process::parent_id() != parent {
                     std::process::exit(0);
                 }
                 // What ps(1) and top(1) show, as nginx's "cache manager".

@@ -5,8 +5,10 @@
 //! The parent never touches a connection.  Ten times a second it counts the
 //! idle workers on the scoreboard (shared pages each worker writes its state
 //! to) and forks more when fewer than `min_spare` are idle — twice as many
-//! each time in a row it has to, as Apache does — up to `max_workers`; it
-//! stops one when more than `max_spare` are idle.  A worker exits after
+//! each time in a row it has to, as Apache does, and looking again after
+//! 10 ms rather than 100 — up to `max_workers`; it stops one when more than
+//! `max_spare` are idle (through a flag in its slot, which it reads between
+//! connections and at each accept timeout).  A worker exits after
 //! `max_requests` connections, so a leak cannot grow without bound.
 //!
 //! The kernel hands each new connection to one worker blocked in accept(2)
@@ -26,7 +28,6 @@ use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::socket::SockFlag;
 use nix::unistd::{ForkResult, Pid, fork};
 
-use crate::config::PreforkConfig;
 use crate::connection::Worker;
 use crate::diag;
 use crate::error::Error;
@@ -36,6 +37,9 @@ use crate::signals::{self, GOT_SIGTERM, StopWatch};
 
 /// How often the parent looks at the scoreboard.
 pub const TICK: Duration = Duration::from_millis(100);
+/// How soon it looks again after forking workers: if they were taken at
+/// once, connections are waiting for more.
+pub const SHORT_TICK: Duration = Duration::from_millis(10);
 /// Most workers forked in one tick.
 const MAX_SPAWN_RATE: usize = 32;
 /// How long an idle worker blocks in accept(2) before it looks at its
@@ -84,8 +88,14 @@ impl Prefork {
     }
 
     /// Starts or stops workers so that between `min_spare` and `max_spare`
-    /// of them are idle.  A worker still starting counts as idle.
-    pub fn maintain(&mut self, listener: &TcpListener, ctx: &Context, parent_mask: &SigSet) {
+    /// of them are idle.  A worker still starting counts as idle.  Returns
+    /// how long to wait before looking again.
+    pub fn maintain(
+        &mut self,
+        listener: &TcpListener,
+        ctx: &Context,
+        parent_mask: &SigSet,
+    ) -> Duration {
         let limits = &ctx.config.prefork;
         let idle: Vec<Pid> = self
             .workers
@@ -101,14 +111,15 @@ impl Prefork {
             for _ in 0..want {
                 self.spawn(listener, ctx, parent_mask);
             }
-            self.spawn_rate = (self.spawn_rate * 2).min(MAX_SPAWN_RATE);
-            return;
+            self.spawn_rate = (want * 2).min(MAX_SPAWN_RATE);
+            return SHORT_TICK;
         }
         self.spawn_rate = 1;
         if idle.len() > limits.max_spare {
             // One at a time, as Apache: a burst that made them may return.
-            self.retire(idle[0]);
+            self.retire(idle[0], false);
         }
+        TICK
     }
 
     fn free_slot(&self) -> Option<usize> {
@@ -126,14 +137,16 @@ impl Prefork {
         let record = &self.board.slots[slot];
         record.state.store(SLOT_STARTING, Ordering::Relaxed);
         record.served.store(0, Ordering::Relaxed);
+        record.retire.store(false, Ordering::Relaxed);
         crate::parent::flush_std();
+        let parent = process::id();
         // SAFETY: the parent is single-threaded (see parent.rs), so the
         // worker starts with every lock free and every invariant intact.
         match unsafe { fork() } {
             Ok(ForkResult::Parent { child }) => {
                 self.workers.insert(child, slot);
             }
-            Ok(ForkResult::Child) => work(listener, ctx, record, &ctx.config.prefork, parent_mask),
+            Ok(ForkResult::Child) => work(listener, ctx, record, parent, parent_mask),
             Err(e) => {
                 record.state.store(SLOT_FREE, Ordering::Relaxed);
                 diag!("fork: {}; no new worker", e.desc());
@@ -142,9 +155,16 @@ impl Prefork {
     }
 
     /// Asks worker `pid` to stop after its connection.
-    fn retire(&mut self, pid: Pid) {
+    /// Asks worker `pid` to stop: `now`, with SIGTERM, which closes an
+    /// idle keep-alive connection too; otherwise through its slot, which it
+    /// reads after each connection and each accept timeout — no signal
+    /// can then land between an accept and the read of the request.
+    fn retire(&mut self, pid: Pid, now: bool) {
         if let Some(slot) = self.workers.remove(&pid) {
-            let _ = kill(pid, Signal::SIGTERM);
+            self.board.slots[slot].retire.store(true, Ordering::Relaxed);
+            if now {
+                let _ = kill(pid, Signal::SIGTERM);
+            }
             self.retiring.insert(pid, slot);
         }
     }
@@ -153,7 +173,7 @@ impl Prefork {
     /// configuration.
     pub fn retire_all(&mut self) {
         let pids: Vec<Pid> = self.workers.keys().copied().collect();
-        pids.into_iter().for_each(|pid| self.retire(pid));
+        pids.into_iter().for_each(|pid| self.retire(pid, true));
     }
 
     /// Forgets `pid` if it was a worker, freeing its slot.
@@ -190,10 +210,18 @@ fn work(
     listener: &TcpListener,
     ctx: &Context,
     slot: &WorkerSlot,
-    limits: &PreforkConfig,
+    parent: u32,
     parent_mask: &SigSet,
 ) -> ! {
+    let limits = &ctx.config.prefork;
     let idle_mask = signals::install_child(parent_mask);
+    // A worker outliving its parent would hold the port and serve with
+    // no one to replace it: the kernel stops it, even after a SIGKILL of
+    // the parent (gracefully: the connection in hand is finished).
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
+    if std::os::unix::process::parent_id() != parent {
+        process::exit(0);
+    }
     crate::parent::set_process_name(WORKER_NAME);
     let serving_mask = SigSet::thread_get_mask().unwrap_or(idle_mask);
     slot.pid.store(process::id() as i32, Ordering::Relaxed);
@@ -204,7 +232,7 @@ fn work(
         // Stop signals are let in only while idle; one already pending
         // arrives here, before the flag is read.
         let _ = idle_mask.thread_set_mask();
-        if signals::is_set(&GOT_SIGTERM) {
+        if signals::is_set(&GOT_SIGTERM) || slot.retire.load(Ordering::Relaxed) {
             break;
         }
         let accepted = accept_once(listener);

@@ -41,6 +41,8 @@ pub struct WorkerSlot {
     pub served: AtomicU64,
     /// The worker's pid, for `ps`-less inspection (0 when free).
     pub pid: AtomicI32,
+    /// Set by the parent: stop before the next connection.
+    pub retire: AtomicBool,
 }
 
 pub const SLOT_FREE: u32 = 0;

@@ -210,3 +210,25 @@ fn the_thread_model_serves_from_one_process() {
     drop(clients);
     wait_until("the threads to end", || proxy.tasks_named("pibl conn") == 0);
 }
+
+#[test]
+fn prefork_workers_do_not_outlive_a_killed_parent() {
+    let backends = Backend::start_many(1);
+    let proxy = prefork(&backends, "min_spare = 3\nmax_spare = 3\n");
+    wait_until("the workers to start", || workers(&proxy) == 3);
+    let (pids, _) = proxy.children();
+    // The parent alone is killed, as by the OOM killer.
+    proxy.process.signal(Signal::SIGKILL);
+    let mut proxy = proxy;
+    proxy.process.wait_exit();
+    let gone = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit(')')
+                .next()
+                .unwrap()
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    wait_until("the orphaned workers to stop", || pids.iter().all(gone));
+}

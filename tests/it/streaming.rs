@@ -11,12 +11,12 @@ use crate::util::*;
 
 const MIB: u64 = 1024 * 1024;
 const SIZE: u64 = 256 * MIB;
-/// Bound on the RSS of the parent plus its children (a busy child, or a
+/// Bound on the PSS of the parent plus its children (a busy child, or a
 /// pool of prefork workers), with wide margin: the buffers are 2 x 64 KiB,
 /// the rest is the program itself.
-const RSS_BOUND_KIB: u64 = 32 * 1024;
+const PSS_BOUND_KIB: u64 = 32 * 1024;
 
-/// Samples the summed RSS of the proxy and its children until stopped;
+/// Samples the summed PSS of the proxy and its children until stopped;
 /// returns the peak in KiB and how many samples saw a child.
 struct RssSampler {
     stop: Arc<AtomicBool>,
@@ -37,7 +37,7 @@ impl RssSampler {
                 let threads =
                     std::fs::read_dir(format!("/proc/{parent}/task")).map_or(0, |d| d.count());
                 with_child += u64::from(!children.is_empty() || threads > 1);
-                let total = rss_kib(parent) + children.iter().map(|&c| rss_kib(c)).sum::<u64>();
+                let total = pss_kib(parent) + children.iter().map(|&c| pss_kib(c)).sum::<u64>();
                 p.fetch_max(total, Ordering::Relaxed);
                 thread::sleep(Duration::from_millis(20));
             }
@@ -88,7 +88,7 @@ fn a_256_mib_response_streams_in_flat_memory() {
     assert_eq!(offset, SIZE);
     let (peak, samples) = sampler.finish();
     assert!(samples > 0, "no sample saw the child");
-    assert!(peak < RSS_BOUND_KIB, "proxy RSS peaked at {peak} KiB");
+    assert!(peak < PSS_BOUND_KIB, "proxy PSS peaked at {peak} KiB");
     assert_eq!(client.get("/whoami").status, 200);
 }
 
@@ -134,7 +134,7 @@ fn upload(chunked: bool) {
     assert_eq!(r.text(), format!("bytes={SIZE} fnv1a={hash:016x}\n"));
     let (peak, samples) = sampler.finish();
     assert!(samples > 0, "no sample saw the child");
-    assert!(peak < RSS_BOUND_KIB, "proxy RSS peaked at {peak} KiB");
+    assert!(peak < PSS_BOUND_KIB, "proxy PSS peaked at {peak} KiB");
 }
 
 #[test]

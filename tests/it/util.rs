@@ -416,12 +416,14 @@ pub fn children_of(pid: i32) -> (Vec<i32>, Vec<i32>) {
     (live, zombies)
 }
 
-/// Resident memory of `pid` in KiB (0 once it is gone).
-pub fn rss_kib(pid: i32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
+/// Proportional memory of `pid` in KiB: shared pages divided among the
+/// processes that map them, so a sum over processes counts each once
+/// (0 once it is gone).
+pub fn pss_kib(pid: i32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix("Pss:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
