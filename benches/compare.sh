@@ -1,0 +1,388 @@
+#!/usr/bin/env bash
+# benches/compare.sh — pibl in each concurrency model beside nginx (as a
+# reverse proxy, and with proxy_cache) and HAProxy, on the same three
+# backends, in one run.
+#
+#   bash benches/compare.sh            # DURATION=5 ROUNDS=3 by default
+#
+# Installs nginx, haproxy, wrk and curl from Debian's packages when missing
+# (as root), builds pibl in release mode, starts one nginx serving three
+# backends on 127.0.0.1:18001-18003 (/small 1 KiB, /big 1 MiB), then runs
+# each workload against each proxy, one after another, with the order
+# rotated every round so that drift of the machine hits all alike:
+#
+#   ka     keep-alive, 50 connections, GET /small
+#   close  a new connection per request (Connection: close), 50 at once
+#   big    GET /big (1 MiB), 8 connections
+#   cache  GET /small answered from the cache (nginx with proxy_cache, pibl
+#          with --ttl 60; the others have no cache and are not run)
+#
+# Every proxy is started fresh for each measurement and stopped after it.
+# Every load run is bounded: wrk -d, inside `timeout`.  Loopback only.
+#
+# Reports medians over the rounds: requests/s (MB/s for big) with the ratio
+# to nginx in the same run (to nginx + proxy_cache for cache), p50/p99
+# latency of ka, the proportional memory (PSS, summed over the proxy's
+# processes from /proc/PID/smaps_rollup) at its peak during ka, and, for
+# pibl, the CPU its parent spends per connection in close (accept, fork and
+# reap in the fork model).  Writes results-DATE.md and chart-DATE.svg into
+# OUT_DIR (default benches/results) and prints the table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-5}     # seconds per wrk run
+ROUNDS=${ROUNDS:-3}
+THREADS=${THREADS:-2}       # wrk threads
+CONNS=${CONNS:-50}
+BIG_CONNS=${BIG_CONNS:-8}
+MODELS=${MODELS:-fork prefork thread}
+OUT_DIR=${OUT_DIR:-benches/results}
+PIBL=$PWD/target/release/pibl
+
+log() { printf '[compare] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --------------------------------------------------------------- set-up ----
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v wrk >/dev/null || need+=(wrk)
+command -v curl >/dev/null || need+=(curl)
+if ((${#need[@]})); then
+    ((EUID == 0)) || die "missing ${need[*]}: install them or run as root"
+    log "installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+PATH=$PATH:/usr/sbin
+log "building pibl (release)"
+cargo build --release --quiet
+
+RUN=$(mktemp -d /tmp/pibl-compare.XXXXXX)
+chmod 755 "$RUN"   # nginx workers run as another user
+SESSIONS=()
+cleanup() {
+    local sid
+    for sid in "${SESSIONS[@]}"; do kill -TERM -- "-$sid" 2>/dev/null || true; done
+    [[ -n ${KEEP:-} ]] || rm -rf "$RUN"
+}
+trap cleanup EXIT
+mkdir -p "$OUT_DIR" "$RUN/wrk"
+
+# start_session DIR COMMAND LOG: runs COMMAND in DIR in a session of its own
+# (so all its processes can be stopped together); prints the session id.
+start_session() {
+    setsid bash -c "cd '$1' && exec $2" >"$3" 2>&1 </dev/null &
+    echo $!
+}
+
+stop_session() {
+    kill -TERM -- "-$1" 2>/dev/null || true
+    local i
+    for i in {1..50}; do
+        kill -0 -- "-$1" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL -- "-$1" 2>/dev/null || true
+}
+
+answers() { curl -s -o /dev/null --max-time 2 -w '%{http_code}' "http://127.0.0.1:$1/small" | grep -q 200; }
+
+# ------------------------------------------------------------- backends ----
+setup_backends() {
+    local d=$RUN/backend port
+    mkdir -p "$d/www" "$d/tmp"
+    local line=abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789
+    head -c 1024 < <(yes $line) >"$d/www/small"
+    head -c 1048576 < <(yes $line) >"$d/www/big"
+    {
+        echo "worker_processes auto; daemon off; pid $d/nginx.pid; error_log stderr warn;"
+        echo "events { worker_connections 4096; }"
+        echo "http { access_log off; sendfile on; tcp_nopush on; tcp_nodelay on;"
+        echo "  keepalive_requests 1000000; default_type text/plain;"
+        echo "  client_body_temp_path $d/tmp/b; proxy_temp_path $d/tmp/p; fastcgi_temp_path $d/tmp/f;"
+        echo "  uwsgi_temp_path $d/tmp/u; scgi_temp_path $d/tmp/s;"
+        for port in 18001 18002 18003; do
+            echo "  server { listen 127.0.0.1:$port; root $d/www;"
+            echo "    location / { add_header Cache-Control \"max-age=60\"; } }"
+        done
+        echo "}"
+    } >"$d/nginx.conf"
+    SESSIONS+=("$(start_session "$d" "nginx -p '$d/' -c '$d/nginx.conf'" "$RUN/backend.log")")
+    for port in 18001 18002 18003; do
+        for _ in {1..50}; do answers $port && break; sleep 0.1; done
+        answers $port || die "backend $port does not answer (see $RUN/backend.log)"
+    done
+}
+
+# -------------------------------------------------------------- proxies ----
+declare -A PORT CMD WORKDIR
+PROXIES_MAIN=()   # run in ka, close, big
+PROXIES_CACHE=()  # run in cache
+
+setup_nginx() {  # key port cache(0|1)
+    local d=$RUN/$1 cache=""
+    mkdir -p "$d/tmp"
+    if [[ $3 == 1 ]]; then
+        cache="proxy_cache_path $d/cache levels=1:2 keys_zone=c:10m max_size=1g inactive=10m use_temp_path=off;"
+    fi
+    cat >"$d/nginx.conf" <<EOF
+worker_processes auto; daemon off; pid $d/nginx.pid; error_log stderr warn;
+events { worker_connections 1024; }
+http {
+    access_log off; sendfile on; tcp_nopush on; tcp_nodelay on;
+    client_body_temp_path $d/tmp/b; proxy_temp_path $d/tmp/p; fastcgi_temp_path $d/tmp/f;
+    uwsgi_temp_path $d/tmp/u; scgi_temp_path $d/tmp/s;
+    $cache
+    upstream backends {
+        server 127.0.0.1:18001; server 127.0.0.1:18002; server 127.0.0.1:18003;
+        keepalive 32;
+    }
+    server {
+        listen 127.0.0.1:$2;
+        location / {
+            proxy_pass http://backends;
+            proxy_http_version 1.1; proxy_set_header Connection "";
+            $([[ $3 == 1 ]] && echo "proxy_cache c;")
+        }
+    }
+}
+EOF
+    PORT[$1]=$2 WORKDIR[$1]=$d CMD[$1]="nginx -p '$d/' -c '$d/nginx.conf'"
+}
+
+setup_haproxy() {
+    local d=$RUN/haproxy
+    mkdir -p "$d"
+    cat >"$d/haproxy.cfg" <<EOF
+global
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend fe
+    bind 127.0.0.1:18020
+    default_backend be
+backend be
+    balance roundrobin
+    server s1 127.0.0.1:18001
+    server s2 127.0.0.1:18002
+    server s3 127.0.0.1:18003
+EOF
+    PORT[haproxy]=18020 WORKDIR[haproxy]=$d CMD[haproxy]="haproxy -db -f '$d/haproxy.cfg'"
+}
+
+setup_pibl() {  # key port model ttl
+    local d=$RUN/$1
+    mkdir -p "$d"
+    # The shipped pibl.conf, moved to the benchmark's ports.
+    sed -e "s/\b8080\b/$2/" -e 's/\b9001\b/18001/' -e 's/\b9002\b/18002/' -e 's/\b9003\b/18003/' \
+        pibl.conf >"$d/pibl.conf"
+    # Its access log goes to a file, as a service's would; stdout too.
+    PORT[$1]=$2 WORKDIR[$1]=$d
+    CMD[$1]="'$PIBL' --config pibl.conf --model $3 --ttl $4 >stdout.log"
+}
+
+setup_nginx nginx 18010 0
+setup_nginx nginx-cache 18011 1
+setup_haproxy
+PROXIES_MAIN=(nginx haproxy)
+PROXIES_CACHE=(nginx-cache)
+port=18030
+for model in $MODELS; do
+    setup_pibl "pibl-$model" $port "$model" 0
+    setup_pibl "pibl-$model-cache" $((port + 1)) "$model" 60
+    PROXIES_MAIN+=("pibl-$model")
+    PROXIES_CACHE+=("pibl-$model-cache")
+    port=$((port + 2))
+done
+
+# ---------------------------------------------------------- measurement ----
+cat >"$RUN/bench.lua" <<'EOF'
+function done(s, lat, req)
+    local e = s.errors
+    io.write(string.format("RESULT %d %d %d %d %d %d\n", s.requests, s.duration, s.bytes,
+        e.connect + e.read + e.write + e.status + e.timeout, lat:percentile(50), lat:percentile(99)))
+end
+EOF
+
+# Proportional memory of a session's processes, in KiB.
+pss_kib() {
+    local total=0 pid v
+    for pid in $(ps -o pid= -s "$1" 2>/dev/null); do
+        v=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null) || continue
+        total=$((total + ${v:-0}))
+    done
+    echo $total
+}
+
+# CPU ticks (user + system) of one process, its reaped children excluded.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+RESULTS=$RUN/results.tsv   # round test proxy requests duration_us bytes errors p50 p99 pss cpu_us_per_conn
+
+run_one() {  # round test proxy
+    local r=$1 t=$2 p=$3 path=/small conns=$CONNS hdr=() sid res pss=0 peak=0 t0 t1 cpu=""
+    case $t in
+        close) hdr=(-H 'Connection: close') ;;
+        big) path=/big conns=$BIG_CONNS ;;
+    esac
+    rm -rf "${WORKDIR[$p]}/cache"
+    sid=$(start_session "${WORKDIR[$p]}" "${CMD[$p]}" "$RUN/$p.log")
+    for _ in {1..100}; do answers "${PORT[$p]}" && break; sleep 0.05; done
+    if [[ $t == cache ]]; then   # fill the cache
+        for _ in 1 2 3; do answers "${PORT[$p]}" || true; done
+    fi
+    t0=$(cpu_ticks "$sid")
+    timeout -k 5 $((DURATION + 20)) wrk -t"$THREADS" -c"$conns" -d"${DURATION}s" --timeout 2s \
+        -s "$RUN/bench.lua" "${hdr[@]}" "http://127.0.0.1:${PORT[$p]}$path" >"$RUN/wrk/$r.$t.$p" 2>&1 &
+    local wrk_pid=$!
+    while kill -0 $wrk_pid 2>/dev/null; do
+        pss=$(pss_kib "$sid"); ((pss > peak)) && peak=$pss
+        sleep 0.5
+    done
+    wait $wrk_pid || true
+    t1=$(cpu_ticks "$sid")
+    stop_session "$sid"
+    res=$(grep -m1 '^RESULT ' "$RUN/wrk/$r.$t.$p" || true)
+    [[ -n $res ]] || { log "  r$r $t $p: no result (see $RUN/wrk/$r.$t.$p)"; return; }
+    read -r _ req dur bytes errs p50 p99 <<<"$res"
+    if [[ $p == pibl-* && $t == close && $req -gt 0 ]]; then
+        cpu=$(( (t1 - t0) * 1000000 / $(getconf CLK_TCK) / req ))
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$r" "$t" "$p" "$req" "$dur" "$bytes" "$errs" "$p50" "$p99" "$peak" "$cpu" >>"$RESULTS"
+    log "  r$r $t $p: $(awk -v n="$req" -v d="$dur" 'BEGIN {printf "%.0f req/s", n / d * 1e6}') errors=$errs"
+}
+
+# rotate N ARRAY...: the array rotated left by N.
+rotate() { local n=$1; shift; local a=("$@"); local k=$((n % ${#a[@]})); echo "${a[@]:k}" "${a[@]:0:k}"; }
+
+setup_backends
+log "backends up; $ROUNDS rounds of ${DURATION}s runs: ${PROXIES_MAIN[*]} ${PROXIES_CACHE[*]}"
+for ((r = 1; r <= ROUNDS; r++)); do
+    for t in ka close big cache; do
+        if [[ $t == cache ]]; then list=("${PROXIES_CACHE[@]}"); else list=("${PROXIES_MAIN[@]}"); fi
+        for p in $(rotate $((r - 1)) "${list[@]}"); do run_one "$r" "$t" "$p"; done
+    done
+done
+
+# --------------------------------------------------------------- report ----
+stamp=$(date -u +%Y-%m-%d_%H%M%S)
+report=$OUT_DIR/results-$stamp.md
+chart=$OUT_DIR/chart-$stamp.svg
+machine="$(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), $(uname -sr)"
+versions="$(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v 2>&1 | head -1 | awk '{print "HAProxy " $3}'), $("$PIBL" --version)"
+
+# Medians per (test, proxy) of: rate, p50, p99, pss, cpu.
+awk -F'\t' '
+function median(list,   n, a, i, j, x) {
+    n = split(list, a, " ")
+    for (i = 2; i <= n; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > x + 0; j--) a[j + 1] = a[j]; a[j + 1] = x }
+    return n ? (n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2) : ""
+}
+{
+    k = $2 SUBSEP $3; seen[k] = 1
+    rate = ($2 == "big") ? $6 / $5 : $4 / ($5 / 1e6)   # MB/s (bytes/us) or req/s
+    R[k] = R[k] " " rate; P50[k] = P50[k] " " $8; P99[k] = P99[k] " " $9
+    if ($10 > 0) M[k] = M[k] " " $10
+    if ($11 != "") C[k] = C[k] " " $11
+    E[k] += $7
+}
+END {
+    for (k in seen) {
+        split(k, kk, SUBSEP)
+        printf "%s\t%s\t%.1f\t%s\t%s\t%s\t%s\t%d\n", kk[1], kk[2], median(R[k]), median(P50[k]), median(P99[k]), median(M[k]), median(C[k]), E[k]
+    }
+}' "$RESULTS" >"$RUN/medians.tsv"
+
+get() {  # test proxy column(3 rate 4 p50 5 p99 6 pss 7 cpu 8 errors)
+    awk -F'\t' -v t="$1" -v p="$2" -v c="$3" '$1 == t && $2 == p {print $c}' "$RUN/medians.tsv"
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f", a / b }'; }
+fmt() { awk -v v="$1" 'BEGIN { if (v == "") print "-"; else if (v >= 100) printf "%.0f", v; else printf "%.2f", v }'; }
+
+{
+    echo "# pibl beside nginx and HAProxy — benches/compare.sh, $stamp UTC"
+    echo
+    echo "Machine: $machine. $versions."
+    echo "wrk -t$THREADS, ${DURATION}s per run, $ROUNDS rounds (medians), order rotated each round;"
+    echo "3 nginx backends on loopback; every proxy on the same 2 cores as wrk and the backends."
+    echo
+    echo "| proxy | keep-alive req/s (× nginx) | new conn. req/s (×) | 1 MiB MB/s (×) | cache hits req/s (× nginx cache) | p50 / p99 ms (p99 ×) | PSS at 50 conns, MiB | errors |"
+    echo "|---|---|---|---|---|---|---|---|"
+    for p in "${PROXIES_MAIN[@]}"; do
+        c=$p; [[ $p == nginx ]] && c=nginx-cache; [[ $p == pibl-* ]] && c=$p-cache; [[ $p == haproxy ]] && c=""
+        ka=$(get ka "$p" 3) cl=$(get close "$p" 3) bg=$(get big "$p" 3)
+        ch=""; [[ -n $c ]] && ch=$(get cache "$c" 3)
+        p50=$(get ka "$p" 4) p99=$(get ka "$p" 5) pss=$(get ka "$p" 6)
+        errs=0
+        for e in "$(get ka "$p" 8)" "$(get close "$p" 8)" "$(get big "$p" 8)" "${c:+$(get cache "$c" 8)}"; do
+            errs=$((errs + ${e:-0}))
+        done
+        printf '| %s | %s (%s) | %s (%s) | %s (%s) | %s (%s) | %s / %s (%s) | %s | %s |\n' "$p" \
+            "$(fmt "$ka")" "$(ratio "$ka" "$(get ka nginx 3)")" \
+            "$(fmt "$cl")" "$(ratio "$cl" "$(get close nginx 3)")" \
+            "$(fmt "$bg")" "$(ratio "$bg" "$(get big nginx 3)")" \
+            "$(fmt "$ch")" "$(ratio "$ch" "$(get cache nginx-cache 3)")" \
+            "$(awk -v v="$p50" 'BEGIN {printf "%.2f", v / 1000}')" "$(awk -v v="$p99" 'BEGIN {printf "%.2f", v / 1000}')" \
+            "$(ratio "$p99" "$(get ka nginx 5)")" \
+            "$(awk -v v="$pss" 'BEGIN {printf "%.1f", v / 1024}')" "$errs"
+    done
+    echo
+    echo "CPU per connection of pibl's main process in the new-connection test, from /proc/PID/stat"
+    echo "(10 ms ticks over the run): in the fork model the parent's accept, fork and reap; in the"
+    echo "prefork model the parent's upkeep only; in the thread model the whole process, every thread:"
+    for model in $MODELS; do
+        echo "- $model: $(get close "pibl-$model" 7) µs"
+    done
+    echo
+    echo "Chart: $(basename "$chart"). Raw rows: round, test, proxy, requests, duration µs, bytes, errors, p50 µs, p99 µs, peak PSS KiB, parent CPU µs/conn."
+    echo
+    echo '```'
+    cat "$RESULTS"
+    echo '```'
+} >"$report"
+
+# Chart: the ratios to nginx, one group of bars per workload.
+{
+    tests=(ka close big cache)
+    names=("keep-alive" "new connection" "1 MiB bodies" "cache hits")
+    n=${#PROXIES_MAIN[@]} gw=$((n * 22 + 30)) h=300 top=40 base=250
+    w=$((80 + ${#tests[@]} * gw + 160))
+    echo "<svg xmlns='http://www.w3.org/2000/svg' width='$w' height='$h' font-family='sans-serif' font-size='11'>"
+    echo "<rect width='100%' height='100%' fill='white'/>"
+    echo "<text x='10' y='20' font-size='14'>Throughput as a ratio to nginx in the same run ($stamp, $(nproc) cores)</text>"
+    max=2
+    y1=$((base - (base - top) / max))
+    echo "<line x1='60' y1='$y1' x2='$((w - 160))' y2='$y1' stroke='#999' stroke-dasharray='4 3'/><text x='20' y='$((y1 + 4))'>1.0×</text>"
+    echo "<line x1='60' y1='$base' x2='$((w - 160))' y2='$base' stroke='black'/><text x='20' y='$((base + 4))'>0</text>"
+    echo "<text x='20' y='$((top + 4))'>${max}×</text>"
+    colors=("#4c72b0" "#dd8452" "#55a868" "#c44e52" "#8172b3" "#937860" "#da8bc3")
+    for ti in "${!tests[@]}"; do
+        t=${tests[$ti]} x0=$((70 + ti * gw))
+        echo "<text x='$x0' y='$((base + 18))'>${names[$ti]}</text>"
+        for pi in "${!PROXIES_MAIN[@]}"; do
+            p=${PROXIES_MAIN[$pi]} ref=nginx q=$p
+            if [[ $t == cache ]]; then
+                ref=nginx-cache
+                case $p in nginx) q=nginx-cache ;; pibl-*) q=$p-cache ;; *) continue ;; esac
+            fi
+            r=$(ratio "$(get "$t" "$q" 3)" "$(get "$t" "$ref" 3)")
+            [[ $r == - ]] && continue
+            bh=$(awk -v r="$r" -v m=$max -v s=$((base - top)) 'BEGIN {v = r > m ? m : r; printf "%d", v / m * s}')
+            echo "<rect x='$((x0 + pi * 22))' y='$((base - bh))' width='18' height='$bh' fill='${colors[$pi]}'><title>$q: ${r}×</title></rect>"
+            echo "<text x='$((x0 + pi * 22))' y='$((base - bh - 3))' font-size='8'>$r</text>"
+        done
+    done
+    for pi in "${!PROXIES_MAIN[@]}"; do
+        echo "<rect x='$((w - 150))' y='$((top + pi * 18))' width='12' height='12' fill='${colors[$pi]}'/>"
+        echo "<text x='$((w - 132))' y='$((top + pi * 18 + 10))'>${PROXIES_MAIN[$pi]}</text>"
+    done
+    echo "</svg>"
+} >"$chart"
+
+cat "$report" | sed '/^```$/,$d'
+log "wrote $report and $chart"
