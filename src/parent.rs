@@ -170,19 +170,7 @@ impl Parent {
     fn accept_client(&mut self) {
         match self.listener.accept() {
             Ok((stream, peer)) => self.spawn_child(stream, peer),
-            Err(e) => match e.raw_os_error() {
-                Some(libc::EMFILE | libc::ENFILE) => {
-                    diag!("accept: {}; pausing", crate::error::describe_io(&e));
-                    std::thread::sleep(FD_EXHAUSTED_PAUSE);
-                }
-                // EAGAIN: nothing after all; ECONNABORTED: the client left
-                // before we got to it.  Neither is worth a word.
-                _ if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::ConnectionAborted
-                ) => {}
-                _ => diag!("accept: {}", crate::error::describe_io(&e)),
-            },
+            Err(e) => accept_failed(&e),
         }
     }
 
@@ -309,6 +297,24 @@ impl Parent {
                 report_exit(pid, status);
             }
         }
+    }
+}
+
+/// Says what a failed accept(2) is worth saying, and pauses when the
+/// descriptor table is full, so the loop does not spin.
+pub fn accept_failed(e: &io::Error) {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE) => {
+            diag!("accept: {}; pausing", crate::error::describe_io(e));
+            std::thread::sleep(FD_EXHAUSTED_PAUSE);
+        }
+        // EAGAIN: nothing after all; ECONNABORTED: the client left before
+        // we got to it.  Neither is worth a word.
+        _ if matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::ConnectionAborted
+        ) => {}
+        _ => diag!("accept: {}", crate::error::describe_io(e)),
     }
 }
 

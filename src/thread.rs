@@ -13,7 +13,6 @@
 //! readable: idle connections see it, busy ones finish their request.
 //! The health checker and the cache janitor are threads too.
 
-use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
@@ -32,7 +31,7 @@ use crate::config::Config;
 use crate::connection::Worker;
 use crate::error::Error;
 use crate::log::LOG_GENERATION;
-use crate::parent::{FD_EXHAUSTED_PAUSE, Helper, Reloader, bind, keep_model};
+use crate::parent::{Helper, Reloader, accept_failed, bind, keep_model};
 use crate::relay::Context;
 use crate::signals::{self, GOT_SIGHUP, GOT_SIGQUIT, GOT_SIGTERM, GOT_SIGUSR1, StopWatch};
 use crate::{diag, notice};
@@ -128,17 +127,7 @@ impl Server {
     fn accept_client(&mut self) {
         match self.listener.accept() {
             Ok((stream, peer)) => self.spawn(stream, peer),
-            Err(e) => match e.raw_os_error() {
-                Some(libc::EMFILE | libc::ENFILE) => {
-                    diag!("accept: {}; pausing", crate::error::describe_io(&e));
-                    thread::sleep(FD_EXHAUSTED_PAUSE);
-                }
-                _ if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::ConnectionAborted
-                ) => {}
-                _ => diag!("accept: {}", crate::error::describe_io(&e)),
-            },
+            Err(e) => accept_failed(&e),
         }
     }
 
