@@ -238,41 +238,9 @@ impl Parent {
     /// Re-reads the configuration.  Children already running keep the one
     /// they were forked with; an invalid file changes nothing.
     fn reload(&mut self, reloader: &Reloader) {
-        // Everything is made before anything is changed: a reload that
-        // fails at any step leaves pibl exactly as it was.
-        let listen = self.ctx.config.listen_addr();
-        let model = self.ctx.config.model;
-        let prepared = Config::load_with(&reloader.path, &reloader.overrides).and_then(|config| {
-            let config = keep_model(config, model);
-            let listener = if config.listen_addr() != listen {
-                let listener = bind(config.listen_addr())?;
-                if model == Model::Prefork {
-                    Prefork::prepare(&listener)?;
-                }
-                Some(listener)
-            } else {
-                None
-            };
-            Ok((crate::build_context(config)?, listener))
-        });
-        let (ctx, listener) = match prepared {
-            Ok(ready) => ready,
-            Err(e) => {
-                diag!("reload refused, configuration unchanged: {e}");
-                return;
-            }
+        let Some(ctx) = reload_context(reloader, &self.ctx, &mut self.listener) else {
+            return;
         };
-        if let Some(listener) = listener {
-            self.listener = listener;
-        }
-        crate::log::set_diag_syslog(ctx.config.syslog.clone());
-        notice!(
-            "configuration reloaded: listening on {}, {} backends",
-            self.listener
-                .local_addr()
-                .map_or("?".into(), |a| a.to_string()),
-            ctx.config.backends.len()
-        );
         self.ctx = ctx;
         self.stop_helpers();
         self.start_helpers();
@@ -325,9 +293,52 @@ pub fn set_process_name(name: &str) {
     }
 }
 
+/// Re-reads the configuration for `current`'s model and, when it is
+/// valid, returns the new context (`listener` rebound if the address
+/// changed).  Everything is made before anything is changed: a reload that
+/// fails at any step returns `None` and leaves pibl exactly as it was.
+pub fn reload_context(
+    reloader: &Reloader,
+    current: &Context,
+    listener: &mut TcpListener,
+) -> Option<Context> {
+    let listen = current.config.listen_addr();
+    let model = current.config.model;
+    let prepared = Config::load_with(&reloader.path, &reloader.overrides).and_then(|config| {
+        let config = keep_model(config, model);
+        let rebound = if config.listen_addr() != listen {
+            let rebound = bind(config.listen_addr())?;
+            if model == Model::Prefork {
+                Prefork::prepare(&rebound)?;
+            }
+            Some(rebound)
+        } else {
+            None
+        };
+        Ok((crate::build_context(config)?, rebound))
+    });
+    let (ctx, rebound) = match prepared {
+        Ok(ready) => ready,
+        Err(e) => {
+            diag!("reload refused, configuration unchanged: {e}");
+            return None;
+        }
+    };
+    if let Some(rebound) = rebound {
+        *listener = rebound;
+    }
+    crate::log::set_diag_syslog(ctx.config.syslog.clone());
+    notice!(
+        "configuration reloaded: listening on {}, {} backends",
+        listener.local_addr().map_or("?".into(), |a| a.to_string()),
+        ctx.config.backends.len()
+    );
+    Some(ctx)
+}
+
 /// The model is chosen at start: a reload keeps it, and says so if the
 /// file now asks for another.
-pub fn keep_model(mut config: Config, model: Model) -> Config {
+fn keep_model(mut config: Config, model: Model) -> Config {
     if config.model != model {
         diag!(
             "model cannot change on reload: still {} (restart pibl for {})",

@@ -27,11 +27,10 @@ use nix::poll::{PollFd, PollFlags, ppoll};
 use nix::sys::signal::SigSet;
 use nix::sys::time::TimeSpec;
 
-use crate::config::Config;
 use crate::connection::Worker;
 use crate::error::Error;
 use crate::log::LOG_GENERATION;
-use crate::parent::{Helper, Reloader, accept_failed, bind, keep_model};
+use crate::parent::{Helper, Reloader, accept_failed};
 use crate::relay::Context;
 use crate::signals::{self, GOT_SIGHUP, GOT_SIGQUIT, GOT_SIGTERM, GOT_SIGUSR1, StopWatch};
 use crate::{diag, notice};
@@ -191,35 +190,10 @@ impl Server {
     /// Re-reads the configuration for connections accepted from now on;
     /// those running keep theirs.  An invalid file changes nothing.
     fn reload(&mut self, reloader: &Reloader) {
-        let listen = self.ctx.config.listen_addr();
-        let model = self.ctx.config.model;
-        let prepared = Config::load_with(&reloader.path, &reloader.overrides).and_then(|config| {
-            let config = keep_model(config, model);
-            let listener = if config.listen_addr() != listen {
-                Some(bind(config.listen_addr())?)
-            } else {
-                None
-            };
-            Ok((crate::build_context(config)?, listener))
-        });
-        let (ctx, listener) = match prepared {
-            Ok(ready) => ready,
-            Err(e) => {
-                diag!("reload refused, configuration unchanged: {e}");
-                return;
-            }
+        let Some(ctx) = crate::parent::reload_context(reloader, &self.ctx, &mut self.listener)
+        else {
+            return;
         };
-        if let Some(listener) = listener {
-            self.listener = listener;
-        }
-        crate::log::set_diag_syslog(ctx.config.syslog.clone());
-        notice!(
-            "configuration reloaded: listening on {}, {} backends",
-            self.listener
-                .local_addr()
-                .map_or("?".into(), |a| a.to_string()),
-            ctx.config.backends.len()
-        );
         self.ctx = ctx;
         for running in self.helpers.drain(..) {
             running.store(false, Ordering::Relaxed);
