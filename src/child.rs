@@ -33,7 +33,7 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, ctx: &Context, parent_mask: &S
     process::exit(code)
 }
 
-pub fn exit_code(end: End) -> i32 {
+fn exit_code(end: End) -> i32 {
     match end {
         End::Served => EXIT_SERVED,
         End::ClientFault => EXIT_CLIENT_FAULT,

@@ -16,9 +16,9 @@ const FIRST_WINDOW: usize = 4096;
 
 pub struct Reader<R> {
     inner: R,
-    /// `buf.len()` is the zeroed, usable part; `buf.capacity()` the most.
+    /// `buf.len()` is the zeroed, usable part; `buf.capacity()` the most
+    /// (growing within it never reallocates).
     buf: Vec<u8>,
-    capacity: usize,
     start: usize,
     end: usize,
 }
@@ -34,7 +34,6 @@ impl<R: Read> Reader<R> {
     pub fn with_buffer(inner: R, buf: Vec<u8>) -> Reader<R> {
         Reader {
             inner,
-            capacity: buf.capacity(),
             buf,
             start: 0,
             end: 0,
@@ -71,14 +70,15 @@ impl<R: Read> Reader<R> {
 
     /// True when the buffer holds as much unconsumed data as it can.
     pub fn is_full(&self) -> bool {
-        self.end - self.start == self.capacity
+        self.end - self.start == self.buf.capacity()
     }
 
     /// Reads once more from the stream, after what is buffered.  Returns the
     /// number of new bytes: 0 means end of stream.
     pub fn fill(&mut self) -> io::Result<usize> {
-        if self.end == self.buf.len() && self.buf.len() < self.capacity {
-            let grown = (self.buf.len() * 2).max(FIRST_WINDOW).min(self.capacity);
+        let capacity = self.buf.capacity();
+        if self.end == self.buf.len() && self.buf.len() < capacity {
+            let grown = (self.buf.len() * 2).max(FIRST_WINDOW).min(capacity);
             self.buf.resize(grown, 0);
         } else if self.end == self.buf.len() {
             self.buf.copy_within(self.start..self.end, 0);
