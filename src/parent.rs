@@ -21,9 +21,8 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, ppoll};
+use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::{SigSet, Signal, kill};
-use nix::sys::time::TimeSpec;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
@@ -156,15 +155,8 @@ impl Parent {
         if listen {
             fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
         }
-        let timeout = timeout.map(TimeSpec::from_duration);
-        match ppoll(&mut fds, timeout, Some(self.wait_mask)) {
-            Ok(_) => fds.first().and_then(PollFd::any).unwrap_or(false),
-            Err(Errno::EINTR) => false,
-            Err(e) => {
-                diag!("ppoll: {}", e.desc());
-                false
-            }
-        }
+        signals::wait_events(&mut fds, timeout, self.wait_mask)
+            && fds.first().and_then(PollFd::any).unwrap_or(false)
     }
 
     fn accept_client(&mut self) {
@@ -371,11 +363,7 @@ fn stop_children(children: &mut HashSet<Pid>, timeout: Duration, wait_mask: &Sig
             );
             break;
         }
-        let _ = ppoll(
-            &mut [],
-            Some(TimeSpec::from_duration(left)),
-            Some(*wait_mask),
-        );
+        signals::wait_events(&mut [], Some(left), *wait_mask);
         if signals::take(&GOT_SIGCHLD) {
             forget_reaped(children);
         }

@@ -156,6 +156,20 @@ pub enum StopWatch {
     Pipe(RawFd),
 }
 
+/// ppoll(2) on `fds` with the signals of `mask` let in, at most `timeout`
+/// (none: for ever).  False when a signal or an error (reported) ended the
+/// wait; true when an event or the timeout did.
+pub fn wait_events(fds: &mut [PollFd<'_>], timeout: Option<Duration>, mask: SigSet) -> bool {
+    match ppoll(fds, timeout.map(TimeSpec::from_duration), Some(mask)) {
+        Ok(_) => true,
+        Err(Errno::EINTR) => false,
+        Err(e) => {
+            crate::diag!("ppoll: {}", e.desc());
+            false
+        }
+    }
+}
+
 /// Waits for `fd` to be readable (or closed) for at most `timeout`, with
 /// signals as they are; false on timeout.
 pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {

@@ -21,11 +21,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::poll::{PollFd, PollFlags, ppoll};
+use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::SigSet;
-use nix::sys::time::TimeSpec;
 
 use crate::connection::Worker;
 use crate::error::Error;
@@ -107,20 +105,13 @@ impl Server {
         if listen {
             fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
         }
-        let timeout = timeout.map(TimeSpec::from_duration);
-        match ppoll(&mut fds, timeout, Some(self.wait_mask)) {
-            Ok(_) => {
-                if fds[0].any() == Some(true) {
-                    drain(&self.done.0);
-                }
-                fds.get(1).and_then(PollFd::any).unwrap_or(false)
-            }
-            Err(Errno::EINTR) => false,
-            Err(e) => {
-                diag!("ppoll: {}", e.desc());
-                false
-            }
+        if !signals::wait_events(&mut fds, timeout, self.wait_mask) {
+            return false;
         }
+        if fds[0].any() == Some(true) {
+            drain(&self.done.0);
+        }
+        fds.get(1).and_then(PollFd::any).unwrap_or(false)
     }
 
     fn accept_client(&mut self) {
