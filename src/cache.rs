@@ -3,11 +3,13 @@
 //!
 //! Children share it through the file system alone.  An entry is written
 //! to a temporary file in the cache directory and rename(2)d into place
-//! while holding an exclusive fs2 lock on `cache/.lock`; readers hold a
-//! shared lock while they open and check an entry.  A rename is atomic, so
-//! a reader sees a whole old entry or a whole new one, and a writer killed
-//! half-way leaves only a temporary file, which no reader opens and the
-//! next start removes.
+//! while holding an exclusive fs2 lock on `cache/.lock`, which every change
+//! of what a name holds (store, purge, eviction) takes.  A rename is
+//! atomic, so a reader sees a whole old entry or a whole new one, and a
+//! writer killed half-way leaves only a temporary file, which no reader
+//! opens and the next start removes.  Readers take a shared fs2 lock on the
+//! entry they opened while they read its header; the one change made in
+//! place, a revalidation's new header, takes it exclusive.
 //!
 //! An entry file is a header of fixed-width text lines, the response head
 //! as the backend sent it, and the body:
@@ -30,6 +32,7 @@
 //! hit can go from the file to the socket with sendfile(2) without being
 //! read first; truncation, the likely damage, is caught by the size.
 
+use std::cell::Cell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -53,19 +56,31 @@ pub struct Cache {
     dir: PathBuf,
     ttl: Duration,
     max_entry: u64,
-    /// This process's descriptor of `cache/.lock`, for shared locks.  Each
-    /// process needs its own: a flock(2) lock belongs to an open file
-    /// description, and one inherited across a fork would be shared with
-    /// the parent's other children.  The parent never looks entries up, so
-    /// every child and helper starts with none and opens its own.
-    lock_fd: std::cell::RefCell<Option<File>>,
+}
+
+thread_local! {
+    /// Entries this thread marked used lately, by name hash: (hash, second).
+    static TOUCHED: Cell<[(u64, u64); 8]> = const { Cell::new([(0, 0); 8]) };
 }
 
 /// Marks an entry used now, for the janitor's least-recently-used order.
+/// The order needs seconds, not every hit: a thread marks one entry at most
+/// once a second, which spares a hot entry a utimensat(2) per request.
 pub fn touch(entry: &Entry) {
-    let _ = entry
-        .file
-        .set_times(fs::FileTimes::new().set_accessed(SystemTime::now()));
+    let now = unix_now();
+    let slot = (entry.name_hash % 8) as usize;
+    let seen = TOUCHED.with(|t| {
+        let mut all = t.get();
+        let seen = all[slot] == (entry.name_hash, now);
+        all[slot] = (entry.name_hash, now);
+        t.set(all);
+        seen
+    });
+    if !seen {
+        let _ = entry
+            .file
+            .set_times(fs::FileTimes::new().set_accessed(SystemTime::now()));
+    }
 }
 
 /// What the cache says to a request, as the `X-Cache` field reports it.
@@ -90,16 +105,31 @@ impl Status {
     }
 }
 
-/// An entry open for reading: its file, positioned nowhere in particular.
+/// An entry open for reading: its file, positioned nowhere in particular,
+/// and its first bytes as read to check it.
 pub struct Entry {
     pub file: File,
     pub head: ResponseHead,
-    /// The head as stored, for rewriting the header (`refresh`).
-    raw_head: Vec<u8>,
+    /// The file's first bytes: header, head, and the body when it is small.
+    prefix: Vec<u8>,
+    /// Where the head is in `prefix`, for rewriting the header (`refresh`).
+    head_at: std::ops::Range<usize>,
+    /// The hash that names the file.
+    name_hash: u64,
     pub stored: u64,
     pub expires: u64,
     pub body_offset: u64,
     pub body_len: u64,
+}
+
+impl Entry {
+    /// The body, when the first read of the file took all of it: a small
+    /// body is then sent from memory with the head, in one write.
+    pub fn body_in_memory(&self) -> Option<&[u8]> {
+        let start = usize::try_from(self.body_offset).ok()?;
+        let end = usize::try_from(self.body_offset + self.body_len).ok()?;
+        self.prefix.get(start..end)
+    }
 }
 
 pub enum Lookup {
@@ -145,12 +175,10 @@ impl Cache {
             dir,
             ttl,
             max_entry,
-            lock_fd: std::cell::RefCell::new(None),
         }
     }
 
-    /// The same cache for another thread, which needs its own descriptor
-    /// of the lock file (see `lock_fd`).
+    /// The same cache for another thread.
     pub fn for_thread(&self) -> Cache {
         Cache::new(self.dir.clone(), self.ttl, self.max_entry)
     }
@@ -173,26 +201,11 @@ impl Cache {
     }
 
     /// The exclusive cache lock, to change which file a name holds, for
-    /// `pibl cache purge`, which waits as long as it takes (entries are
-    /// opened under the shared lock: see `shared`).
+    /// `pibl cache purge`, which waits as long as it takes.
     fn lock_waiting(&self) -> io::Result<File> {
         let file = open_lock(&self.dir.join(LOCK_FILE))?;
         fs2::FileExt::lock_exclusive(&file)?;
         Ok(file)
-    }
-
-    /// Runs `open` under the shared cache lock, on this process's own
-    /// descriptor of the lock file (kept open: one open(2) fewer per hit).
-    fn shared<T>(&self, open: impl FnOnce() -> T) -> io::Result<T> {
-        let mut slot = self.lock_fd.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(open_lock(&self.dir.join(LOCK_FILE))?);
-        }
-        let file = slot.as_ref().expect("just set");
-        fs2::FileExt::lock_shared(file)?;
-        let result = open();
-        fs2::FileExt::unlock(file)?;
-        Ok(result)
     }
 
     /// The exclusive cache lock for a child or the janitor: see
@@ -205,18 +218,19 @@ impl Cache {
     /// stored for another key, is removed and reported missing.
     pub fn lookup(&self, key: &str) -> Lookup {
         let path = self.path_of(key);
-        let Ok(Ok(file)) = self.shared(|| File::open(&path)) else {
+        let Ok(file) = File::open(&path) else {
             return Lookup::Missing;
         };
         match read_entry(file, key) {
             Ok(Some(entry)) if entry.expires > unix_now() => Lookup::Fresh(entry),
             Ok(Some(entry)) => Lookup::Stale(entry),
             Ok(None) => Lookup::Missing,
-            Err(e) => {
+            Err(e) if is_damage(&e) => {
                 crate::diag!("cache: {}: {e}; removed", path.display());
                 self.remove(key);
                 Lookup::Missing
             }
+            Err(_) => Lookup::Missing,
         }
     }
 
@@ -230,7 +244,7 @@ impl Cache {
             if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
-            let Ok(file) = self.shared(|| File::open(entry.path()))? else {
+            let Ok(file) = File::open(entry.path()) else {
                 continue;
             };
             let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -392,7 +406,8 @@ impl Cache {
         let lifetime = self.lifetime(req, &updated)?;
         let stored = unix_now();
         let expires = stored + lifetime.as_secs().max(1);
-        let header = header_bytes(key, stored, expires, &entry.raw_head, entry.body_len);
+        let raw_head = &entry.prefix[entry.head_at.clone()];
+        let header = header_bytes(key, stored, expires, raw_head, entry.body_len);
         let _lock = self.lock_briefly().ok()?;
         let file = OpenOptions::new()
             .write(true)
@@ -402,6 +417,10 @@ impl Cache {
         if file.metadata().ok()?.ino() != entry.file.metadata().ok()?.ino() {
             return None; // replaced meanwhile: leave the newer entry be
         }
+        // Readers hold the entry's shared lock while they read its header
+        // (this process too, through `entry.file`, whose lock this turns
+        // exclusive); the entry stays stale if they never leave a gap.
+        lock_within(&entry.file).ok()?;
         file.write_all_at(&header, 0).ok()?;
         let _ = file.set_times(
             fs::FileTimes::new().set_modified(UNIX_EPOCH + Duration::from_secs(expires)),
@@ -572,17 +591,23 @@ fn open_lock(path: &Path) -> io::Result<File> {
 }
 
 /// Takes the exclusive lock on `path` if it can within `EXCLUSIVE_WAIT`.
-/// flock(2) gives a waiting exclusive lock no precedence over new shared
-/// ones, so under a steady stream of readers a blocking wait could last
-/// for ever, and every child finishing a response would queue behind it.
-/// Readers hold the lock only to open a file, so there are gaps; one who
-/// finds none gives up the change (an entry not stored, not removed yet).
+/// A child finishing a response must not queue behind a purge or a
+/// janitor's sweep, and flock(2) gives a waiting exclusive lock no
+/// precedence over new shared ones, so under a steady stream of readers a
+/// blocking wait could last for ever.  One who finds no gap gives up the
+/// change (an entry not stored, not removed yet, not refreshed).
 fn lock_exclusive_within(path: &Path) -> io::Result<File> {
     let file = open_lock(path)?;
+    lock_within(&file)?;
+    Ok(file)
+}
+
+/// Takes the exclusive lock on `file` if it can within `EXCLUSIVE_WAIT`.
+fn lock_within(file: &File) -> io::Result<()> {
     let deadline = std::time::Instant::now() + EXCLUSIVE_WAIT;
     loop {
-        if fs2::FileExt::try_lock_exclusive(&file).is_ok() {
-            return Ok(file);
+        if fs2::FileExt::try_lock_exclusive(file).is_ok() {
+            return Ok(());
         }
         if std::time::Instant::now() >= deadline {
             return Err(io::ErrorKind::WouldBlock.into());
@@ -642,15 +667,45 @@ fn read_entry(file: File, key: &str) -> io::Result<Option<Entry>> {
     Ok(entry.filter(|_| header.key == key))
 }
 
-/// Reads and checks an entry, whatever its key.
+/// Whether a failure to read an entry means the file is damaged (and goes),
+/// not that reading it failed this once.
+fn is_damage(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+    )
+}
+
+/// Reads up to `buf.len()` bytes at `offset` in one pread(2) (more only if
+/// interrupted).  Fewer bytes than asked mean the end of the file: entries
+/// are regular files that no one extends.
+fn read_some_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    loop {
+        match file.read_at(buf, offset) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+/// Reads and checks an entry, whatever its key, under a shared lock on it.
+/// The first read asks for `FIRST_READ` bytes: a smaller file is then read
+/// whole, its size known without fstat(2) and its body ready to send.  The
+/// lock is kept while the body is in memory (closing the file drops it,
+/// one flock(2) fewer per hit) and let go otherwise.
 fn read_entry_any(file: File, key: &str) -> io::Result<(Header, Option<Entry>)> {
     use std::os::unix::fs::FileExt;
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-    // One pread(2) of what is likely the whole header and head; more only
-    // for a head that does not fit.
-    let size = file.metadata()?.len();
-    let mut prefix = vec![0u8; (size as usize).min(FIRST_READ)];
-    file.read_exact_at(&mut prefix, 0)?;
+    fs2::FileExt::lock_shared(&file)?;
+    let mut prefix = vec![0u8; FIRST_READ];
+    let n = read_some_at(&file, &mut prefix, 0)?;
+    prefix.truncate(n);
+    let size = if n < FIRST_READ {
+        n as u64
+    } else {
+        file.metadata()?.len()
+    };
     if !prefix.windows(2).any(|w| w == b"\n\n") && size as usize > prefix.len() {
         let had = prefix.len();
         prefix.resize((size as usize).min(MAX_PREFIX), 0);
@@ -699,7 +754,6 @@ fn read_entry_any(file: File, key: &str) -> io::Result<(Header, Option<Entry>)> 
     if size != body_offset + body_len {
         return Err(bad("size does not match"));
     }
-    let raw_head = head;
     let head = match http::parse_response_head(head) {
         Ok(http::Parsed::Done(h, _)) => h,
         _ => return Err(bad("bad response head")),
@@ -715,12 +769,17 @@ fn read_entry_any(file: File, key: &str) -> io::Result<(Header, Option<Entry>)> 
     let entry = Entry {
         file,
         head,
-        raw_head: raw_head.to_vec(),
+        prefix,
+        head_at: end..end + head_len,
+        name_hash: fnv1a(FNV_START, key.as_bytes()),
         stored,
         expires,
         body_offset,
         body_len,
     };
+    if entry.body_in_memory().is_none() {
+        let _ = fs2::FileExt::unlock(&entry.file);
+    }
     Ok((header, Some(entry)))
 }
 

@@ -24,7 +24,7 @@ use crate::cache::{self, Cache, Lookup, Status as CacheStatus};
 use crate::config::Config;
 use crate::http::{self, Framing, Parsed, Persist, Reject, RequestHead, ResponseHead};
 use crate::pool::Pool;
-use crate::wire::Reader;
+use crate::wire::{self, Reader};
 
 /// Size of the buffer on each side; bodies pass through it.
 pub const BUFFER_SIZE: usize = 64 * 1024;
@@ -473,7 +473,7 @@ fn consult_cache<'c>(
     cache: Option<&'c Cache>,
     req: &Request<'_>,
     ex: &mut Exchange,
-) -> Result<Option<CachePlan<'c>>, cache::Entry> {
+) -> Result<Option<CachePlan<'c>>, Box<cache::Entry>> {
     let Some(cache) = cache else { return Ok(None) };
     let key = cache::key(req.head, req.target);
     let request_cc = http::tokens(&req.head.fields, "cache-control");
@@ -483,7 +483,7 @@ fn consult_cache<'c>(
     let status = match req.head.method.as_str() {
         "GET" | "HEAD" if !bypass => match cache.lookup(&key) {
             Lookup::Fresh(entry) if cache::matches_vary(req.head, &entry.head) => {
-                return Err(entry);
+                return Err(Box::new(entry));
             }
             Lookup::Fresh(_) => CacheStatus::Miss,
             Lookup::Missing => return fill_or_hit(cache, key, req, ex, CacheStatus::Miss, None),
@@ -526,13 +526,13 @@ fn fill_or_hit<'c>(
     ex: &mut Exchange,
     status: CacheStatus,
     stale: Option<cache::Entry>,
-) -> Result<Option<CachePlan<'c>>, cache::Entry> {
+) -> Result<Option<CachePlan<'c>>, Box<cache::Entry>> {
     ex.cache = Some(status);
     let fill = match cache.fill(&key) {
         cache::Fill::Fetch(lock) => Some(lock),
         cache::Fill::Waited => match cache.lookup(&key) {
             Lookup::Fresh(entry) if cache::matches_vary(req.head, &entry.head) => {
-                return Err(entry);
+                return Err(Box::new(entry));
             }
             // Not stored after all (not cacheable, or a failure): fetch
             // without the lock, so such URLs are not fetched one at a time.
@@ -588,7 +588,7 @@ fn relay_to_backend(
 ) -> Exchange {
     let mut plan = match consult_cache(ctx.cache.as_ref(), req, &mut ex) {
         Ok(plan) => plan,
-        Err(entry) => return serve_hit(client, entry, req, ex, CacheStatus::Hit),
+        Err(entry) => return serve_hit(client, *entry, req, ex, CacheStatus::Hit),
     };
     let kept = match read_replayable_body(client, req) {
         Ok(kept) => kept,
@@ -856,7 +856,8 @@ fn relay_response(
 }
 
 /// Answers from the cache: the stored head with `Age` and `X-Cache: HIT`,
-/// and the body straight from the file with sendfile(2).
+/// and the body straight from the file with sendfile(2) — or, when it is
+/// small enough to have come with the first read of the file, from memory.
 fn serve_hit(
     client: &Reader<&TcpStream>,
     entry: cache::Entry,
@@ -876,18 +877,20 @@ fn serve_hit(
     let extra = [("Age", age.as_str()), ("X-Cache", status.as_str())];
     http::forward_response_with(&entry.head, framing, persist_for(&ex), &extra, &mut head);
     ex.status = entry.head.status;
-    if send(client, &head).is_err() {
-        ex.end = End::ClientFault;
-        ex.keep_alive = false;
-        return ex;
-    }
-    if head_only || framing == Framing::Empty {
-        cache::touch(&entry);
-        return ex;
-    }
-    match send_file(client, &entry) {
+    let no_body = head_only || framing == Framing::Empty;
+    let body = if no_body {
+        Some(&[][..])
+    } else {
+        entry.body_in_memory()
+    };
+    let sent = match body {
+        // Read whole to check the entry: the head and body in one write.
+        Some(body) => wire::write_all_vectored(&mut { *client.get_ref() }, &[&head, body]),
+        None => send(client, &head).and_then(|()| send_file(client, &entry)),
+    };
+    match sent {
         Ok(()) => {
-            ex.body_bytes = entry.body_len;
+            ex.body_bytes = if no_body { 0 } else { entry.body_len };
             // After the reads: the kernel stamps reads with a coarser
             // clock, which must not leave this use looking older.
             cache::touch(&entry);

@@ -268,6 +268,51 @@ fn a_corrupt_entry_is_a_miss_and_is_removed() {
     assert_eq!(hits(&backend), 3);
 }
 
+/// A body bigger than the first read of an entry file: sent from the file
+/// (sendfile), and its truncation found by the file's size all the same.
+#[test]
+fn a_large_entry_is_sent_from_the_file_and_checked_by_its_size() {
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let mut answer =
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    answer.extend_from_slice(&body);
+    let backend = RawBackend::start_answering(move |_| answer.clone());
+    let proxy = cached(&backend, 60);
+    let mut client = Client::connect(proxy.addr);
+    assert_eq!(client.get("/big").header("x-cache"), Some("MISS"));
+    wait_entries(&proxy.dir, 1);
+    let hit = client.get("/big");
+    assert_eq!(hit.header("x-cache"), Some("HIT"));
+    assert!(hit.body == body, "the stored body, byte for byte");
+    client.send(b"HEAD /big HTTP/1.1\r\nHost: test\r\n\r\n");
+    let head = client.response("HEAD");
+    assert_eq!(head.header("content-length"), Some("200000"));
+    assert_eq!(
+        client.get("/big").body.len(),
+        body.len(),
+        "HEAD sent no body"
+    );
+    assert_eq!(hits(&backend), 1);
+
+    let file = &entries(&proxy.dir)[0];
+    let mut bytes = fs::read(file).unwrap();
+    bytes.truncate(bytes.len() - 1000);
+    fs::write(file, &bytes).unwrap();
+    let r = client.get("/big");
+    assert_eq!(
+        (r.header("x-cache"), r.body.len()),
+        (Some("MISS"), body.len())
+    );
+    assert!(
+        proxy
+            .stderr
+            .wait_for(1)
+            .iter()
+            .any(|l| l.contains("size does not match; removed"))
+    );
+    assert_eq!(hits(&backend), 2);
+}
+
 #[test]
 fn a_write_cut_short_by_sigkill_leaves_no_visible_entry() {
     // 10 bytes promised, 5 sent, then silence: the child is mid-write.
