@@ -29,6 +29,7 @@ mod privileges;
 mod relay;
 mod shm;
 mod signals;
+mod splice;
 mod thread;
 pub mod wire;
 

@@ -9,19 +9,21 @@
 //!
 //! A connection that is not kept gives its buffer back, so a child
 //! allocates (and the kernel faults in) one backend buffer, not one per
-//! request.
+//! request.  The pipe large bodies are spliced through is kept here too.
 
 use std::net::TcpStream;
 use std::os::fd::AsFd;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use crate::splice::Pipe;
 use crate::wire::Reader;
 
 pub struct Pool {
     idle: Vec<Option<Reader<TcpStream>>>,
     spare: Vec<Vec<u8>>,
     buffer_size: usize,
+    pipe: Option<Pipe>,
 }
 
 impl Pool {
@@ -30,7 +32,16 @@ impl Pool {
             idle: (0..backends).map(|_| None).collect(),
             spare: Vec::new(),
             buffer_size,
+            pipe: None,
         }
+    }
+
+    /// The pipe for splicing bodies, made at its first use.
+    pub fn pipe(&mut self) -> std::io::Result<&mut Pipe> {
+        if self.pipe.is_none() {
+            self.pipe = Some(Pipe::new()?);
+        }
+        Ok(self.pipe.as_mut().expect("just made"))
     }
 
     /// The idle connection to backend `i`, unless the backend has closed

@@ -24,6 +24,7 @@ use crate::cache::{self, Cache, Lookup, Status as CacheStatus};
 use crate::config::Config;
 use crate::http::{self, Framing, Parsed, Persist, Reject, RequestHead, ResponseHead};
 use crate::pool::Pool;
+use crate::splice;
 use crate::wire::{self, Reader};
 
 /// Size of the buffer on each side; bodies pass through it.
@@ -714,13 +715,22 @@ fn attempt(
         } else {
             Encode::Plain
         };
-        match body::relay(
-            client,
-            &mut &*upstream,
-            req.framing,
-            encode,
-            ctx.config.limits.max_body,
-        ) {
+        let copied = match req.framing {
+            Framing::Length(n) if splice::worthwhile(n, client.buffered().len()) => {
+                match pool.pipe() {
+                    Ok(pipe) => splice::relay_length(client, upstream, &[], n, pipe),
+                    Err(e) => Err(CopyError::Write(e)),
+                }
+            }
+            _ => body::relay(
+                client,
+                &mut &*upstream,
+                req.framing,
+                encode,
+                ctx.config.limits.max_body,
+            ),
+        };
+        match copied {
             Ok(_) => {}
             Err(CopyError::Read(e)) => {
                 // The client's fault; the exchange ends here, and the
@@ -820,8 +830,22 @@ fn relay_response(
     http::forward_response_with(&resp, to_client, persist_for(&ex), extra, &mut head);
     ex.status = resp.status;
     let mut out = *client.get_ref();
-    let tap = store.as_mut().map(|w| w as &mut dyn Write);
-    let copied = body::relay_tapped(&mut from_backend, &mut out, &head, framing, encode, 0, tap);
+    let copied = match framing {
+        Framing::Length(n)
+            if store.is_none()
+                && encode == Encode::Plain
+                && splice::worthwhile(n, from_backend.buffered().len()) =>
+        {
+            match pool.pipe() {
+                Ok(pipe) => splice::relay_length(&mut from_backend, out, &head, n, pipe),
+                Err(e) => Err(CopyError::Read(e)),
+            }
+        }
+        _ => {
+            let tap = store.as_mut().map(|w| w as &mut dyn Write);
+            body::relay_tapped(&mut from_backend, &mut out, &head, framing, encode, 0, tap)
+        }
+    };
     match copied {
         Ok(n) => {
             ex.body_bytes = n;

@@ -146,3 +146,84 @@ fn a_256_mib_upload_streams_in_flat_memory() {
 fn a_256_mib_chunked_upload_streams_in_flat_memory() {
     upload(true);
 }
+
+/// Reads a /big body of `size` bytes from `client` and checks every byte.
+fn read_pattern(client: &mut Client, size: u64) {
+    let mut body = vec![0u8; size as usize];
+    client.reader.read_exact(&mut body).unwrap();
+    let wrong = (0..size).find(|&i| body[i as usize] != pattern_at(i));
+    assert_eq!(wrong, None, "first wrong byte");
+}
+
+/// Large bodies go through a pipe with splice(2).  A prefork worker keeps
+/// its pipe from one client to the next: a client that leaves mid-body, or
+/// stops sending its own body, must leave nothing in it for the next one.
+#[test]
+fn spliced_bodies_cut_short_either_way_leave_the_next_exchange_whole() {
+    let backends = Backend::start_many(1);
+    let mut options = ProxyOptions::new(&backends);
+    options.extra = "[prefork]\nmin_spare = 1\nmax_spare = 1\nmax_workers = 1\n".into();
+    let proxy = Proxy::start_in(TempDir::new(), options, &["--model", "prefork"]);
+
+    // Leaves after 100 KB of 4 MiB: the worker's write fails mid-pipe.
+    let mut quitter = Client::connect(proxy.addr);
+    quitter.send(b"GET /big?kb=4096 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(quitter.head().status, 200);
+    let mut some = vec![0u8; 100_000];
+    quitter.reader.read_exact(&mut some).unwrap();
+    drop(quitter);
+
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET /big?kb=1024 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.head().header("content-length"), Some("1048576"));
+    read_pattern(&mut client, MIB);
+    drop(client); // the one worker is free for the next client
+
+    // Promises 1 MiB of upload, sends 200 KB and goes: 400, nothing sent on.
+    let mut uploader = Client::connect(proxy.addr);
+    uploader.send(b"POST /sink HTTP/1.1\r\nHost: t\r\nContent-Length: 1048576\r\n\r\n");
+    uploader.send(&vec![7u8; 200_000]);
+    uploader
+        .stream()
+        .shutdown(std::net::Shutdown::Write)
+        .unwrap();
+    assert_eq!(uploader.response("POST").status, 400);
+    drop(uploader);
+
+    let mut client = Client::connect(proxy.addr);
+    let block = vec![7u8; MIB as usize];
+    client.send(b"POST /sink HTTP/1.1\r\nHost: t\r\nContent-Length: 1048576\r\n\r\n");
+    client.send(&block);
+    let expect = fnv1a(0xcbf2_9ce4_8422_2325, &block);
+    assert_eq!(
+        client.response("POST").text(),
+        format!("bytes={MIB} fnv1a={expect:016x}\n")
+    );
+}
+
+/// A backend that dies mid-body: the client gets the head, part of the
+/// body, and the end of its connection — never a complete-looking answer.
+#[test]
+fn a_spliced_body_cut_short_by_the_backend_cuts_the_client_connection() {
+    let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n".to_vec();
+    answer.extend(std::iter::repeat_n(b'x', 300_000));
+    let backend = RawBackend::start_answering(move |_| answer.clone());
+    let proxy = Proxy::start_with(ProxyOptions {
+        backends: vec![backend.addr.to_string()],
+        extra: String::new(),
+    });
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET /cut HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(client.head().header("content-length"), Some("1048576"));
+    let mut rest = Vec::new();
+    client.reader.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest.len(), 300_000, "what the backend sent, then the end");
+    assert!(
+        proxy
+            .stderr
+            .wait_for(1)
+            .iter()
+            .any(|l| l.contains("response cut short")),
+    );
+    assert_eq!(proxy.wait_log(1).len(), 1);
+}

@@ -1,0 +1,138 @@
+//! Bodies of known length moved between two sockets inside the kernel,
+//! with splice(2) through a pipe: the bytes never enter pibl's memory, and
+//! a large body costs two system calls per pipeful instead of a read and a
+//! write per buffer.  HAProxy does the same on Linux.
+//!
+//! Only plain bytes can go this way: a body pibl must re-frame (chunked) or
+//! copy into the cache goes through the reader's buffer (see `body`).
+
+use std::io::{self, Read};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
+
+use crate::body::CopyError;
+use crate::wire::{Reader, write_all_vectored};
+
+/// Bodies shorter than this (after what the reader already holds) are
+/// copied through the buffer: for them the pipe's two extra calls cost more
+/// than the copies they save.
+pub const MIN_SPLICE: u64 = 64 * 1024;
+
+/// What the pipe is asked to hold: more per splice(2), fewer calls.  The
+/// pages are the sockets' own, only referenced, so a pipe costs no memory
+/// while empty.
+const PIPE_SIZE: i32 = 1 << 18;
+
+/// A pipe kept by one worker for its bodies.
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    /// Bytes spliced in and not yet out.  Not zero only after a failed
+    /// copy, and then the pipe is replaced before its next use.
+    held: usize,
+    capacity: usize,
+}
+
+impl Pipe {
+    pub fn new() -> io::Result<Pipe> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        // Best effort: a smaller pipe (the 64 KiB default, or the limit
+        // in /proc/sys/fs/pipe-max-size) works too, with more calls.
+        let capacity = fcntl(&write, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE))
+            .ok()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(64 * 1024);
+        Ok(Pipe {
+            read,
+            write,
+            held: 0,
+            capacity,
+        })
+    }
+
+    /// Moves exactly `len` bytes from `src` to `dst`.  The sockets' time
+    /// limits (SO_RCVTIMEO, SO_SNDTIMEO) apply as they do to read and write.
+    fn copy(&mut self, src: impl AsFd, dst: impl AsFd, len: u64) -> Result<(), CopyError> {
+        let mut left = len;
+        while left > 0 {
+            let want = usize::try_from(left)
+                .unwrap_or(usize::MAX)
+                .min(self.capacity);
+            let n = retry(|| {
+                splice(
+                    &src,
+                    None,
+                    &self.write,
+                    None,
+                    want,
+                    SpliceFFlags::SPLICE_F_MOVE,
+                )
+            })
+            .map_err(CopyError::Read)?;
+            if n == 0 {
+                return Err(CopyError::Read(io::ErrorKind::UnexpectedEof.into()));
+            }
+            self.held += n;
+            left -= n as u64;
+            while self.held > 0 {
+                // MORE only while more follows: on the last bytes it would
+                // hold back the final segment.
+                let flags = if left > 0 {
+                    SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_MORE
+                } else {
+                    SpliceFFlags::SPLICE_F_MOVE
+                };
+                let n = retry(|| splice(&self.read, None, &dst, None, self.held, flags))
+                    .map_err(CopyError::Write)?;
+                if n == 0 {
+                    return Err(CopyError::Write(io::ErrorKind::WriteZero.into()));
+                }
+                self.held -= n;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Retries a splice(2) interrupted by a signal, as std's I/O does.
+fn retry(mut call: impl FnMut() -> nix::Result<usize>) -> io::Result<usize> {
+    loop {
+        match call() {
+            Err(Errno::EINTR) => {}
+            other => return other.map_err(io::Error::from),
+        }
+    }
+}
+
+/// Whether a body of `len` bytes, of which the reader already holds
+/// `buffered`, is worth splicing.
+pub fn worthwhile(len: u64, buffered: usize) -> bool {
+    len.saturating_sub(buffered as u64) >= MIN_SPLICE
+}
+
+/// Sends `head` and a body of exactly `len` bytes from `src` to `dst`: the
+/// head with whatever of the body `src` already read, in one writev(2),
+/// then the rest spliced through `pipe`.  A pipe left holding bytes by an
+/// earlier failure is replaced first.
+pub fn relay_length<R: Read + AsFd>(
+    src: &mut Reader<R>,
+    dst: &TcpStream,
+    head: &[u8],
+    len: u64,
+    pipe: &mut Pipe,
+) -> Result<u64, CopyError> {
+    if pipe.held > 0 {
+        *pipe = Pipe::new().map_err(CopyError::Read)?;
+    }
+    let take = src
+        .buffered()
+        .len()
+        .min(usize::try_from(len).unwrap_or(usize::MAX));
+    write_all_vectored(&mut { dst }, &[head, &src.buffered()[..take]]).map_err(CopyError::Write)?;
+    src.consume(take);
+    pipe.copy(src.get_ref().as_fd(), dst, len - take as u64)?;
+    Ok(len)
+}
