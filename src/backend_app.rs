@@ -13,6 +13,8 @@
 //!   /slow?ms=N        answers after N ms (default 1000)
 //!   /status?code=N    an empty response with status N (e.g. 204, 304)
 //!   /headers          the request head as the replica received it
+//!   /peer             the address the request came from (the proxy's end
+//!                     of the connection: shows which requests shared one)
 //!   /echo             the request body, sent back as it came
 //!   /sink             reads the body; answers its length and FNV-1a hash
 
@@ -198,6 +200,11 @@ fn respond(
                 400
             };
             reply_maybe_head(stream, name, code, keep, &[], b"", true)?;
+        }
+        "/peer" => {
+            let peer = stream.peer_addr()?;
+            let page = text(format!("{peer}\n"));
+            reply_maybe_head(stream, name, 200, keep, &[NO_STORE], &page, head_only)?;
         }
         "/headers" => {
             let mut seen = format!("{} {} HTTP/1.{}\r\n", req.method, req.target, req.minor);

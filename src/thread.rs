@@ -4,20 +4,30 @@
 //!
 //! The main thread blocks every handled signal before it starts a thread,
 //! so the signals reach it alone, in ppoll(2), as in the parent of the
-//! process models.  It accepts, and starts a thread per connection with a
-//! copy of the context (its own cache and log descriptors: flock(2) locks
-//! belong to open files, so threads exclude each other as processes do).
-//! Each thread writes a byte to a pipe as it ends, which wakes the main
+//! process models.  It accepts, and gives each connection a thread of its
+//! own, with a copy of the context (its own cache and log descriptors:
+//! flock(2) locks belong to open files, so threads exclude each other as
+//! processes do).  A thread whose connection has closed waits a while as a
+//! spare for the next one, as in Apache's worker MPM, keeping its backend
+//! connections, buffers and log file: starting a thread maps and unmaps
+//! stacks, and each unmapping of a multi-threaded process interrupts every
+//! other CPU to flush its TLB.  A connection that finds no spare gets a
+//! new thread.
+//!
+//! Each connection's end writes a byte to a pipe, which wakes the main
 //! thread when it waits for room under `max_clients` or for the last
 //! connection at shutdown.  To stop, the main thread makes a second pipe
-//! readable: idle connections see it, busy ones finish their request.
+//! readable: idle connections see it, busy ones finish their request; and
+//! it wakes the spares, which end.  A reload ends the spares too: a
+//! connection accepted after it is served with the new configuration.
 //! The health checker and the cache janitor are threads too.
 
+use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -37,17 +47,108 @@ use crate::{diag, notice};
 /// so a small stack does (and 50 threads then map 50 × 256 KiB, not 2 MiB
 /// each).
 const STACK_SIZE: usize = 256 * 1024;
-/// A connection thread's name in ps(1) and top(1).
-const CONNECTION_THREAD: &str = "pibl conn";
+/// A connection thread's name in ps(1) and top(1), serving and spare.
+const CONNECTION_THREAD: &std::ffi::CStr = c"pibl conn";
+const SPARE_THREAD: &std::ffi::CStr = c"pibl spare";
+/// Most spare threads kept waiting for a connection.
+const MAX_SPARES: usize = 64;
+/// How long a spare waits for a connection before it ends.
+const SPARE_LIFETIME: Duration = Duration::from_secs(5);
+
+/// A client connection and its peer's address.
+type Conn = (TcpStream, SocketAddr);
+
+/// Threads waiting for their next connection.
+struct Spares {
+    state: Mutex<SpareState>,
+    wake: Condvar,
+}
+
+struct SpareState {
+    /// Spares waiting and not yet promised a connection.
+    idle: usize,
+    /// Connections promised to spares, not yet taken.
+    handed: VecDeque<Conn>,
+    /// Bumped at each reload: spares of an older generation end.
+    generation: u64,
+    stopping: bool,
+}
+
+impl Spares {
+    fn lock(&self) -> MutexGuard<'_, SpareState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands `conn` to a waiting spare; gives it back if there is none.
+    fn hand(&self, conn: Conn) -> Option<Conn> {
+        let mut state = self.lock();
+        if state.idle == 0 {
+            return Some(conn);
+        }
+        state.idle -= 1;
+        state.handed.push_back(conn);
+        drop(state);
+        self.wake.notify_one();
+        None
+    }
+
+    /// Waits, as a spare of `generation`, for the next connection; `None`
+    /// when the thread should end instead.
+    fn next(&self, generation: u64) -> Option<Conn> {
+        let mut state = self.lock();
+        if state.generation != generation || state.stopping || state.idle >= MAX_SPARES {
+            return None;
+        }
+        state.idle += 1;
+        let deadline = Instant::now() + SPARE_LIFETIME;
+        loop {
+            // The generation first: a connection handed out after a
+            // reload is for a spare of the new one.
+            if state.generation != generation {
+                return None;
+            }
+            if let Some(conn) = state.handed.pop_front() {
+                return Some(conn);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if state.stopping || left.is_zero() {
+                state.idle -= 1;
+                return None;
+            }
+            state = self
+                .wake
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// A new generation: the waiting spares end, and connections handed to
+    /// them and not yet taken are given back.
+    fn renew(&self) -> Vec<Conn> {
+        let mut state = self.lock();
+        state.generation += 1;
+        state.idle = 0;
+        let handed = state.handed.drain(..).collect();
+        drop(state);
+        self.wake.notify_all();
+        handed
+    }
+
+    fn stop(&self) {
+        self.lock().stopping = true;
+        self.wake.notify_all();
+    }
+}
 
 struct Server {
     listener: TcpListener,
     ctx: Context,
     wait_mask: SigSet,
-    /// Connection threads running.
-    live: Arc<AtomicUsize>,
-    /// Written to by each thread as it ends.
-    done: (OwnedFd, Arc<OwnedFd>),
+    live: Arc<Live>,
+    spares: Arc<Spares>,
+    /// The read end of `live.done`.
+    done: OwnedFd,
     /// Readable once pibl stops: the read end every idle connection polls.
     stop: (OwnedFd, OwnedFd),
     /// Each helper thread runs while its flag is true.
@@ -66,8 +167,21 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
         listener,
         ctx,
         wait_mask,
-        live: Arc::new(AtomicUsize::new(0)),
-        done: (done_read, Arc::new(done_write)),
+        live: Arc::new(Live {
+            count: AtomicUsize::new(0),
+            awaited: AtomicBool::new(false),
+            done: done_write,
+        }),
+        spares: Arc::new(Spares {
+            state: Mutex::new(SpareState {
+                idle: 0,
+                handed: VecDeque::new(),
+                generation: 0,
+                stopping: false,
+            }),
+            wake: Condvar::new(),
+        }),
+        done: done_read,
         stop: pipe()?,
         helpers: Vec::new(),
     };
@@ -88,7 +202,7 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
             LOG_GENERATION.fetch_add(1, Ordering::Relaxed);
             notice!("reopening log files");
         }
-        let room = server.live.load(Ordering::Relaxed) < server.ctx.config.max_clients;
+        let room = server.live.has_room(server.ctx.config.max_clients);
         if server.wait(room, None) {
             server.accept_client();
         }
@@ -101,7 +215,7 @@ impl Server {
     /// Sleeps until a signal, a thread's end, `timeout`, or (when
     /// `listen`) a client.  True when the listener is readable.
     fn wait(&self, listen: bool, timeout: Option<Duration>) -> bool {
-        let mut fds = vec![PollFd::new(self.done.0.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(self.done.as_fd(), PollFlags::POLLIN)];
         if listen {
             fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
         }
@@ -109,42 +223,58 @@ impl Server {
             return false;
         }
         if fds[0].any() == Some(true) {
-            drain(&self.done.0);
+            drain(&self.done);
         }
         fds.get(1).and_then(PollFd::any).unwrap_or(false)
     }
 
     fn accept_client(&mut self) {
         match self.listener.accept() {
-            Ok((stream, peer)) => self.spawn(stream, peer),
+            Ok(conn) => {
+                self.live.count.fetch_add(1, Ordering::SeqCst);
+                if let Some(conn) = self.spares.hand(conn) {
+                    self.spawn(conn);
+                }
+            }
             Err(e) => accept_failed(&e),
         }
     }
 
-    fn spawn(&mut self, stream: TcpStream, peer: SocketAddr) {
+    /// Starts a thread for `first`, which then serves connections until it
+    /// has waited as a spare long enough.  `live` counts `first` already.
+    fn spawn(&mut self, first: Conn) {
         // accept(2) does not pass the listener's O_NONBLOCK on; the
         // connection blocks, with timeouts, as in a child process.
         let ctx = self.ctx.for_thread();
         let stop = StopWatch::Pipe(self.stop.0.as_raw_fd());
-        let ending = Ending {
-            live: Arc::clone(&self.live),
-            done: Arc::clone(&self.done.1),
-        };
-        self.live.fetch_add(1, Ordering::Relaxed);
+        let spares = Arc::clone(&self.spares);
+        let generation = spares.lock().generation;
+        let live = Arc::clone(&self.live);
+        let peer = first.1;
         let started = thread::Builder::new()
-            .name(CONNECTION_THREAD.into())
+            .name(CONNECTION_THREAD.to_string_lossy().into())
             .stack_size(STACK_SIZE)
             .spawn(move || {
-                let _ending = ending;
-                let served = panic::catch_unwind(AssertUnwindSafe(|| {
-                    Worker::new(&ctx).serve(&stream, peer, &ctx, stop);
-                }));
-                // The panic hook has said what happened; the connection
-                // closes, and the others go on.
-                drop(served);
+                let mut worker = Worker::new(&ctx);
+                let mut next = Some(first);
+                while let Some((stream, peer)) = next.take() {
+                    let served = panic::catch_unwind(AssertUnwindSafe(|| {
+                        worker.serve(&stream, peer, &ctx, stop);
+                    }));
+                    drop(stream);
+                    live.end();
+                    // After a panic (the hook has said what happened) the
+                    // worker's state is suspect: the thread ends with it.
+                    if served.is_ok() {
+                        let _ = nix::sys::prctl::set_name(SPARE_THREAD);
+                        next = spares.next(generation);
+                        let _ = nix::sys::prctl::set_name(CONNECTION_THREAD);
+                    }
+                }
             });
         if let Err(e) = started {
-            // The closure, with its Ending, was dropped: `live` is right.
+            // The closure was dropped unrun: the connection is not served.
+            self.live.count.fetch_sub(1, Ordering::SeqCst);
             diag!(
                 "cannot start a thread: {}; dropping connection from {peer}",
                 crate::error::describe_io(&e)
@@ -186,6 +316,9 @@ impl Server {
             return;
         };
         self.ctx = ctx;
+        for conn in self.spares.renew() {
+            self.spawn(conn);
+        }
         for running in self.helpers.drain(..) {
             running.store(false, Ordering::Relaxed);
         }
@@ -196,18 +329,20 @@ impl Server {
     /// busy ones at most `shutdown_timeout` (none at all after SIGQUIT).
     fn stop(self) {
         let _ = nix::unistd::write(&self.stop.1, b"x");
+        self.spares.stop();
         let timeout = if signals::is_set(&GOT_SIGQUIT) {
             Duration::ZERO
         } else {
             self.ctx.config.shutdown_timeout
         };
         let deadline = Instant::now() + timeout;
-        while self.live.load(Ordering::Relaxed) > 0 && !signals::is_set(&GOT_SIGQUIT) {
+        self.live.awaited.store(true, Ordering::SeqCst);
+        while self.live.count.load(Ordering::SeqCst) > 0 && !signals::is_set(&GOT_SIGQUIT) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 diag!(
                     "{} connections still busy after shutdown_timeout; closing them",
-                    self.live.load(Ordering::Relaxed)
+                    self.live.count.load(Ordering::SeqCst)
                 );
                 break;
             }
@@ -217,17 +352,38 @@ impl Server {
     }
 }
 
-/// Dropped when a connection thread ends, however it ends.
-struct Ending {
-    live: Arc<AtomicUsize>,
-    done: Arc<OwnedFd>,
+/// The connections being served, and how the main thread learns that one
+/// ended when it waits for that: for room under `max_clients`, or for the
+/// last connection at shutdown.  Only then does an end write to the pipe:
+/// a wake-up of the main thread per connection would cost a context switch.
+struct Live {
+    count: AtomicUsize,
+    /// Set while the main thread waits for an end.
+    awaited: AtomicBool,
+    /// The write end of the pipe the main thread polls.
+    done: OwnedFd,
 }
 
-impl Drop for Ending {
-    fn drop(&mut self) {
-        self.live.fetch_sub(1, Ordering::Relaxed);
-        // A full pipe is awake enough.
-        let _ = nix::unistd::write(&*self.done, b"x");
+impl Live {
+    /// Whether another connection may be served now.  When not, ends are
+    /// awaited from now on, and one that came between the check and the
+    /// flag is seen by the check after it.
+    fn has_room(&self, max: usize) -> bool {
+        self.awaited.store(true, Ordering::SeqCst);
+        let room = self.count.load(Ordering::SeqCst) < max;
+        if room {
+            self.awaited.store(false, Ordering::SeqCst);
+        }
+        room
+    }
+
+    /// A connection has ended.
+    fn end(&self) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
+        if self.awaited.load(Ordering::SeqCst) {
+            // A full pipe is awake enough.
+            let _ = nix::unistd::write(&self.done, b"x");
+        }
     }
 }
 

@@ -154,11 +154,10 @@ fn the_health_checker_marks_backends_down_and_up() {
         vec![a.addr.to_string(), b.addr.to_string()],
         "health_check = { path = \"/whoami\", interval = 0.2 }\n",
     );
-    assert_eq!(
-        proxy.tasks_named("health checker"),
-        1,
-        "a checker of its own"
-    );
+    // A checker of its own (named once it runs: the parent does not wait).
+    wait_until("the health checker", || {
+        proxy.tasks_named("health checker") == 1
+    });
     drop(b);
     proxy.wait_stderr(&format!("health check: backend 127.0.0.1:{port} is down"));
     // No client request had to fail for it to be skipped.

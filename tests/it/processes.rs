@@ -53,6 +53,7 @@ fn ten_thousand_connections_leave_no_zombie_and_no_descriptor() {
     let proxy = Proxy::start(&backends);
     assert_eq!(get(proxy.addr, "/whoami").status, 200);
     proxy.wait_settled();
+    proxy.wait_no_spares();
     let fds_before = open_fds(proxy.pid());
 
     let addr = proxy.addr;
@@ -71,6 +72,7 @@ fn ten_thousand_connections_leave_no_zombie_and_no_descriptor() {
         assert_eq!(w.join().unwrap(), HashMap::from([(200, 2500)]));
     }
     proxy.wait_settled();
+    proxy.wait_no_spares();
     assert_eq!(
         open_fds(proxy.pid()),
         fds_before,
@@ -207,8 +209,32 @@ fn the_thread_model_serves_from_one_process() {
     assert_eq!(distinct.len(), 3, "round robin over threads: {seen:?}");
     let pids: HashSet<i32> = proxy.wait_log(3).iter().map(|l| pid_of(l)).collect();
     assert_eq!(pids, HashSet::from([proxy.pid()]));
-    drop(clients);
-    wait_until("the threads to end", || proxy.tasks_named("pibl conn") == 0);
+}
+
+/// A connection thread whose client has gone waits as a spare for the next
+/// connection, with its backend connections: twenty clients one after
+/// another are served over far fewer backend connections than twenty.
+#[test]
+fn thread_spares_serve_later_clients_over_kept_backend_connections() {
+    let backends = Backend::start_many(1);
+    let proxy = Proxy::start_in(
+        TempDir::new(),
+        ProxyOptions::new(&backends),
+        &["--model", "thread"],
+    );
+    let peers: HashSet<String> = (0..20).map(|_| get(proxy.addr, "/peer").text()).collect();
+    assert!(
+        peers.len() <= 5,
+        "{} backend connections for 20 clients",
+        peers.len()
+    );
+    let threads = proxy.tasks_named("pibl conn") + proxy.tasks_named("pibl spare");
+    assert!(threads <= 5, "{threads} threads: spares were not reused");
+    proxy.wait_settled();
+    assert!(
+        proxy.tasks_named("pibl spare") >= 1,
+        "spares wait, named so"
+    );
 }
 
 #[test]

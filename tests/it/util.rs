@@ -340,7 +340,8 @@ impl Proxy {
     }
 
     /// The connections being served now, as the model shows them: live
-    /// children (fork), busy-or-idle workers (prefork), threads (thread).
+    /// children (fork), busy-or-idle workers (prefork), threads not
+    /// waiting as spares (thread).
     pub fn serving(&self) -> usize {
         match model().as_str() {
             "thread" => self.tasks_named("pibl conn"),
@@ -351,8 +352,8 @@ impl Proxy {
     }
 
     /// Waits until no connection is being served and no child is a
-    /// zombie: every child reaped, every thread ended.  (Prefork workers
-    /// stay, waiting for the next connection.)
+    /// zombie: every child reaped, every connection thread ended or spare.
+    /// (Prefork workers stay, waiting for the next connection.)
     pub fn wait_settled(&self) {
         wait_until("the proxy to settle", || {
             let (_, zombies) = self.children();
@@ -362,6 +363,17 @@ impl Proxy {
             };
             zombies.is_empty() && idle
         });
+    }
+
+    /// Waits until the thread model's spare threads have ended (after
+    /// five seconds without a connection), and with them the descriptors
+    /// they keep: log file, backend connections.
+    pub fn wait_no_spares(&self) {
+        if model() == "thread" {
+            wait_until("the spare threads to end", || {
+                self.tasks_named("pibl spare") == 0
+            });
+        }
     }
 
     /// Waits until the proxy has no child at all, live or zombie.
