@@ -105,6 +105,7 @@ fn serve(cli: &Cli) -> Result<(), Error> {
     }
     privileges::drop_root(&ctx.config, &writable)?;
     crate::log::set_diag_syslog(ctx.config.syslog.clone());
+    http::prepare();
     let reloader = parent::Reloader {
         path: cli.config.clone(),
         overrides: overrides(cli),
