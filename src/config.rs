@@ -18,6 +18,8 @@ pub const DEFAULT_PATH: &str = "pibl.conf";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0";
 pub const DEFAULT_PORT: u16 = 8080;
 pub const DEFAULT_LOG_FILE: &str = "pibl.log";
+/// Largest `[log] buffer`.
+pub const MAX_LOG_BUFFER: usize = 1 << 20;
 pub const DEFAULT_MAX_CLIENTS: usize = 512;
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_SYSLOG_FACILITY: &str = "daemon";
@@ -82,6 +84,11 @@ pub struct Config {
     pub port: u16,
     pub backends: Vec<Backend>,
     pub log_file: PathBuf,
+    /// Bytes of access log lines a process may hold before writing them
+    /// (`[log] buffer`); 0 writes each line as it comes.
+    pub log_buffer: usize,
+    /// Longest a held line waits (`[log] flush`).
+    pub log_flush: Duration,
     pub max_clients: usize,
     /// How long a stopping parent waits for children to finish.
     pub shutdown_timeout: Duration,
@@ -221,6 +228,8 @@ struct RawHealthCheck {
 #[serde(deny_unknown_fields)]
 struct RawLog {
     file: Option<String>,
+    buffer: Option<Spanned<i64>>,
+    flush: Option<Spanned<f64>>,
     syslog: Option<bool>,
     facility: Option<Spanned<String>>,
     syslog_socket: Option<String>,
@@ -345,6 +354,8 @@ impl Config {
         )?);
         let log = raw.log.unwrap_or(RawLog {
             file: None,
+            buffer: None,
+            flush: None,
             syslog: None,
             facility: None,
             syslog_socket: None,
@@ -367,6 +378,15 @@ impl Config {
             ),
         });
         let log_file = log.file.unwrap_or(DEFAULT_LOG_FILE.into());
+        let log_buffer_span = log.buffer.as_ref().map(|v| v.span());
+        let log_buffer = count(log.buffer, "buffer", 0, 0)? as usize;
+        if log_buffer > MAX_LOG_BUFFER {
+            return Err(at(
+                log_buffer_span.unwrap_or(0..0),
+                format!("buffer: must be at most {MAX_LOG_BUFFER} bytes"),
+            ));
+        }
+        let log_flush = seconds(log.flush, "flush", 1.0)?;
 
         let timeouts = Timeouts {
             connect: seconds(raw.connect_timeout, "connect_timeout", 5.0)?,
@@ -485,6 +505,8 @@ impl Config {
             port: raw.port.unwrap_or(DEFAULT_PORT),
             backends,
             log_file: PathBuf::from(log_file),
+            log_buffer,
+            log_flush,
             max_clients,
             shutdown_timeout,
             user: raw.user,
@@ -582,6 +604,29 @@ mod tests {
         assert_eq!(
             err(&format!("{b}[prefork]\nmax_workers = 5000\n")),
             "t.conf:3: max_workers: at most 4096 are supported"
+        );
+    }
+
+    #[test]
+    fn log_buffer_and_flush() {
+        let c = Config::parse("t.conf", "backends = [\"127.0.0.1:1\"]").unwrap();
+        assert_eq!((c.log_buffer, c.log_flush), (0, Duration::from_secs(1)));
+        let c = Config::parse(
+            "t.conf",
+            "backends = [\"127.0.0.1:1\"]\n[log]\nbuffer = 65536\nflush = 0.5\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.log_buffer, c.log_flush),
+            (65536, Duration::from_millis(500))
+        );
+        assert_eq!(
+            err("backends = [\"127.0.0.1:1\"]\n[log]\nbuffer = 2000000\n"),
+            "t.conf:3: buffer: must be at most 1048576 bytes"
+        );
+        assert_eq!(
+            err("backends = [\"127.0.0.1:1\"]\n[log]\nflush = 0\n"),
+            "t.conf:3: flush: must be a positive number of seconds"
         );
     }
 

@@ -9,7 +9,7 @@
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::process;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::diag;
 use crate::log::{self, AccessLog, Entry};
@@ -42,7 +42,8 @@ impl Worker {
                     crate::error::describe_io(&e)
                 )
             })
-            .ok();
+            .ok()
+            .map(|log| log.buffered(ctx.config.log_buffer, ctx.config.log_flush));
         Worker {
             log,
             pool: Pool::new(ctx.balancer.len(), BUFFER_SIZE),
@@ -78,7 +79,7 @@ impl Worker {
         let mut first = true;
         loop {
             if reader.buffered().is_empty() {
-                match signals::wait_idle(stream.as_fd(), idle_timeout, stop) {
+                match self.wait_for_request(stream, idle_timeout, stop) {
                     Idle::Ready => {}
                     // Accepted just as pibl stops, a connection still gets
                     // an answer to the request it has already sent.
@@ -98,6 +99,42 @@ impl Worker {
             }
         }
         worst
+    }
+
+    /// Waits for the next request as `signals::wait_idle` does, writing the
+    /// access log's held lines when they fall due meanwhile.
+    fn wait_for_request(&mut self, stream: &TcpStream, timeout: Duration, stop: StopWatch) -> Idle {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = Instant::now();
+            match self.log_due() {
+                Some(due) if due < deadline => {
+                    let wait = due.saturating_duration_since(now);
+                    match signals::wait_idle(stream.as_fd(), wait, stop) {
+                        Idle::TimedOut => self.flush_log(),
+                        other => return other,
+                    }
+                }
+                _ => {
+                    let wait = deadline.saturating_duration_since(now);
+                    return signals::wait_idle(stream.as_fd(), wait, stop);
+                }
+            }
+        }
+    }
+
+    /// When the access log's held lines must be written, if any are held.
+    pub fn log_due(&self) -> Option<Instant> {
+        self.log.as_ref().and_then(AccessLog::due)
+    }
+
+    /// Writes the access log's held lines.
+    pub fn flush_log(&mut self) {
+        if let Some(log) = &mut self.log {
+            if let Err(e) = log.flush() {
+                diag!("cannot write log file: {}", crate::error::describe_io(&e));
+            }
+        }
     }
 
     fn record(&mut self, peer: SocketAddr, ex: &Exchange) {

@@ -22,7 +22,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::process;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::socket::SockFlag;
@@ -255,7 +255,13 @@ fn work(
                 _ => diag!("accept: {}", crate::error::describe_io(&e)),
             },
         }
+        // The accept timeout wakes an idle worker each second, held log
+        // lines then go out within a second of falling due.
+        if worker.log_due().is_some_and(|due| due <= Instant::now()) {
+            worker.flush_log();
+        }
     }
+    drop(worker); // with its log's held lines
     let _ = std::io::Write::flush(&mut std::io::stdout());
     process::exit(0)
 }

@@ -58,6 +58,14 @@ const SPARE_LIFETIME: Duration = Duration::from_secs(5);
 /// A client connection and its peer's address.
 type Conn = (TcpStream, SocketAddr);
 
+/// What a spare thread is to do next.
+enum Spare {
+    Serve(Conn),
+    /// Write its held log lines, then wait again.
+    Flush,
+    End,
+}
+
 /// Threads waiting for their next connection.
 struct Spares {
     state: Mutex<SpareState>,
@@ -92,28 +100,32 @@ impl Spares {
         None
     }
 
-    /// Waits, as a spare of `generation`, for the next connection; `None`
-    /// when the thread should end instead.
-    fn next(&self, generation: u64) -> Option<Conn> {
+    /// Waits, as a spare of `generation`, for the next connection, or
+    /// until `flush` (when the thread's held log lines are due).
+    fn next(&self, generation: u64, flush: Option<Instant>) -> Spare {
         let mut state = self.lock();
         if state.generation != generation || state.stopping || state.idle >= MAX_SPARES {
-            return None;
+            return Spare::End;
         }
         state.idle += 1;
-        let deadline = Instant::now() + SPARE_LIFETIME;
+        let lifetime = Instant::now() + SPARE_LIFETIME;
+        let deadline = flush.map_or(lifetime, |f| f.min(lifetime));
         loop {
             // The generation first: a connection handed out after a
             // reload is for a spare of the new one.
             if state.generation != generation {
-                return None;
+                return Spare::End;
             }
             if let Some(conn) = state.handed.pop_front() {
-                return Some(conn);
+                return Spare::Serve(conn);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if state.stopping || left.is_zero() {
                 state.idle -= 1;
-                return None;
+                return match flush {
+                    Some(_) if !state.stopping && deadline < lifetime => Spare::Flush,
+                    _ => Spare::End,
+                };
             }
             state = self
                 .wake
@@ -169,6 +181,7 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
         wait_mask,
         live: Arc::new(Live {
             count: AtomicUsize::new(0),
+            threads: AtomicUsize::new(0),
             awaited: AtomicBool::new(false),
             done: done_write,
         }),
@@ -251,10 +264,14 @@ impl Server {
         let generation = spares.lock().generation;
         let live = Arc::clone(&self.live);
         let peer = first.1;
+        self.live.threads.fetch_add(1, Ordering::SeqCst);
         let started = thread::Builder::new()
             .name(CONNECTION_THREAD.to_string_lossy().into())
             .stack_size(STACK_SIZE)
             .spawn(move || {
+                // Declared first, so dropped last: after the worker, whose
+                // log writes its held lines as it goes.
+                let _exit = ThreadExit(Arc::clone(&live));
                 let mut worker = Worker::new(&ctx);
                 let mut next = Some(first);
                 while let Some((stream, peer)) = next.take() {
@@ -266,15 +283,14 @@ impl Server {
                     // After a panic (the hook has said what happened) the
                     // worker's state is suspect: the thread ends with it.
                     if served.is_ok() {
-                        let _ = nix::sys::prctl::set_name(SPARE_THREAD);
-                        next = spares.next(generation);
-                        let _ = nix::sys::prctl::set_name(CONNECTION_THREAD);
+                        next = wait_as_spare(&spares, generation, &mut worker);
                     }
                 }
             });
         if let Err(e) = started {
             // The closure was dropped unrun: the connection is not served.
             self.live.count.fetch_sub(1, Ordering::SeqCst);
+            self.live.threads.fetch_sub(1, Ordering::SeqCst);
             diag!(
                 "cannot start a thread: {}; dropping connection from {peer}",
                 crate::error::describe_io(&e)
@@ -337,7 +353,9 @@ impl Server {
         };
         let deadline = Instant::now() + timeout;
         self.live.awaited.store(true, Ordering::SeqCst);
-        while self.live.count.load(Ordering::SeqCst) > 0 && !signals::is_set(&GOT_SIGQUIT) {
+        // Every connection thread, not only every connection: a thread
+        // writes its held log lines as it ends.
+        while self.live.threads.load(Ordering::SeqCst) > 0 && !signals::is_set(&GOT_SIGQUIT) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 diag!(
@@ -358,6 +376,8 @@ impl Server {
 /// a wake-up of the main thread per connection would cost a context switch.
 struct Live {
     count: AtomicUsize,
+    /// Connection threads, serving or spare.
+    threads: AtomicUsize,
     /// Set while the main thread waits for an end.
     awaited: AtomicBool,
     /// The write end of the pipe the main thread polls.
@@ -380,11 +400,41 @@ impl Live {
     /// A connection has ended.
     fn end(&self) {
         self.count.fetch_sub(1, Ordering::SeqCst);
+        self.tell();
+    }
+
+    /// Wakes the main thread if it waits for an end.
+    fn tell(&self) {
         if self.awaited.load(Ordering::SeqCst) {
             // A full pipe is awake enough.
             let _ = nix::unistd::write(&self.done, b"x");
         }
     }
+}
+
+/// Counts a connection thread out as it ends, however it ends.
+struct ThreadExit(Arc<Live>);
+
+impl Drop for ThreadExit {
+    fn drop(&mut self) {
+        self.0.threads.fetch_sub(1, Ordering::SeqCst);
+        self.0.tell();
+    }
+}
+
+/// A thread's wait, named so in ps(1), for its next connection; `None` when
+/// it should end.  Held log lines are written when they fall due.
+fn wait_as_spare(spares: &Spares, generation: u64, worker: &mut Worker) -> Option<Conn> {
+    let _ = nix::sys::prctl::set_name(SPARE_THREAD);
+    let next = loop {
+        match spares.next(generation, worker.log_due()) {
+            Spare::Serve(conn) => break Some(conn),
+            Spare::Flush => worker.flush_log(),
+            Spare::End => break None,
+        }
+    };
+    let _ = nix::sys::prctl::set_name(CONNECTION_THREAD);
+    next
 }
 
 /// Empties a non-blocking pipe.

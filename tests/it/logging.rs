@@ -46,8 +46,21 @@ fn parse(line: &str) -> Line {
 
 #[test]
 fn fifty_clients_times_twenty_requests_make_a_thousand_whole_lines() {
+    fifty_times_twenty("");
+}
+
+/// The same with each process holding its lines in a small buffer: a
+/// full buffer goes out in one locked write, whole lines only.
+#[test]
+fn buffered_lines_from_fifty_clients_are_as_whole() {
+    fifty_times_twenty("[log]\nbuffer = 1000\nflush = 0.2\n");
+}
+
+fn fifty_times_twenty(extra: &str) {
     let backends = Backend::start_many(3);
-    let proxy = Proxy::start(&backends);
+    let mut options = ProxyOptions::new(&backends);
+    options.extra = extra.into();
+    let proxy = Proxy::start_with(options);
     let addr = proxy.addr;
     let workers: Vec<_> = (0..50)
         .map(|c| {
@@ -111,4 +124,39 @@ fn refused_requests_are_logged_too() {
         (line.request.as_str(), line.status, line.upstream.as_str()),
         ("GET / HTTP/1.1", 400, "-")
     );
+}
+
+/// Held lines go out when they have waited `flush` seconds, though the
+/// client stays connected and idle.
+#[test]
+fn held_lines_go_out_after_flush_while_the_client_idles() {
+    let backends = Backend::start_many(1);
+    let mut options = ProxyOptions::new(&backends);
+    options.extra = "[log]\nbuffer = 65536\nflush = 1.5\n".into();
+    let proxy = Proxy::start_with(options);
+    let mut client = Client::connect(proxy.addr);
+    for _ in 0..3 {
+        assert_eq!(client.get("/whoami").status, 200);
+    }
+    assert!(proxy.log_lines().is_empty(), "held, not written at once");
+    assert_eq!(proxy.wait_log(3).len(), 3);
+    assert_eq!(proxy.log_lines().len(), 3);
+    assert_eq!(client.get("/whoami").status, 200, "still connected");
+}
+
+/// Held lines are written when their process or thread lets go of its
+/// log: a child at its exit, a prefork worker or a spare thread as pibl
+/// stops.
+#[test]
+fn held_lines_are_written_when_pibl_stops() {
+    let backends = Backend::start_many(1);
+    let mut options = ProxyOptions::new(&backends);
+    options.extra = "[log]\nbuffer = 65536\nflush = 600\n".into();
+    let mut proxy = Proxy::start_with(options);
+    for _ in 0..5 {
+        assert_eq!(get(proxy.addr, "/whoami").status, 200);
+    }
+    proxy.process.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(proxy.process.wait_exit().success());
+    assert_eq!(proxy.log_lines().len(), 5);
 }
