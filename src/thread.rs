@@ -175,6 +175,7 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
             .map_err(|e| Error::os("cannot make a pipe", e.into()))
     };
     let (done_read, done_write) = pipe()?;
+    arena_per_thread(ctx.config.max_clients);
     let mut server = Server {
         listener,
         ctx,
@@ -435,6 +436,23 @@ fn wait_as_spare(spares: &Spares, generation: u64, worker: &mut Worker) -> Optio
     };
     let _ = nix::sys::prctl::set_name(CONNECTION_THREAD);
     next
+}
+
+/// Lets glibc's malloc give every connection thread an arena of its own.
+/// By default it makes at most eight per CPU and shares them out, each
+/// behind a lock: fifty threads on two CPUs then queue for sixteen locks on
+/// every allocation above the per-thread cache's sizes, and the waits are
+/// context switches (a cache hit was 40% slower for it).  An arena is
+/// address space reserved, not memory: only the pages used are resident.
+fn arena_per_thread(max_clients: usize) {
+    #[cfg(target_env = "gnu")]
+    {
+        let arenas = i32::try_from(max_clients.saturating_add(8)).unwrap_or(i32::MAX);
+        // SAFETY: mallopt takes two integers and changes a malloc setting.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) };
+    }
+    #[cfg(not(target_env = "gnu"))]
+    let _ = max_clients;
 }
 
 /// Empties a non-blocking pipe.
