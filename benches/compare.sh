@@ -262,6 +262,12 @@ run_one() {  # round test proxy
 # rotate N ARRAY...: the array rotated left by N.
 rotate() { local n=$1; shift; local a=("$@"); local k=$((n % ${#a[@]})); echo "${a[@]:k}" "${a[@]:0:k}"; }
 
+# A port already taken would send the load to whatever holds it.
+for port in 18001 18002 18003 "${PORT[@]}"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        die "port $port is already in use: stop what listens there first"
+    fi
+done
 setup_backends
 log "backends up; $ROUNDS rounds of ${DURATION}s runs: ${PROXIES_MAIN[*]} ${PROXIES_CACHE[*]}"
 for ((r = 1; r <= ROUNDS; r++)); do
