@@ -4,9 +4,10 @@
 //!
 //! The parent never touches a connection.  Ten times a second it counts the
 //! idle workers on the scoreboard (shared pages each worker writes its state
-//! to) and forks more when fewer than `min_spare` are idle — twice as many
-//! each time in a row it has to, as Apache does, and looking again after
-//! 10 ms rather than 100 — up to `max_workers`; it stops one when more than
+//! to) and forks more when fewer than `min_spare` are idle, plus one for each
+//! connection waiting in the accept queue (TCP_INFO tells its length) —
+//! twice as many each time in a row it has to, as Apache does, and looking
+//! again after 10 ms rather than 100 — up to `max_workers`; it stops one when more than
 //! `max_spare` are idle (through a flag in its slot, which it reads between
 //! connections and at each accept timeout).  A worker exits after
 //! `max_requests` connections, so a leak cannot grow without bound.
@@ -104,10 +105,11 @@ impl Prefork {
             .map(|(&pid, _)| pid)
             .collect();
         let room = limits.max_workers.saturating_sub(self.workers.len());
-        if idle.len() < limits.min_spare && room > 0 {
-            let want = (limits.min_spare - idle.len())
-                .max(self.spawn_rate)
-                .min(room);
+        // Connections already waiting for a worker need one each, on top of
+        // the spares: a burst is met at once, not over doublings 10 ms apart.
+        let need = (limits.min_spare + waiting_connections(listener)).saturating_sub(idle.len());
+        if need > 0 && room > 0 {
+            let want = need.max(self.spawn_rate).min(room);
             for _ in 0..want {
                 self.spawn(listener, ctx, parent_mask);
             }
@@ -203,6 +205,29 @@ fn accept_once(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
     let stream = unsafe { TcpStream::from_raw_fd(fd) };
     let peer = stream.peer_addr()?;
     Ok((stream, peer))
+}
+
+/// How many connections wait in `listener`'s accept queue: for a socket in
+/// the LISTEN state, Linux reports that length as TCP_INFO's `tcpi_unacked`.
+fn waiting_connections(listener: &TcpListener) -> usize {
+    // SAFETY: tcp_info is plain integers, for which zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`.
+    let done = unsafe {
+        libc::getsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if done == 0 {
+        info.tcpi_unacked as usize
+    } else {
+        0
+    }
 }
 
 /// A worker's life: accept, serve, until told to stop or `max_requests`.
