@@ -131,9 +131,7 @@ impl Worker {
     /// Writes the access log's held lines.
     pub fn flush_log(&mut self) {
         if let Some(log) = &mut self.log {
-            if let Err(e) = log.flush() {
-                diag!("cannot write log file: {}", crate::error::describe_io(&e));
-            }
+            log::report(log.flush());
         }
     }
 
@@ -153,9 +151,7 @@ impl Worker {
         });
         match &mut self.log {
             Some(log) => {
-                if let Err(e) = log.write(&line) {
-                    diag!("cannot write log file: {}", crate::error::describe_io(&e));
-                }
+                log::report(log.write(&line));
             }
             None => print!("{line}"),
         }

@@ -178,7 +178,7 @@ impl AccessLog {
             let _ = syslog.info(line.trim_end());
         }
         if self.buffer == 0 {
-            return self.append(line.as_bytes());
+            return append(&self.file, line.as_bytes());
         }
         if self.pending.len() + line.len() > self.buffer {
             self.flush()?;
@@ -198,36 +198,39 @@ impl AccessLog {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.pending);
-        let written = self.append(&pending);
-        self.pending = pending;
+        let written = append(&self.file, &self.pending);
         self.pending.clear();
         self.due = None;
         written
     }
+}
 
-    /// Appends whole lines to the file in one write(2) under an exclusive
-    /// flock(2), and prints them on standard output while still holding
-    /// the lock, so neither copy is ever interleaved with another
-    /// process's lines.
-    fn append(&mut self, lines: &[u8]) -> io::Result<()> {
-        fs2::FileExt::lock_exclusive(&self.file)?;
-        let written = (&self.file).write_all(lines);
-        // stdout may be closed or a full pipe; the file is the record.
-        let mut out = io::stdout().lock();
-        let _ = out.write_all(lines).and_then(|()| out.flush());
-        drop(out);
-        let unlocked = fs2::FileExt::unlock(&self.file);
-        written.and(unlocked)
-    }
+/// Appends whole lines to `file` in one write(2) under an exclusive
+/// flock(2), and prints them on standard output while still holding the
+/// lock, so neither copy is ever interleaved with another process's lines.
+fn append(file: &File, lines: &[u8]) -> io::Result<()> {
+    fs2::FileExt::lock_exclusive(file)?;
+    let written = { file }.write_all(lines);
+    // stdout may be closed or a full pipe; the file is the record.
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(lines).and_then(|()| out.flush());
+    drop(out);
+    let unlocked = fs2::FileExt::unlock(file);
+    written.and(unlocked)
 }
 
 /// A process or thread letting go of its log writes what it holds.
 impl Drop for AccessLog {
     fn drop(&mut self) {
-        if let Err(e) = self.flush() {
-            crate::diag!("cannot write log file: {}", crate::error::describe_io(&e));
-        }
+        report(self.flush());
+    }
+}
+
+/// Says on standard error that the log file could not be written; the
+/// exchange it records goes on regardless.
+pub fn report(written: io::Result<()>) {
+    if let Err(e) = written {
+        crate::diag!("cannot write log file: {}", crate::error::describe_io(&e));
     }
 }
 
