@@ -67,19 +67,18 @@ thread_local! {
 /// The order needs seconds, not every hit: a thread marks one entry at most
 /// once a second, which spares a hot entry a utimensat(2) per request.
 pub fn touch(entry: &Entry) {
-    let now = unix_now();
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     let slot = (entry.name_hash % 8) as usize;
     let seen = TOUCHED.with(|t| {
         let mut all = t.get();
-        let seen = all[slot] == (entry.name_hash, now);
-        all[slot] = (entry.name_hash, now);
+        let seen = all[slot] == (entry.name_hash, second);
+        all[slot] = (entry.name_hash, second);
         t.set(all);
         seen
     });
     if !seen {
-        let _ = entry
-            .file
-            .set_times(fs::FileTimes::new().set_accessed(SystemTime::now()));
+        let _ = entry.file.set_times(fs::FileTimes::new().set_accessed(now));
     }
 }
 
