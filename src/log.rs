@@ -253,7 +253,10 @@ pub enum Level {
 /// configured, a syslog message.  Diagnostics are rare, so each opens its
 /// own syslog connection: none is left open for children to inherit.
 pub fn diag(level: Level, message: std::fmt::Arguments<'_>) {
-    eprintln!("pibl[{}]: {message}", std::process::id());
+    // One write(2) for the whole line: eprintln! writes each piece of it
+    // apart, and lines from processes sharing standard error would mix.
+    let line = format!("pibl[{}]: {message}\n", std::process::id());
+    let _ = io::stderr().write_all(line.as_bytes());
     let target = DIAG_SYSLOG
         .lock()
         .unwrap_or_else(|e| e.into_inner())

@@ -307,3 +307,40 @@ fn backend_connections_are_kept_for_later_requests() {
         "a GET asks to keep the connection: {seen}"
     );
 }
+
+/// Diagnostics written by many processes at once arrive as whole lines on
+/// the standard error they share, never pieces of two run together.
+#[test]
+fn diagnostics_from_many_clients_at_once_are_whole_lines() {
+    let backends = Backend::start_many(2);
+    let dead = dead_address();
+    let mut list: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
+    list.push(dead.clone());
+    // Never marked down: every third request finds it refusing, and says so.
+    let proxy = Proxy::start_for(list, "max_fails = 1000000\n");
+    let addr = proxy.addr;
+    let clients: Vec<_> = (0..40)
+        .map(|_| {
+            thread::spawn(move || {
+                for _ in 0..10 {
+                    assert_eq!(get(addr, "/whoami").status, 200);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    proxy.wait_log(400);
+    let refused = format!("]: backend {dead}: connect: Connection refused");
+    let lines = proxy.stderr.wait_for(100);
+    let mut seen = 0;
+    for line in &lines {
+        assert!(line.starts_with("pibl["), "a line cut or mixed: {line:?}");
+        if line.contains("connect") {
+            assert!(line.ends_with(&refused), "a line cut or mixed: {line:?}");
+            seen += 1;
+        }
+    }
+    assert!(seen >= 100, "{seen} refusals reported");
+}
