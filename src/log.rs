@@ -171,8 +171,11 @@ impl AccessLog {
         let generation = LOG_GENERATION.load(Ordering::Relaxed);
         if generation != self.generation {
             self.generation = generation;
-            self.flush()?;
+            // The held lines go to the old file; the new one is opened
+            // even if they could not be written.
+            let flushed = self.flush();
             self.reopen()?;
+            flushed?;
         }
         if let Some(syslog) = &mut self.syslog {
             let _ = syslog.info(line.trim_end());
