@@ -36,12 +36,14 @@ impl Pool {
         }
     }
 
-    /// The pipe for splicing bodies, made at its first use.
-    pub fn pipe(&mut self) -> std::io::Result<&mut Pipe> {
-        if self.pipe.is_none() {
-            self.pipe = Some(Pipe::new()?);
+    /// A clean pipe for splicing a body: the one kept, or a new one at the
+    /// first use and after a copy that failed half-way.  `None` if no pipe
+    /// can be made (out of descriptors): the body is then copied instead.
+    pub fn pipe(&mut self) -> Option<&mut Pipe> {
+        if !self.pipe.as_ref().is_some_and(Pipe::is_clean) {
+            self.pipe = Pipe::new().ok();
         }
-        Ok(self.pipe.as_mut().expect("just made"))
+        self.pipe.as_mut()
     }
 
     /// The idle connection to backend `i`, unless the backend has closed

@@ -715,12 +715,13 @@ fn attempt(
         } else {
             Encode::Plain
         };
-        let copied = match req.framing {
-            Framing::Length(n) if splice::worthwhile(n, client.buffered().len()) => {
-                match pool.pipe() {
-                    Ok(pipe) => splice::relay_length(client, upstream, &[], n, pipe),
-                    Err(e) => Err(CopyError::Write(e)),
-                }
+        let pipe = match req.framing {
+            Framing::Length(n) if splice::worthwhile(n, client.buffered().len()) => pool.pipe(),
+            _ => None,
+        };
+        let copied = match (req.framing, pipe) {
+            (Framing::Length(n), Some(pipe)) => {
+                splice::relay_length(client, upstream, &[], n, pipe)
             }
             _ => body::relay(
                 client,
@@ -830,16 +831,19 @@ fn relay_response(
     http::forward_response_with(&resp, to_client, persist_for(&ex), extra, &mut head);
     ex.status = resp.status;
     let mut out = *client.get_ref();
-    let copied = match framing {
+    let pipe = match framing {
         Framing::Length(n)
             if store.is_none()
                 && encode == Encode::Plain
                 && splice::worthwhile(n, from_backend.buffered().len()) =>
         {
-            match pool.pipe() {
-                Ok(pipe) => splice::relay_length(&mut from_backend, out, &head, n, pipe),
-                Err(e) => Err(CopyError::Read(e)),
-            }
+            pool.pipe()
+        }
+        _ => None,
+    };
+    let copied = match (framing, pipe) {
+        (Framing::Length(n), Some(pipe)) => {
+            splice::relay_length(&mut from_backend, out, &head, n, pipe)
         }
         _ => {
             let tap = store.as_mut().map(|w| w as &mut dyn Write);

@@ -31,7 +31,7 @@ pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     /// Bytes spliced in and not yet out.  Not zero only after a failed
-    /// copy, and then the pipe is replaced before its next use.
+    /// copy, and then the pipe is replaced before its next use (`is_clean`).
     held: usize,
     capacity: usize,
 }
@@ -51,6 +51,12 @@ impl Pipe {
             held: 0,
             capacity,
         })
+    }
+
+    /// Whether the pipe is empty: a copy that failed half-way leaves bytes
+    /// that must not reach the next body.
+    pub fn is_clean(&self) -> bool {
+        self.held == 0
     }
 
     /// Moves exactly `len` bytes from `src` to `dst`.  The sockets' time
@@ -115,8 +121,7 @@ pub fn worthwhile(len: u64, buffered: usize) -> bool {
 
 /// Sends `head` and a body of exactly `len` bytes from `src` to `dst`: the
 /// head with whatever of the body `src` already read, in one writev(2),
-/// then the rest spliced through `pipe`.  A pipe left holding bytes by an
-/// earlier failure is replaced first.
+/// then the rest spliced through `pipe`, which must be clean.
 pub fn relay_length<R: Read + AsFd>(
     src: &mut Reader<R>,
     dst: &TcpStream,
@@ -124,9 +129,7 @@ pub fn relay_length<R: Read + AsFd>(
     len: u64,
     pipe: &mut Pipe,
 ) -> Result<u64, CopyError> {
-    if pipe.held > 0 {
-        *pipe = Pipe::new().map_err(CopyError::Read)?;
-    }
+    debug_assert!(pipe.is_clean());
     let take = src
         .buffered()
         .len()
