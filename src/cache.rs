@@ -705,16 +705,15 @@ fn read_entry_any(file: File, key: &str) -> io::Result<(Header, Option<Entry>)> 
     } else {
         file.metadata()?.len()
     };
-    if !prefix.windows(2).any(|w| w == b"\n\n") && size as usize > prefix.len() {
+    let header_end = |bytes: &[u8]| bytes.windows(2).position(|w| w == b"\n\n");
+    let mut found = header_end(&prefix);
+    if found.is_none() && size as usize > prefix.len() {
         let had = prefix.len();
         prefix.resize((size as usize).min(MAX_PREFIX), 0);
         file.read_exact_at(&mut prefix[had..], had as u64)?;
+        found = header_end(&prefix);
     }
-    let end = prefix
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .ok_or_else(|| bad("no header"))?
-        + 2;
+    let end = found.ok_or_else(|| bad("no header"))? + 2;
     let header = std::str::from_utf8(&prefix[..end]).map_err(|_| bad("header not text"))?;
     let mut lines = header.lines();
     if lines.next() != Some(MAGIC.trim_end()) {
