@@ -122,9 +122,11 @@ impl Spares {
             let left = deadline.saturating_duration_since(Instant::now());
             if state.stopping || left.is_zero() {
                 state.idle -= 1;
-                return match flush {
-                    Some(_) if !state.stopping && deadline < lifetime => Spare::Flush,
-                    _ => Spare::End,
+                // Woken before its lifetime was up: by the log, not for good.
+                return if !state.stopping && deadline < lifetime {
+                    Spare::Flush
+                } else {
+                    Spare::End
                 };
             }
             state = self
