@@ -57,6 +57,21 @@ struct Parent {
     wait_mask: SigSet,
 }
 
+/// Says where pibl listens.  Said only once every signal has its handler
+/// and the helpers run, so whoever waits for this line may act on it at
+/// once.
+pub fn announce(listener: &TcpListener, ctx: &Context) -> Result<(), Error> {
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::os("cannot read the listening address", e))?;
+    notice!(
+        "listening on {bound}, {} backends, {} model",
+        ctx.config.backends.len(),
+        ctx.config.model.name()
+    );
+    Ok(())
+}
+
 /// Empties the standard streams' buffers before a fork: anything still
 /// buffered would be written twice, once by each process.
 pub fn flush_std() {
@@ -86,17 +101,7 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
         wait_mask,
     };
     parent.start_helpers();
-    // Said only now that every signal has its handler and the helpers run,
-    // so whoever waits for this line may act on it at once.
-    let bound = parent
-        .listener
-        .local_addr()
-        .map_err(|e| Error::os("cannot read the listening address", e))?;
-    notice!(
-        "listening on {bound}, {} backends, {} model",
-        parent.ctx.config.backends.len(),
-        parent.ctx.config.model.name()
-    );
+    announce(&parent.listener, &parent.ctx)?;
 
     loop {
         if signals::take(&GOT_SIGCHLD) {

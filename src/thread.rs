@@ -202,14 +202,7 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
         helpers: Vec::new(),
     };
     server.start_helpers();
-    let bound = server
-        .listener
-        .local_addr()
-        .map_err(|e| Error::os("cannot read the listening address", e))?;
-    notice!(
-        "listening on {bound}, {} backends, thread model",
-        server.ctx.config.backends.len()
-    );
+    crate::parent::announce(&server.listener, &server.ctx)?;
     while !signals::is_set(&GOT_SIGTERM) && !signals::is_set(&GOT_SIGQUIT) {
         if signals::take(&GOT_SIGHUP) {
             server.reload(&reloader);
