@@ -11,7 +11,8 @@
 use std::io::{self, IoSlice, Read, Write};
 
 /// The first stretch of a buffer that reads may use; it doubles each
-/// time a read fills what there is, up to the capacity.
+/// time a read fills what there is, up to the capacity, so a long body is
+/// read in reads of the whole capacity, not of the first stretch.
 const FIRST_WINDOW: usize = 4096;
 
 pub struct Reader<R> {
@@ -21,6 +22,10 @@ pub struct Reader<R> {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// The last read filled the window: the next one gets a wider one,
+    /// even if everything read has been consumed since (as a body copy
+    /// does after each read).
+    widen: bool,
 }
 
 impl<R: Read> Reader<R> {
@@ -37,6 +42,7 @@ impl<R: Read> Reader<R> {
             buf,
             start: 0,
             end: 0,
+            widen: false,
         }
     }
 
@@ -77,7 +83,7 @@ impl<R: Read> Reader<R> {
     /// number of new bytes: 0 means end of stream.
     pub fn fill(&mut self) -> io::Result<usize> {
         let capacity = self.buf.capacity();
-        if self.end == self.buf.len() && self.buf.len() < capacity {
+        if (self.end == self.buf.len() || self.widen) && self.buf.len() < capacity {
             let grown = (self.buf.len() * 2).max(FIRST_WINDOW).min(capacity);
             self.buf.resize(grown, 0);
         } else if self.end == self.buf.len() {
@@ -92,6 +98,7 @@ impl<R: Read> Reader<R> {
             match self.inner.read(&mut self.buf[self.end..]) {
                 Ok(n) => {
                     self.end += n;
+                    self.widen = n > 0 && self.end == self.buf.len();
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -187,6 +194,58 @@ mod tests {
         assert_eq!(r.line(100).unwrap_err().kind(), io::ErrorKind::InvalidData);
         let mut r = Reader::with_capacity(&b"abcdefghijkl\r\n"[..], 64);
         assert_eq!(r.line(4).unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    /// A source that hands out as much as asked, and counts the reads.
+    struct Plenty {
+        left: usize,
+        reads: usize,
+    }
+
+    impl Read for Plenty {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.left);
+            buf[..n].fill(b'x');
+            self.left -= n;
+            self.reads += 1;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_long_copy_reads_with_the_whole_capacity() {
+        // As a body copy does: read, consume everything, read again.
+        let mut r = Reader::with_capacity(
+            Plenty {
+                left: 1 << 20,
+                reads: 0,
+            },
+            64 * 1024,
+        );
+        let mut sizes = Vec::new();
+        while r.fill_some().unwrap() {
+            sizes.push(r.buffered().len());
+            let n = r.buffered().len();
+            r.consume(n);
+        }
+        assert_eq!(sizes.iter().sum::<usize>(), 1 << 20);
+        assert_eq!(&sizes[..5], [4096, 8192, 16384, 32768, 65536]);
+        // Every read after the ramp takes all 64 KiB (the last takes what is left).
+        assert!(
+            sizes[5..sizes.len() - 1].iter().all(|&n| n == 65536),
+            "{sizes:?}"
+        );
+        assert_eq!(r.get_ref().reads, sizes.len() + 1);
+    }
+
+    #[test]
+    fn a_short_message_touches_only_the_first_window() {
+        let mut r = Reader::with_capacity(&[b'y'; 100][..], 64 * 1024);
+        while r.fill_some().unwrap() {
+            let n = r.buffered().len();
+            r.consume(n);
+        }
+        assert_eq!(r.buf.len(), FIRST_WINDOW);
     }
 
     #[test]
