@@ -34,12 +34,14 @@
 
 use std::cell::Cell;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::http::{self, RequestHead, ResponseHead};
+use crate::wire::write_all_vectored;
 
 const MAGIC: &str = "pibl-cache 1\n";
 const LOCK_FILE: &str = ".lock";
@@ -523,14 +525,12 @@ impl Cache {
             body_len: 0,
             limit: self.max_entry,
             failed: false,
+            renamed: false,
         };
+        // The header for now, with the body's length still 0; `commit`
+        // writes it again, same size, once the length is known.
         let header = writer.header();
-        if writer
-            .file
-            .write_all(&header)
-            .and_then(|()| writer.file.write_all(&writer.head))
-            .is_err()
-        {
+        if write_all_vectored(&mut writer.file, &[&header, &writer.head]).is_err() {
             writer.failed = true;
         }
         Some(writer)
@@ -823,6 +823,7 @@ pub struct Writer {
     body_len: u64,
     limit: u64,
     failed: bool,
+    renamed: bool,
 }
 
 impl Writer {
@@ -842,11 +843,7 @@ impl Writer {
             return;
         }
         let header = self.header();
-        let done = self
-            .file
-            .seek(SeekFrom::Start(0))
-            .and_then(|_| self.file.write_all(&header));
-        if done.is_err() {
+        if self.file.write_all_at(&header, 0).is_err() {
             return;
         }
         // The janitor reads expiry and last use from the file's times
@@ -856,7 +853,7 @@ impl Writer {
             .set_accessed(SystemTime::now());
         let _ = self.file.set_times(times);
         if let Ok(_lock) = lock_exclusive_within(&self.lock_path) {
-            let _ = fs::rename(&self.temp, &self.target);
+            self.renamed = fs::rename(&self.temp, &self.target).is_ok();
         }
     }
 }
@@ -879,9 +876,10 @@ impl Write for Writer {
 }
 
 impl Drop for Writer {
-    /// Whatever was not renamed into place goes (after a rename the
-    /// temporary name no longer exists, and this does nothing).
+    /// Whatever was not renamed into place goes.
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.temp);
+        if !self.renamed {
+            let _ = fs::remove_file(&self.temp);
+        }
     }
 }
