@@ -395,7 +395,6 @@ impl Cache {
         req: &RequestHead,
         not_modified: &ResponseHead,
     ) -> Option<Entry> {
-        use std::os::unix::fs::FileExt;
         let mut updated = entry.head.clone();
         updated.fields.retain(|f| {
             !not_modified
@@ -679,7 +678,6 @@ fn is_damage(e: &io::Error) -> bool {
 /// interrupted).  Fewer bytes than asked mean the end of the file: entries
 /// are regular files that no one extends.
 fn read_some_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    use std::os::unix::fs::FileExt;
     loop {
         match file.read_at(buf, offset) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -694,7 +692,6 @@ fn read_some_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 /// lock is kept while the body is in memory (closing the file drops it,
 /// one flock(2) fewer per hit) and let go otherwise.
 fn read_entry_any(file: File, key: &str) -> io::Result<(Header, Option<Entry>)> {
-    use std::os::unix::fs::FileExt;
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
     fs2::FileExt::lock_shared(&file)?;
     let mut prefix = vec![0u8; FIRST_READ];
