@@ -126,11 +126,39 @@ pub struct Entry {
 impl Entry {
     /// The body, when the first read of the file took all of it: a small
     /// body is then sent from memory with the head, in one write.
-    pub fn body_in_memory(&self) -> Option<&[u8]> {
+    fn body_in_memory(&self) -> Option<&[u8]> {
         let start = usize::try_from(self.body_offset).ok()?;
         let end = usize::try_from(self.body_offset + self.body_len).ok()?;
         self.prefix.get(start..end)
     }
+
+    /// For a hit whose body came with the first read: marks the entry used
+    /// and closes its file, which lets go of the shared lock, and returns
+    /// the body.  The lock is then held for a read, not across the write
+    /// to a client that may sleep: every flock(2) and close(2) on an entry
+    /// walks the list of its holders, which on a hot entry would otherwise
+    /// grow to one per connection.  An entry whose body is still in the
+    /// file comes back as it is.
+    pub fn into_body(self) -> Body {
+        let Some(body) = self.body_in_memory() else {
+            return Body::InFile(self);
+        };
+        let (start, end) = (
+            self.body_offset as usize,
+            self.body_offset as usize + body.len(),
+        );
+        touch(&self);
+        let mut body = self.prefix;
+        body.truncate(end);
+        body.drain(..start);
+        Body::InMemory(body)
+    }
+}
+
+/// Where a hit's body is to be sent from (`Entry::into_body`).
+pub enum Body {
+    InMemory(Vec<u8>),
+    InFile(Entry),
 }
 
 pub enum Lookup {

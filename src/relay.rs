@@ -905,24 +905,27 @@ fn serve_hit(
     let extra = [("Age", age.as_str()), ("X-Cache", status.as_str())];
     http::forward_response_with(&entry.head, framing, persist_for(&ex), &extra, &mut head);
     ex.status = entry.head.status;
+    let body_len = entry.body_len;
     let no_body = head_only || framing == Framing::Empty;
-    let body = if no_body {
-        Some(&[][..])
-    } else {
-        entry.body_in_memory()
-    };
-    let sent = match body {
+    let sent = match entry.into_body() {
         // Read whole to check the entry: the head and body in one write.
-        Some(body) => wire::write_all_vectored(&mut { *client.get_ref() }, &[&head, body]),
-        None => send(client, &head).and_then(|()| send_file(client, &entry)),
-    };
-    match sent {
-        Ok(()) => {
-            ex.body_bytes = if no_body { 0 } else { entry.body_len };
+        cache::Body::InMemory(body) => {
+            let body = if no_body { &[][..] } else { &body[..] };
+            wire::write_all_vectored(&mut { *client.get_ref() }, &[&head, body])
+        }
+        cache::Body::InFile(entry) => {
+            let sent = match send(client, &head) {
+                Ok(()) if !no_body => send_file(client, &entry),
+                other => other,
+            };
             // After the reads: the kernel stamps reads with a coarser
             // clock, which must not leave this use looking older.
             cache::touch(&entry);
+            sent
         }
+    };
+    match sent {
+        Ok(()) => ex.body_bytes = if no_body { 0 } else { body_len },
         Err(_) => {
             ex.end = End::ClientFault;
             ex.keep_alive = false;
