@@ -9,7 +9,10 @@
 //! writer killed half-way leaves only a temporary file, which no reader
 //! opens and the next start removes.  Readers take a shared fs2 lock on the
 //! entry they opened while they read its header; the one change made in
-//! place, a revalidation's new header, takes it exclusive.
+//! place, a revalidation's new header, takes it exclusive.  A process keeps
+//! the few small entries it serves most in memory, and checks with one
+//! stat(2) per hit that the name still holds the very file it read
+//! (`Recent`).
 //!
 //! An entry file is a header of fixed-width text lines, the response head
 //! as the backend sent it, and the body:
@@ -32,11 +35,12 @@
 //! hit can go from the file to the socket with sendfile(2) without being
 //! read first; truncation, the likely damage, is caught by the size.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -84,6 +88,107 @@ pub fn touch(entry: &Entry) {
     }
 }
 
+/// The few small entries this thread served last, kept in memory with
+/// their file open (unlocked), as nginx's `open_file_cache` keeps
+/// descriptors: a hot entry is then found with one stat(2) of its name
+/// instead of open, flock, pread and close and a check of its header.
+///
+/// The stat must show the very file that was read and checked, unchanged:
+/// same device, inode and birth time (the inode of a replaced entry may
+/// be reused by its successor, its birth time not), same size, and same
+/// mtime, which every change of an entry sets (it is the expiry time).
+/// An entry renamed over, refreshed, purged or evicted is then read again
+/// from disk, and an expired one is never served from here.  Only an entry
+/// read twice from disk by this thread is kept, so a client walking many
+/// URLs costs no extra system calls.
+struct Recent {
+    path: PathBuf,
+    identity: Identity,
+    entry: Entry,
+}
+
+#[derive(PartialEq, Eq, Clone, Copy)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    modified: SystemTime,
+    born: SystemTime,
+}
+
+/// Entries a thread keeps in memory, at most.
+const RECENT_MAX: usize = 4;
+
+thread_local! {
+    static RECENT: RefCell<Vec<Recent>> = const { RefCell::new(Vec::new()) };
+    /// Name hashes of entries this thread read from disk lately.
+    static READ_BEFORE: Cell<[u64; 8]> = const { Cell::new([0; 8]) };
+}
+
+impl Identity {
+    /// None where the file system does not record birth times.
+    fn of(meta: &fs::Metadata) -> Option<Identity> {
+        use std::os::unix::fs::MetadataExt;
+        Some(Identity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            modified: meta.modified().ok()?,
+            born: meta.created().ok()?,
+        })
+    }
+}
+
+impl Recent {
+    /// The fresh entry kept for `path`, if its file is still the one read.
+    fn find(path: &Path) -> Option<Entry> {
+        RECENT.with_borrow_mut(|recent| {
+            let at = recent.iter().position(|r| r.path == path)?;
+            let same = fs::metadata(path).ok().and_then(|m| Identity::of(&m));
+            if same != Some(recent[at].identity) || recent[at].entry.expires <= unix_now() {
+                recent.remove(at);
+                return None;
+            }
+            Some(recent[at].entry.clone())
+        })
+    }
+
+    /// Keeps a fresh entry just read from disk, if it is small and was
+    /// read before.  Its shared lock goes now: this copy of the file stays
+    /// open and must not hold back a writer.
+    fn offer(path: &Path, entry: &Entry) {
+        if entry.body_in_memory().is_none() {
+            return;
+        }
+        let slot = (entry.name_hash % 8) as usize;
+        let mut seen = READ_BEFORE.get();
+        let again = seen[slot] == entry.name_hash;
+        seen[slot] = entry.name_hash;
+        READ_BEFORE.set(seen);
+        if !again {
+            return;
+        }
+        let Some(identity) = entry.file.metadata().ok().and_then(|m| Identity::of(&m)) else {
+            return;
+        };
+        if fs2::FileExt::unlock(&*entry.file).is_err() {
+            return;
+        }
+        RECENT.with_borrow_mut(|recent| {
+            recent.retain(|r| r.path != path);
+            recent.truncate(RECENT_MAX - 1);
+            recent.insert(
+                0,
+                Recent {
+                    path: path.to_path_buf(),
+                    identity,
+                    entry: entry.clone(),
+                },
+            );
+        });
+    }
+}
+
 /// What the cache says to a request, as the `X-Cache` field reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -107,12 +212,13 @@ impl Status {
 }
 
 /// An entry open for reading: its file, positioned nowhere in particular,
-/// and its first bytes as read to check it.
+/// and its first bytes as read to check it.  A clone shares them (`Recent`).
+#[derive(Clone)]
 pub struct Entry {
-    pub file: File,
-    pub head: ResponseHead,
+    pub file: Rc<File>,
+    pub head: Rc<ResponseHead>,
     /// The file's first bytes: header, head, and the body when it is small.
-    prefix: Vec<u8>,
+    prefix: Rc<Vec<u8>>,
     /// Where the head is in `prefix`, for rewriting the header (`refresh`).
     head_at: std::ops::Range<usize>,
     /// The hash that names the file.
@@ -133,32 +239,43 @@ impl Entry {
     }
 
     /// For a hit whose body came with the first read: marks the entry used
-    /// and closes its file, which lets go of the shared lock, and returns
-    /// the body.  The lock is then held for a read, not across the write
-    /// to a client that may sleep: every flock(2) and close(2) on an entry
-    /// walks the list of its holders, which on a hot entry would otherwise
-    /// grow to one per connection.  An entry whose body is still in the
-    /// file comes back as it is.
+    /// and closes its file (unless `Recent` keeps it open, unlocked), which
+    /// lets go of the shared lock, and returns the body.  The lock is then
+    /// held for a read, not across the write to a client that may sleep:
+    /// every flock(2) and close(2) on an entry walks the list of its
+    /// holders, which on a hot entry would otherwise grow to one per
+    /// connection.  An entry whose body is still in the file comes back as
+    /// it is.
     pub fn into_body(self) -> Body {
         let Some(body) = self.body_in_memory() else {
             return Body::InFile(self);
         };
-        let (start, end) = (
-            self.body_offset as usize,
-            self.body_offset as usize + body.len(),
-        );
+        let start = self.body_offset as usize;
+        let range = start..start + body.len();
         touch(&self);
-        let mut body = self.prefix;
-        body.truncate(end);
-        body.drain(..start);
-        Body::InMemory(body)
+        Body::InMemory(InMemory {
+            prefix: self.prefix,
+            range,
+        })
     }
 }
 
 /// Where a hit's body is to be sent from (`Entry::into_body`).
 pub enum Body {
-    InMemory(Vec<u8>),
+    InMemory(InMemory),
     InFile(Entry),
+}
+
+/// A body read with its entry's header.
+pub struct InMemory {
+    prefix: Rc<Vec<u8>>,
+    range: std::ops::Range<usize>,
+}
+
+impl InMemory {
+    pub fn bytes(&self) -> &[u8] {
+        &self.prefix[self.range.clone()]
+    }
 }
 
 pub enum Lookup {
@@ -247,11 +364,17 @@ impl Cache {
     /// stored for another key, is removed and reported missing.
     pub fn lookup(&self, key: &str) -> Lookup {
         let path = self.path_of(key);
+        if let Some(entry) = Recent::find(&path) {
+            return Lookup::Fresh(entry);
+        }
         let Ok(file) = File::open(&path) else {
             return Lookup::Missing;
         };
         match read_entry(file, key) {
-            Ok(Some(entry)) if entry.expires > unix_now() => Lookup::Fresh(entry),
+            Ok(Some(entry)) if entry.expires > unix_now() => {
+                Recent::offer(&path, &entry);
+                Lookup::Fresh(entry)
+            }
             Ok(Some(entry)) => Lookup::Stale(entry),
             Ok(None) => Lookup::Missing,
             Err(e) if is_damage(&e) => {
@@ -423,7 +546,7 @@ impl Cache {
         req: &RequestHead,
         not_modified: &ResponseHead,
     ) -> Option<Entry> {
-        let mut updated = entry.head.clone();
+        let mut updated = ResponseHead::clone(&entry.head);
         updated.fields.retain(|f| {
             !not_modified
                 .fields
@@ -790,9 +913,9 @@ fn read_entry_any(file: File, key: &str) -> io::Result<(Header, Option<Entry>)> 
         return Ok((header, None));
     }
     let entry = Entry {
-        file,
-        head,
-        prefix,
+        file: Rc::new(file),
+        head: Rc::new(head),
+        prefix: Rc::new(prefix),
         head_at: end..end + head_len,
         name_hash: fnv1a(FNV_START, key.as_bytes()),
         stored,
@@ -801,7 +924,7 @@ fn read_entry_any(file: File, key: &str) -> io::Result<(Header, Option<Entry>)> 
         body_len,
     };
     if entry.body_in_memory().is_none() {
-        let _ = fs2::FileExt::unlock(&entry.file);
+        let _ = fs2::FileExt::unlock(&*entry.file);
     }
     Ok((header, Some(entry)))
 }

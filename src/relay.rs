@@ -910,7 +910,7 @@ fn serve_hit(
     let sent = match entry.into_body() {
         // Read whole to check the entry: the head and body in one write.
         cache::Body::InMemory(body) => {
-            let body = if no_body { &[][..] } else { &body[..] };
+            let body = if no_body { &[][..] } else { body.bytes() };
             wire::write_all_vectored(&mut { *client.get_ref() }, &[&head, body])
         }
         cache::Body::InFile(entry) => {

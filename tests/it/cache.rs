@@ -197,6 +197,70 @@ fn unsafe_methods_invalidate_the_url() {
     assert_eq!(client.get("/u").header("x-cache"), Some("MISS"));
 }
 
+/// A hot entry is kept in the serving process's memory once it has been
+/// read twice; a keep-alive client must still see every change on disk at
+/// once: a replacement of the same size (stored in the same second, so only
+/// the file's identity tells them apart), and a purge.
+#[test]
+fn an_entry_kept_in_memory_follows_every_change_on_disk() {
+    let answers = std::sync::atomic::AtomicUsize::new(0);
+    let backend = RawBackend::start_answering(move |_| {
+        let n = answers.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nv{n}").into_bytes()
+    });
+    let proxy = cached(&backend, 60);
+    let mut hot = Client::connect(proxy.addr);
+    assert_eq!(hot.get("/h").text(), "v1");
+    wait_entries(&proxy.dir, 1);
+    for _ in 0..4 {
+        let r = hot.get("/h");
+        assert_eq!(
+            (r.header("x-cache"), r.text().as_str()),
+            (Some("HIT"), "v1")
+        );
+    }
+    // Another connection replaces the entry: invalidated, fetched again.
+    let mut other = Client::connect(proxy.addr);
+    other.send(b"DELETE /h HTTP/1.1\r\nHost: test\r\n\r\n");
+    other.response("DELETE");
+    assert_eq!(other.get("/h").text(), "v3");
+    wait_entries(&proxy.dir, 1);
+    let r = hot.get("/h");
+    assert_eq!(
+        (r.header("x-cache"), r.text().as_str()),
+        (Some("HIT"), "v3")
+    );
+    for _ in 0..3 {
+        assert_eq!(hot.get("/h").text(), "v3");
+    }
+    let purge = std::process::Command::new(PIBL)
+        .args(["cache", "purge"])
+        .current_dir(proxy.dir.path())
+        .output()
+        .unwrap();
+    assert!(purge.status.success());
+    let r = hot.get("/h");
+    assert_eq!(
+        (r.header("x-cache"), r.text().as_str()),
+        (Some("MISS"), "v4")
+    );
+    assert_eq!(hits(&backend), 4);
+}
+
+/// Nor does an entry kept in memory outlive its lifetime.
+#[test]
+fn an_entry_kept_in_memory_expires_on_time() {
+    let backend = RawBackend::start(OK);
+    let proxy = cached(&backend, 1);
+    let mut client = Client::connect(proxy.addr);
+    assert_eq!(client.get("/e").header("x-cache"), Some("MISS"));
+    wait_entries(&proxy.dir, 1);
+    wait_until("the entry to expire on a kept-alive connection", || {
+        client.get("/e").header("x-cache") == Some("EXPIRED")
+    });
+    assert_eq!(hits(&backend), 2);
+}
+
 #[test]
 fn entries_survive_a_crash_and_are_served_with_backends_down() {
     let backend = RawBackend::start(OK);
