@@ -98,9 +98,12 @@ pub fn prepare() {
 }
 
 pub fn parse_request(buf: &[u8], max_fields: usize) -> Result<Parsed<RequestHead>, Reject> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut req = httparse::Request::new(&mut headers[..max_fields.min(MAX_FIELDS)]);
-    match req.parse(buf).map_err(parse_error)? {
+    // Left uninitialised: httparse writes the fields it finds, and 256
+    // empty ones would be 8 KiB to fill for every request.
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    let parsed = req.parse_with_uninit_headers(buf, &mut headers[..max_fields.min(MAX_FIELDS)]);
+    match parsed.map_err(parse_error)? {
         httparse::Status::Partial => Ok(Parsed::Partial),
         httparse::Status::Complete(len) => Ok(Parsed::Done(
             RequestHead {
