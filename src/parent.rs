@@ -124,7 +124,7 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
         }
         if let Some(pool) = &mut parent.prefork {
             let next = pool.maintain(&parent.listener, &parent.ctx, &parent.wait_mask);
-            parent.wait_for_event(false, Some(next));
+            parent.wait_for_event(next.on_connection, Some(next.after));
             continue;
         }
         let room = parent.children.len() < parent.ctx.config.max_clients;

@@ -2,15 +2,21 @@
 //! that each accept(2) on the shared listening socket and serve one
 //! connection at a time — Apache's prefork MPM.
 //!
-//! The parent never touches a connection.  Ten times a second it counts the
-//! idle workers on the scoreboard (shared pages each worker writes its state
-//! to) and forks more when fewer than `min_spare` are idle, plus one for each
-//! connection waiting in the accept queue (TCP_INFO tells its length) —
-//! twice as many each time in a row it has to, as Apache does, and looking
-//! again after 10 ms rather than 100 — up to `max_workers`; it stops one when more than
-//! `max_spare` are idle (through a flag in its slot, which it reads between
-//! connections and at each accept timeout).  A worker exits after
-//! `max_requests` connections, so a leak cannot grow without bound.
+//! The parent never touches a connection.  It counts the idle workers on
+//! the scoreboard (shared pages each worker writes its state to) and forks
+//! more when fewer than `min_spare` are idle, plus one for each connection
+//! waiting in the accept queue (TCP_INFO tells its length) — twice as many
+//! each time in a row it has to, as Apache does — up to `max_workers`; it
+//! stops one, at most ten times a second, when more than `max_spare` are
+//! idle (through a flag in its slot, which it reads between connections and
+//! at each accept timeout).  A worker exits after `max_requests`
+//! connections, so a leak cannot grow without bound.
+//!
+//! It looks every 10 ms while any worker is busy, for a burst may outrun
+//! the spares at any moment; when all are idle it sleeps until the first
+//! connection of the next burst (the listening socket turning readable) or
+//! 100 ms.  A burst of fifty connections on a quiet server then waits for
+//! its workers a few milliseconds, not a tick of 100.
 //!
 //! The kernel hands each new connection to one worker blocked in accept(2)
 //! (no thundering herd).  The listening socket is blocking in this model,
@@ -36,10 +42,10 @@ use crate::relay::Context;
 use crate::shm::{self, SLOT_BUSY, SLOT_FREE, SLOT_IDLE, SLOT_STARTING, Scoreboard, WorkerSlot};
 use crate::signals::{self, GOT_SIGTERM, StopWatch};
 
-/// How often the parent looks at the scoreboard.
+/// How often the parent looks at the scoreboard when every worker is idle,
+/// and stops an idle worker at most.
 pub const TICK: Duration = Duration::from_millis(100);
-/// How soon it looks again after forking workers: if they were taken at
-/// once, connections are waiting for more.
+/// How often it looks while workers are busy or starting.
 pub const SHORT_TICK: Duration = Duration::from_millis(10);
 /// Most workers forked in one tick.
 const MAX_SPAWN_RATE: usize = 32;
@@ -59,6 +65,15 @@ pub struct Prefork {
     retiring: HashMap<Pid, usize>,
     /// Workers to fork at the next shortage: doubles while shortages last.
     spawn_rate: usize,
+    /// When an idle worker was last told to stop.
+    last_retired: Instant,
+}
+
+/// When the parent is to look at the pool again.
+pub struct Wait {
+    pub after: Duration,
+    /// Also as soon as a client connects.
+    pub on_connection: bool,
 }
 
 impl Prefork {
@@ -68,6 +83,7 @@ impl Prefork {
             workers: HashMap::new(),
             retiring: HashMap::new(),
             spawn_rate: 1,
+            last_retired: Instant::now(),
         })
     }
 
@@ -90,13 +106,13 @@ impl Prefork {
 
     /// Starts or stops workers so that between `min_spare` and `max_spare`
     /// of them are idle.  A worker still starting counts as idle.  Returns
-    /// how long to wait before looking again.
+    /// when to look again.
     pub fn maintain(
         &mut self,
         listener: &TcpListener,
         ctx: &Context,
         parent_mask: &SigSet,
-    ) -> Duration {
+    ) -> Wait {
         let limits = &ctx.config.prefork;
         let idle: Vec<Pid> = self
             .workers
@@ -107,31 +123,36 @@ impl Prefork {
         let room = limits.max_workers.saturating_sub(self.workers.len());
         // Connections already waiting for a worker need one each, on top of
         // the spares: a burst is met at once, not over doublings 10 ms apart.
-        let need = (limits.min_spare + waiting_connections(listener)).saturating_sub(idle.len());
+        let waiting = waiting_connections(listener);
+        let need = (limits.min_spare + waiting).saturating_sub(idle.len());
         if need > 0 && room > 0 {
             let want = need.max(self.spawn_rate).min(room);
             for _ in 0..want {
                 self.spawn(listener, ctx, parent_mask);
             }
             self.spawn_rate = (want * 2).min(MAX_SPAWN_RATE);
-            return SHORT_TICK;
+            return Wait {
+                after: SHORT_TICK,
+                on_connection: false,
+            };
         }
         self.spawn_rate = 1;
-        if idle.len() > limits.max_spare {
-            // One at a time, as Apache: a burst that made them may return.
+        // One at a time, as Apache: a burst that made them may return.
+        if idle.len() > limits.max_spare && self.last_retired.elapsed() >= TICK {
             self.retire(idle[0], false);
+            self.last_retired = Instant::now();
         }
-        TICK
+        let quiet = waiting == 0 && idle.len() == self.workers.len();
+        Wait {
+            after: if quiet { TICK } else { SHORT_TICK },
+            on_connection: quiet,
+        }
     }
 
+    /// A slot no worker holds: the parent marks a slot starting before it
+    /// forks and free once it has reaped the worker, and no one else does.
     fn free_slot(&self) -> Option<usize> {
-        let taken: Vec<usize> = self
-            .workers
-            .values()
-            .chain(self.retiring.values())
-            .copied()
-            .collect();
-        (0..shm::MAX_WORKERS).find(|slot| !taken.contains(slot))
+        (0..shm::MAX_WORKERS).find(|&slot| self.state(slot) == SLOT_FREE)
     }
 
     fn spawn(&mut self, listener: &TcpListener, ctx: &Context, parent_mask: &SigSet) {
