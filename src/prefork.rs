@@ -127,9 +127,11 @@ impl Prefork {
         let need = (limits.min_spare + waiting).saturating_sub(idle.len());
         if need > 0 && room > 0 {
             let want = need.max(self.spawn_rate).min(room);
+            let gate = Gate::new();
             for _ in 0..want {
-                self.spawn(listener, ctx, parent_mask);
+                self.spawn(listener, ctx, parent_mask, gate.as_ref());
             }
+            drop(gate);
             self.spawn_rate = (want * 2).min(MAX_SPAWN_RATE);
             return Wait {
                 after: SHORT_TICK,
@@ -155,7 +157,13 @@ impl Prefork {
         (0..shm::MAX_WORKERS).find(|&slot| self.state(slot) == SLOT_FREE)
     }
 
-    fn spawn(&mut self, listener: &TcpListener, ctx: &Context, parent_mask: &SigSet) {
+    fn spawn(
+        &mut self,
+        listener: &TcpListener,
+        ctx: &Context,
+        parent_mask: &SigSet,
+        gate: Option<&Gate>,
+    ) {
         let Some(slot) = self.free_slot() else { return };
         let record = &self.board.slots[slot];
         record.state.store(SLOT_STARTING, Ordering::Relaxed);
@@ -169,7 +177,12 @@ impl Prefork {
             Ok(ForkResult::Parent { child }) => {
                 self.workers.insert(child, slot);
             }
-            Ok(ForkResult::Child) => work(listener, ctx, record, parent, parent_mask),
+            Ok(ForkResult::Child) => {
+                if let Some(gate) = gate {
+                    gate.wait();
+                }
+                work(listener, ctx, record, parent, parent_mask)
+            }
             Err(e) => {
                 record.state.store(SLOT_FREE, Ordering::Relaxed);
                 diag!("fork: {}; no new worker", e.desc());
@@ -177,7 +190,6 @@ impl Prefork {
         }
     }
 
-    /// Asks worker `pid` to stop after its connection.
     /// Asks worker `pid` to stop: `now`, with SIGTERM, which closes an
     /// idle keep-alive connection too; otherwise through its slot, which it
     /// reads after each connection and each accept timeout — no signal
@@ -215,6 +227,32 @@ impl Prefork {
 
     pub fn pids(&self) -> impl Iterator<Item = Pid> + '_ {
         self.workers.keys().chain(self.retiring.keys()).copied()
+    }
+}
+
+/// Holds a batch of new workers until the parent has forked them all.  A
+/// new process is run at once, before the one that forked it, so without
+/// it a parent forking fifty workers on a busy machine is put aside after
+/// each fork and needs tens of milliseconds for the batch, while the
+/// connections that made it wait; gated, each worker only blocks.
+struct Gate {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+}
+
+impl Gate {
+    fn new() -> Option<Gate> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
+        Some(Gate { read, write })
+    }
+
+    /// In a new worker: returns once the parent has dropped the gate (and
+    /// every worker of the batch has closed its copy of the write end).
+    fn wait(&self) {
+        let _ = nix::unistd::close(std::os::fd::AsRawFd::as_raw_fd(&self.write));
+        let mut byte = [0u8];
+        while let Err(nix::errno::Errno::EINTR) = nix::unistd::read(&self.read, &mut byte) {}
+        let _ = nix::unistd::close(std::os::fd::AsRawFd::as_raw_fd(&self.read));
     }
 }
 
