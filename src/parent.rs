@@ -37,6 +37,9 @@ use crate::{diag, notice};
 /// Pause after accept(2) fails for want of descriptors, so a full table
 /// does not turn the loop into a busy spin.
 pub const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
+/// Most connections accepted, and children forked behind one gate, per
+/// wake-up of the fork model's parent.
+const MAX_BATCH: usize = 64;
 
 /// What a reload needs to build a new context.
 pub struct Reloader {
@@ -129,7 +132,7 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
         }
         let room = parent.children.len() < parent.ctx.config.max_clients;
         if parent.wait_for_event(room, None) {
-            parent.accept_client();
+            parent.accept_clients();
         }
     }
     let Parent {
@@ -164,14 +167,29 @@ impl Parent {
             && fds.first().and_then(PollFd::any).unwrap_or(false)
     }
 
-    fn accept_client(&mut self) {
-        match self.listener.accept() {
-            Ok((stream, peer)) => self.spawn_child(stream, peer),
-            Err(e) => accept_failed(&e),
+    /// Accepts the connections waiting, a child forked for each: gated, when
+    /// there are several, so that the last is not kept waiting behind the
+    /// first ones' requests.
+    fn accept_clients(&mut self) {
+        let room = self
+            .ctx
+            .config
+            .max_clients
+            .saturating_sub(self.children.len());
+        let batch = waiting_connections(&self.listener).clamp(1, MAX_BATCH.min(room.max(1)));
+        let gate = if batch > 1 { ForkGate::new() } else { None };
+        for _ in 0..batch {
+            match self.listener.accept() {
+                Ok((stream, peer)) => self.spawn_child(stream, peer, gate.as_ref()),
+                Err(e) => {
+                    accept_failed(&e);
+                    break;
+                }
+            }
         }
     }
 
-    fn spawn_child(&mut self, stream: TcpStream, peer: SocketAddr) {
+    fn spawn_child(&mut self, stream: TcpStream, peer: SocketAddr, gate: Option<&ForkGate>) {
         flush_std();
         // SAFETY: the parent is single-threaded (see the module comment), so
         // the child starts with every lock free and every invariant intact.
@@ -183,6 +201,9 @@ impl Parent {
                 // The child never returns here, so the listener's owner never
                 // drops it: close the descriptor directly.
                 let _ = nix::unistd::close(self.listener.as_raw_fd());
+                if let Some(gate) = gate {
+                    gate.wait();
+                }
                 child::serve(stream, peer, &self.ctx, &self.wait_mask);
             }
             Err(e) => diag!("fork: {}; dropping connection from {peer}", e.desc()),
@@ -262,6 +283,58 @@ impl Parent {
                 report_exit(pid, status);
             }
         }
+    }
+}
+
+/// Holds a batch of new children (workers, in the prefork model) until the
+/// parent has forked them all.  A new process is run at once, before the
+/// one that forked it, so without it a parent forking fifty children on a
+/// busy machine is put aside after each fork — the child serves its first
+/// request meanwhile — and needs tens of milliseconds for the batch, while
+/// the last connections wait; gated, each child only blocks.
+pub struct ForkGate {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+}
+
+impl ForkGate {
+    pub fn new() -> Option<ForkGate> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
+        Some(ForkGate { read, write })
+    }
+
+    /// In a new child: returns once the parent has dropped the gate (and
+    /// every child of the batch has closed its copy of the write end).  The
+    /// child never returns to the frame that owns the gate, so it closes
+    /// the descriptors directly, as it does the listener.
+    pub fn wait(&self) {
+        let _ = nix::unistd::close(std::os::fd::AsRawFd::as_raw_fd(&self.write));
+        let mut byte = [0u8];
+        while let Err(nix::errno::Errno::EINTR) = nix::unistd::read(&self.read, &mut byte) {}
+        let _ = nix::unistd::close(std::os::fd::AsRawFd::as_raw_fd(&self.read));
+    }
+}
+
+/// How many connections wait in `listener`'s accept queue: for a socket in
+/// the LISTEN state, Linux reports that length as TCP_INFO's `tcpi_unacked`.
+pub fn waiting_connections(listener: &TcpListener) -> usize {
+    // SAFETY: tcp_info is plain integers, for which zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`.
+    let done = unsafe {
+        libc::getsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if done == 0 {
+        info.tcpi_unacked as usize
+    } else {
+        0
     }
 }
 

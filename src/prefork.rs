@@ -38,6 +38,7 @@ use nix::unistd::{ForkResult, Pid, fork};
 use crate::connection::Worker;
 use crate::diag;
 use crate::error::Error;
+use crate::parent::{ForkGate, waiting_connections};
 use crate::relay::Context;
 use crate::shm::{self, SLOT_BUSY, SLOT_FREE, SLOT_IDLE, SLOT_STARTING, Scoreboard, WorkerSlot};
 use crate::signals::{self, GOT_SIGTERM, StopWatch};
@@ -127,7 +128,7 @@ impl Prefork {
         let need = (limits.min_spare + waiting).saturating_sub(idle.len());
         if need > 0 && room > 0 {
             let want = need.max(self.spawn_rate).min(room);
-            let gate = Gate::new();
+            let gate = ForkGate::new();
             for _ in 0..want {
                 self.spawn(listener, ctx, parent_mask, gate.as_ref());
             }
@@ -162,7 +163,7 @@ impl Prefork {
         listener: &TcpListener,
         ctx: &Context,
         parent_mask: &SigSet,
-        gate: Option<&Gate>,
+        gate: Option<&ForkGate>,
     ) {
         let Some(slot) = self.free_slot() else { return };
         let record = &self.board.slots[slot];
@@ -230,32 +231,6 @@ impl Prefork {
     }
 }
 
-/// Holds a batch of new workers until the parent has forked them all.  A
-/// new process is run at once, before the one that forked it, so without
-/// it a parent forking fifty workers on a busy machine is put aside after
-/// each fork and needs tens of milliseconds for the batch, while the
-/// connections that made it wait; gated, each worker only blocks.
-struct Gate {
-    read: std::os::fd::OwnedFd,
-    write: std::os::fd::OwnedFd,
-}
-
-impl Gate {
-    fn new() -> Option<Gate> {
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
-        Some(Gate { read, write })
-    }
-
-    /// In a new worker: returns once the parent has dropped the gate (and
-    /// every worker of the batch has closed its copy of the write end).
-    fn wait(&self) {
-        let _ = nix::unistd::close(std::os::fd::AsRawFd::as_raw_fd(&self.write));
-        let mut byte = [0u8];
-        while let Err(nix::errno::Errno::EINTR) = nix::unistd::read(&self.read, &mut byte) {}
-        let _ = nix::unistd::close(std::os::fd::AsRawFd::as_raw_fd(&self.read));
-    }
-}
-
 /// accept(2) once: std's `accept` tries again after EINTR, and a worker
 /// must see the signal that interrupted it.
 fn accept_once(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
@@ -264,29 +239,6 @@ fn accept_once(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
     let stream = unsafe { TcpStream::from_raw_fd(fd) };
     let peer = stream.peer_addr()?;
     Ok((stream, peer))
-}
-
-/// How many connections wait in `listener`'s accept queue: for a socket in
-/// the LISTEN state, Linux reports that length as TCP_INFO's `tcpi_unacked`.
-fn waiting_connections(listener: &TcpListener) -> usize {
-    // SAFETY: tcp_info is plain integers, for which zero is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `info`.
-    let done = unsafe {
-        libc::getsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    };
-    if done == 0 {
-        info.tcpi_unacked as usize
-    } else {
-        0
-    }
 }
 
 /// A worker's life: accept, serve, until told to stop or `max_requests`.
