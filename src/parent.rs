@@ -40,6 +40,10 @@ pub const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 /// Most connections accepted, and children forked behind one gate, per
 /// wake-up of the fork model's parent.
 const MAX_BATCH: usize = 64;
+/// Fewest connections waiting that make a burst, accepted together.  Fewer
+/// are taken one per wake-up, as they come: for them the parent's next
+/// fork is not long in coming, and a gate would cost each child a wake-up.
+const GATE_FROM: usize = 8;
 
 /// What a reload needs to build a new context.
 pub struct Reloader {
@@ -167,17 +171,24 @@ impl Parent {
             && fds.first().and_then(PollFd::any).unwrap_or(false)
     }
 
-    /// Accepts the connections waiting, a child forked for each: gated, when
-    /// there are several, so that the last is not kept waiting behind the
-    /// first ones' requests.
+    /// Accepts a connection and forks its child — or, when a burst has
+    /// filled the accept queue, every connection in it, their children
+    /// gated, so that the last is not kept waiting behind the first ones'
+    /// requests.
     fn accept_clients(&mut self) {
         let room = self
             .ctx
             .config
             .max_clients
             .saturating_sub(self.children.len());
-        let batch = waiting_connections(&self.listener).clamp(1, MAX_BATCH.min(room.max(1)));
-        let gate = if batch > 1 { ForkGate::new() } else { None };
+        let waiting = waiting_connections(&self.listener);
+        let burst = waiting >= GATE_FROM;
+        let batch = if burst {
+            waiting.min(MAX_BATCH).min(room.max(1))
+        } else {
+            1
+        };
+        let gate = if burst { ForkGate::new() } else { None };
         for _ in 0..batch {
             match self.listener.accept() {
                 Ok((stream, peer)) => self.spawn_child(stream, peer, gate.as_ref()),
