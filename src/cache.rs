@@ -103,6 +103,8 @@ pub fn touch(entry: &Entry) {
 /// URLs costs no extra system calls.
 struct Recent {
     path: PathBuf,
+    /// The full key, checked as on disk: a colliding key names the same file.
+    key: String,
     identity: Identity,
     entry: Entry,
 }
@@ -140,10 +142,11 @@ impl Identity {
 }
 
 impl Recent {
-    /// The fresh entry kept for `path`, if its file is still the one read.
-    fn find(path: &Path) -> Option<Entry> {
+    /// The fresh entry kept for `key` at `path`, if its file is still the
+    /// one read.
+    fn find(path: &Path, key: &str) -> Option<Entry> {
         RECENT.with_borrow_mut(|recent| {
-            let at = recent.iter().position(|r| r.path == path)?;
+            let at = recent.iter().position(|r| r.path == path && r.key == key)?;
             let same = fs::metadata(path).ok().and_then(|m| Identity::of(&m));
             if same != Some(recent[at].identity) || recent[at].entry.expires <= unix_now() {
                 recent.remove(at);
@@ -156,7 +159,7 @@ impl Recent {
     /// Keeps a fresh entry just read from disk, if it is small and was
     /// read before.  Its shared lock goes now: this copy of the file stays
     /// open and must not hold back a writer.
-    fn offer(path: &Path, entry: &Entry) {
+    fn offer(path: &Path, key: &str, entry: &Entry) {
         if entry.body_in_memory().is_none() {
             return;
         }
@@ -181,6 +184,7 @@ impl Recent {
                 0,
                 Recent {
                     path: path.to_path_buf(),
+                    key: key.to_string(),
                     identity,
                     entry: entry.clone(),
                 },
@@ -364,7 +368,7 @@ impl Cache {
     /// stored for another key, is removed and reported missing.
     pub fn lookup(&self, key: &str) -> Lookup {
         let path = self.path_of(key);
-        if let Some(entry) = Recent::find(&path) {
+        if let Some(entry) = Recent::find(&path, key) {
             return Lookup::Fresh(entry);
         }
         let Ok(file) = File::open(&path) else {
@@ -372,7 +376,7 @@ impl Cache {
         };
         match read_entry(file, key) {
             Ok(Some(entry)) if entry.expires > unix_now() => {
-                Recent::offer(&path, &entry);
+                Recent::offer(&path, key, &entry);
                 Lookup::Fresh(entry)
             }
             Ok(Some(entry)) => Lookup::Stale(entry),
