@@ -1035,3 +1035,49 @@ impl Drop for Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache in a fresh directory of its own, holding one small entry
+    /// for `key`, written as a store would.
+    fn cache_with_entry(key: &str) -> Cache {
+        let dir = std::env::temp_dir().join(format!(
+            "pibl-cache-test-{}-{:x}",
+            std::process::id(),
+            fnv1a(FNV_START, key.as_bytes())
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let cache = Cache::new(dir, Duration::from_secs(60), 1 << 20);
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
+        let now = unix_now();
+        let mut bytes = header_bytes(key, now, now + 60, head, 5);
+        bytes.extend_from_slice(head);
+        bytes.extend_from_slice(b"hello");
+        fs::write(cache.path_of(key), bytes).unwrap();
+        cache
+    }
+
+    #[test]
+    fn an_entry_is_kept_in_memory_after_two_reads_and_only_for_its_key() {
+        let key = "http://test/kept";
+        let cache = cache_with_entry(key);
+        let path = cache.path_of(key);
+        assert!(matches!(cache.lookup(key), Lookup::Fresh(_)));
+        assert!(Recent::find(&path, key).is_none(), "one read keeps nothing");
+        assert!(matches!(cache.lookup(key), Lookup::Fresh(_)));
+        assert!(Recent::find(&path, key).is_some(), "two reads keep it");
+        assert!(
+            Recent::find(&path, "http://test/other").is_none(),
+            "a key whose hash named the same file is not served it"
+        );
+        fs::remove_file(&path).unwrap();
+        assert!(
+            Recent::find(&path, key).is_none(),
+            "a removed entry is let go"
+        );
+        let _ = fs::remove_dir_all(&cache.dir);
+    }
+}
