@@ -128,7 +128,8 @@ impl Prefork {
         let need = (limits.min_spare + waiting).saturating_sub(idle.len());
         if need > 0 && room > 0 {
             let want = need.max(self.spawn_rate).min(room);
-            let gate = ForkGate::new();
+            // A lone worker has no batch to wait for.
+            let gate = if want > 1 { ForkGate::new() } else { None };
             for _ in 0..want {
                 self.spawn(listener, ctx, parent_mask, gate.as_ref());
             }
