@@ -237,9 +237,14 @@ impl Entry {
     /// The body, when the first read of the file took all of it: a small
     /// body is then sent from memory with the head, in one write.
     fn body_in_memory(&self) -> Option<&[u8]> {
+        self.prefix.get(self.body_range()?)
+    }
+
+    /// Where the body is in `prefix`, were it all there.
+    fn body_range(&self) -> Option<std::ops::Range<usize>> {
         let start = usize::try_from(self.body_offset).ok()?;
         let end = usize::try_from(self.body_offset + self.body_len).ok()?;
-        self.prefix.get(start..end)
+        Some(start..end)
     }
 
     /// For a hit whose body came with the first read: marks the entry used
@@ -251,11 +256,9 @@ impl Entry {
     /// connection.  An entry whose body is still in the file comes back as
     /// it is.
     pub fn into_body(self) -> Body {
-        let Some(body) = self.body_in_memory() else {
+        let Some(range) = self.body_range().filter(|r| r.end <= self.prefix.len()) else {
             return Body::InFile(self);
         };
-        let start = self.body_offset as usize;
-        let range = start..start + body.len();
         touch(&self);
         Body::InMemory(InMemory {
             prefix: self.prefix,
