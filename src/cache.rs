@@ -2,14 +2,19 @@
 //! directory, so entries survive a crash or restart of pibl.
 //!
 //! Children share it through the file system alone.  An entry is written
-//! to a temporary file in the cache directory and rename(2)d into place
-//! while holding an exclusive fs2 lock on `cache/.lock`, which every change
-//! of what a name holds (store, purge, eviction) takes.  A rename is
-//! atomic, so a reader sees a whole old entry or a whole new one, and a
-//! writer killed half-way leaves only a temporary file, which no reader
-//! opens and the next start removes.  Readers take a shared fs2 lock on the
-//! entry they opened while they read its header; the one change made in
-//! place, a revalidation's new header, takes it exclusive.  A process keeps
+//! to a temporary file in the cache directory, under an exclusive fs2 lock
+//! on that file, and rename(2)d into place before the lock goes.  For a
+//! miss, the temporary file is the URL's fill lock, `.fill-<hash>`: the
+//! one file other processes missing the same URL wait on (see `fill`).  A
+//! rename is atomic, so a reader sees a whole old entry or a whole new one,
+//! and a writer killed half-way leaves only a temporary file, which no
+//! reader opens and the janitor or the next start removes.  No lock spans
+//! the directory: writers of different URLs never wait for each other, and
+//! whoever removes an entry it has judged (the janitor) first renames it
+//! aside and makes sure it is the file it judged (`remove_if_same`).
+//! Readers take a shared fs2 lock on the entry they opened while they read
+//! its header; the one change made in place, a revalidation's new header,
+//! takes it exclusive.  A process keeps
 //! the few small entries it serves most in memory, and checks with one
 //! stat(2) per hit that the name still holds the very file it read
 //! (`Recent`).
@@ -48,8 +53,15 @@ use crate::http::{self, RequestHead, ResponseHead};
 use crate::wire::write_all_vectored;
 
 const MAGIC: &str = "pibl-cache 1\n";
-const LOCK_FILE: &str = ".lock";
+/// Temporary files: an entry being written without a fill lock, a fill
+/// lock (an entry being fetched), an entry being removed.  No entry's name
+/// starts with a dot.
 const TEMP_PREFIX: &str = ".tmp-";
+const FILL_PREFIX: &str = ".fill-";
+const EVICT_PREFIX: &str = ".evict-";
+/// Age past which a temporary file no one holds locked is debris, left by
+/// a process that died (or, for a fill lock, a miss that stored nothing).
+const DEBRIS_AGE: Duration = Duration::from_secs(60);
 /// Most bytes of header and head read to open an entry.
 const MAX_PREFIX: usize = 96 * 1024;
 /// What is read first: enough for the header and a usual head.
@@ -337,11 +349,12 @@ impl Cache {
     }
 
     /// Creates the directory and removes temporary files left by a pibl
-    /// that died while writing.  Run once, by the parent, at start-up.
+    /// that died while writing.  Run by the parent at start-up and at each
+    /// reload, when children may be writing: a file held locked is theirs.
     pub fn prepare(&self) -> io::Result<()> {
         fs::create_dir_all(&self.dir)?;
         for entry in fs::read_dir(&self.dir)?.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            if is_temporary(&entry.file_name().to_string_lossy()) && !is_held(&entry.path()) {
                 let _ = fs::remove_file(entry.path());
             }
         }
@@ -353,18 +366,30 @@ impl Cache {
             .join(format!("{:016x}", fnv1a(FNV_START, key.as_bytes())))
     }
 
-    /// The exclusive cache lock, to change which file a name holds, for
-    /// `pibl cache purge`, which waits as long as it takes.
-    fn lock_waiting(&self) -> io::Result<File> {
-        let file = open_lock(&self.dir.join(LOCK_FILE))?;
-        fs2::FileExt::lock_exclusive(&file)?;
-        Ok(file)
-    }
-
-    /// The exclusive cache lock for a child or the janitor: see
-    /// `lock_exclusive_within`.
-    fn lock_briefly(&self) -> io::Result<File> {
-        lock_exclusive_within(&self.dir.join(LOCK_FILE))
+    /// Removes the entry at `path` if it is still the file `judged`
+    /// describes (same inode, same mtime): a writer may have renamed a new
+    /// entry over it, or a revalidation refreshed it, since it was judged.
+    /// The entry is renamed aside first, so that what is checked is what
+    /// is removed; a newer one found there is put back, unless yet another
+    /// took the name meanwhile.
+    fn remove_if_same(&self, path: &Path, judged: (u64, SystemTime)) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let aside = self.dir.join(format!(
+            "{EVICT_PREFIX}{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        if fs::rename(path, &aside).is_err() {
+            return false;
+        }
+        let same = fs::metadata(&aside)
+            .is_ok_and(|m| (m.ino(), m.modified().unwrap_or(UNIX_EPOCH)) == judged);
+        if !same && put_back(&aside, path) {
+            return false;
+        }
+        let _ = fs::remove_file(&aside);
+        same
     }
 
     /// The entry for `key`, if there is a sound one.  A corrupt entry, or one
@@ -422,7 +447,6 @@ impl Cache {
 
     /// Removes every entry; returns how many.
     pub fn purge_all(&self) -> io::Result<usize> {
-        let _lock = self.lock_waiting()?;
         let mut removed = 0;
         for entry in fs::read_dir(&self.dir)?.flatten() {
             if !entry.file_name().to_string_lossy().starts_with('.')
@@ -436,7 +460,6 @@ impl Cache {
 
     /// Removes the entry for `key`; true if there was one.
     pub fn purge(&self, key: &str) -> io::Result<bool> {
-        let _lock = self.lock_waiting()?;
         match fs::remove_file(self.path_of(key)) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -457,56 +480,46 @@ impl Cache {
         for entry in fs::read_dir(&self.dir)?.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with(".fill-") {
-                // Fill locks are left for the next miss; one no one holds
-                // and no one used for a minute goes.
+            if name.starts_with('.') {
+                // Fill locks of misses that stored nothing are left for
+                // the next miss; those unused for a while go, with what
+                // dead processes left.
                 let old = entry
                     .metadata()
                     .and_then(|m| m.modified())
-                    .is_ok_and(|m| m + Duration::from_secs(60) < now);
-                if old
-                    && File::open(entry.path())
-                        .is_ok_and(|f| fs2::FileExt::try_lock_exclusive(&f).is_ok())
-                {
+                    .is_ok_and(|m| m + DEBRIS_AGE < now);
+                if old && is_temporary(&name) && !is_held(&entry.path()) {
                     let _ = fs::remove_file(entry.path());
                 }
                 continue;
             }
-            if name.starts_with('.') {
-                continue;
-            }
             let Ok(meta) = entry.metadata() else { continue };
             let modified = meta.modified().unwrap_or(now);
+            let judged = (meta.ino(), modified);
             if modified + grace <= now {
-                expired.push((entry.path(), meta.ino()));
+                expired.push((entry.path(), judged));
             } else {
                 kept.push((
                     meta.accessed().unwrap_or(UNIX_EPOCH),
                     meta.len(),
                     entry.path(),
-                    meta.ino(),
+                    judged,
                 ));
             }
         }
         let mut total: u64 = kept.iter().map(|k| k.1).sum();
         kept.sort_by_key(|k| k.0);
         let mut evicted = Vec::new();
-        for (_, size, path, ino) in kept {
+        for (_, size, path, judged) in kept {
             if total <= max_size {
                 break;
             }
             total -= size;
-            evicted.push((path, ino));
+            evicted.push((path, judged));
         }
-        let _lock = self.lock_briefly()?;
-        let gone = |list: &[(PathBuf, u64)]| {
-            // Under the lock, and only if the name still holds the same
-            // file: a writer may have replaced it since the scan.
+        let gone = |list: &[(PathBuf, (u64, SystemTime))]| {
             list.iter()
-                .filter(|(path, ino)| {
-                    fs::metadata(path).is_ok_and(|m| m.ino() == *ino)
-                        && fs::remove_file(path).is_ok()
-                })
+                .filter(|(path, judged)| self.remove_if_same(path, *judged))
                 .count()
         };
         Ok((gone(&expired), gone(&evicted)))
@@ -519,9 +532,10 @@ impl Cache {
     /// This is nginx's `proxy_cache_lock`: 100 clients asking at once for
     /// one uncached URL cause one fetch, not 100.
     pub fn fill(&self, key: &str) -> Fill {
-        let path = self
-            .dir
-            .join(format!(".fill-{:016x}", fnv1a(FNV_START, key.as_bytes())));
+        let path = self.dir.join(format!(
+            "{FILL_PREFIX}{:016x}",
+            fnv1a(FNV_START, key.as_bytes())
+        ));
         let Ok(file) = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -531,8 +545,10 @@ impl Cache {
             return Fill::Waited;
         };
         if fs2::FileExt::try_lock_exclusive(&file).is_ok() {
-            return Fill::Fetch(FillLock(file));
+            return Fill::Fetch(FillLock { file, path });
         }
+        // The holder renames the file into place as the entry (or removes
+        // it) before it lets go: the lock is free once the entry is.
         let deadline = std::time::Instant::now() + FILL_WAIT;
         while std::time::Instant::now() < deadline {
             std::thread::sleep(FILL_POLL);
@@ -566,7 +582,9 @@ impl Cache {
         let expires = stored + lifetime.as_secs().max(1);
         let raw_head = &entry.prefix[entry.head_at.clone()];
         let header = header_bytes(key, stored, expires, raw_head, entry.body_len);
-        let _lock = self.lock_briefly().ok()?;
+        // Written through a descriptor checked to hold the entry's own
+        // file: should a new entry take the name meanwhile, it is the old
+        // file that is refreshed, which no one opens any more.
         let file = OpenOptions::new()
             .write(true)
             .open(self.path_of(key))
@@ -590,9 +608,7 @@ impl Cache {
 
     /// Removes the entry for `key`, if any.
     pub fn remove(&self, key: &str) {
-        if let Ok(_lock) = self.lock_briefly() {
-            let _ = fs::remove_file(self.path_of(key));
-        }
+        let _ = fs::remove_file(self.path_of(key));
     }
 
     /// How long a response may be stored: the launch TTL, or less if the
@@ -634,26 +650,24 @@ impl Cache {
         (!lifetime.is_zero()).then_some(lifetime)
     }
 
-    /// Starts writing an entry for `key`; `None` if the cache directory
-    /// cannot take it (a full disk must not fail the response).
+    /// Starts writing an entry for `key`, into the file of `fill` when
+    /// this process holds the URL's fill lock, else into a new temporary
+    /// file; `None` if the cache directory cannot take it (a full disk must
+    /// not fail the response).
     pub fn begin(
         &self,
         key: &str,
         resp: &ResponseHead,
         lifetime: Duration,
         vary: Vec<String>,
+        fill: Option<FillLock>,
     ) -> Option<Writer> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let temp = self.dir.join(format!(
-            "{TEMP_PREFIX}{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let file = OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(&temp)
-            .ok()?;
+        let (file, temp) = match fill {
+            // Left by a miss that stored nothing, or a process that died
+            // writing it: what it holds goes.
+            Some(FillLock { file, path }) => (file.set_len(0).ok().map(|()| file)?, path),
+            None => self.temporary()?,
+        };
         let stored = unix_now();
         let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, resp.reason).into_bytes();
         for f in &resp.fields {
@@ -674,7 +688,6 @@ impl Cache {
             file,
             temp,
             target: self.path_of(key),
-            lock_path: self.dir.join(LOCK_FILE),
             key: key.to_string(),
             stored,
             expires: stored + lifetime.as_secs().max(1),
@@ -692,6 +705,50 @@ impl Cache {
         }
         Some(writer)
     }
+
+    /// A new temporary file for an entry, locked as a fill lock is, so
+    /// that `prepare` and the janitor know it is in use.
+    fn temporary(&self) -> Option<(File, PathBuf)> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = self.dir.join(format!(
+            "{TEMP_PREFIX}{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)
+            .ok()?;
+        let _ = fs2::FileExt::try_lock_exclusive(&file);
+        Some((file, path))
+    }
+}
+
+/// A temporary file's name (an entry's never starts with a dot).
+fn is_temporary(name: &str) -> bool {
+    [TEMP_PREFIX, FILL_PREFIX, EVICT_PREFIX]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
+/// Whether a process holds a lock on the file at `path`: a temporary file
+/// being written, or a fill lock being held.
+fn is_held(path: &Path) -> bool {
+    File::open(path).is_ok_and(|f| fs2::FileExt::try_lock_exclusive(&f).is_err())
+}
+
+/// Renames `aside` back to `path` unless a file has taken that name.
+fn put_back(aside: &Path, path: &Path) -> bool {
+    use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+    renameat2(
+        AT_FDCWD,
+        aside,
+        AT_FDCWD,
+        path,
+        RenameFlags::RENAME_NOREPLACE,
+    )
+    .is_ok()
 }
 
 /// The `Age` of a stored response now (RFC 9111 §4.2.3): its age when
@@ -735,28 +792,12 @@ pub fn matches_vary(req: &RequestHead, entry: &ResponseHead) -> bool {
     stored == now
 }
 
-/// Longest wait of a child or the janitor for the exclusive cache lock.
+/// Longest wait of a revalidation for the exclusive lock on its entry.
+/// flock(2) gives a waiting exclusive lock no precedence over new shared
+/// ones, so under a steady stream of readers a blocking wait could last
+/// for ever; a child finishing a response gives up the change instead (the
+/// entry stays stale, and is revalidated again later).
 const EXCLUSIVE_WAIT: Duration = Duration::from_millis(50);
-
-fn open_lock(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-}
-
-/// Takes the exclusive lock on `path` if it can within `EXCLUSIVE_WAIT`.
-/// A child finishing a response must not queue behind a purge or a
-/// janitor's sweep, and flock(2) gives a waiting exclusive lock no
-/// precedence over new shared ones, so under a steady stream of readers a
-/// blocking wait could last for ever.  One who finds no gap gives up the
-/// change (an entry not stored, not removed yet, not refreshed).
-fn lock_exclusive_within(path: &Path) -> io::Result<File> {
-    let file = open_lock(path)?;
-    lock_within(&file)?;
-    Ok(file)
-}
 
 /// Takes the exclusive lock on `file` if it can within `EXCLUSIVE_WAIT`.
 fn lock_within(file: &File) -> io::Result<()> {
@@ -784,8 +825,13 @@ pub enum Fill {
 }
 
 /// Held by the one process fetching a URL for the cache; released when
-/// dropped (or when the process dies: flock(2) locks go with it).
-pub struct FillLock(#[allow(dead_code)] File);
+/// dropped (or when the process dies: flock(2) locks go with it).  Its
+/// file becomes the entry (`Cache::begin`), so other processes find the
+/// lock free once the entry is in place.
+pub struct FillLock {
+    file: File,
+    path: PathBuf,
+}
 
 /// One line of `pibl cache ls`.
 pub struct Listing {
@@ -970,7 +1016,6 @@ pub struct Writer {
     file: File,
     temp: PathBuf,
     target: PathBuf,
-    lock_path: PathBuf,
     key: String,
     stored: u64,
     expires: u64,
@@ -1007,9 +1052,9 @@ impl Writer {
             .set_modified(UNIX_EPOCH + Duration::from_secs(self.expires))
             .set_accessed(SystemTime::now());
         let _ = self.file.set_times(times);
-        if let Ok(_lock) = lock_exclusive_within(&self.lock_path) {
-            self.renamed = fs::rename(&self.temp, &self.target).is_ok();
-        }
+        // Still under this file's exclusive lock, which goes when the
+        // writer is dropped, just after.
+        self.renamed = fs::rename(&self.temp, &self.target).is_ok();
     }
 }
 
@@ -1031,7 +1076,7 @@ impl Write for Writer {
 }
 
 impl Drop for Writer {
-    /// Whatever was not renamed into place goes.
+    /// Whatever was not renamed into place goes, before its lock does.
     fn drop(&mut self) {
         if !self.renamed {
             let _ = fs::remove_file(&self.temp);
@@ -1061,6 +1106,87 @@ mod tests {
         bytes.extend_from_slice(b"hello");
         fs::write(cache.path_of(key), bytes).unwrap();
         cache
+    }
+
+    fn judged(path: &Path) -> (u64, SystemTime) {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(path).unwrap();
+        (meta.ino(), meta.modified().unwrap())
+    }
+
+    /// Names in the cache directory that start with a dot.
+    fn temporaries(cache: &Cache) -> Vec<String> {
+        fs::read_dir(&cache.dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect()
+    }
+
+    #[test]
+    fn an_entry_is_removed_only_if_it_is_the_file_judged() {
+        let key = "http://test/judged";
+        let cache = cache_with_entry(key);
+        let path = cache.path_of(key);
+        let old = judged(&path);
+        // A writer renames a new entry over the judged one.
+        let newer = cache.dir.join(".tmp-newer");
+        fs::copy(&path, &newer).unwrap();
+        fs::rename(&newer, &path).unwrap();
+        assert!(!cache.remove_if_same(&path, old), "a newer entry stays");
+        assert!(matches!(cache.lookup(key), Lookup::Fresh(_)));
+        assert!(cache.remove_if_same(&path, judged(&path)));
+        assert!(!path.exists());
+        assert!(temporaries(&cache).is_empty(), "nothing is left aside");
+        let _ = fs::remove_dir_all(&cache.dir);
+    }
+
+    #[test]
+    fn a_fill_lock_becomes_the_entry_and_is_free_once_it_is_stored() {
+        let key = "http://test/filled";
+        let cache = cache_with_entry("http://test/other");
+        let Fill::Fetch(lock) = cache.fill(key) else {
+            panic!("the first miss fetches");
+        };
+        let resp = ResponseHead {
+            minor: 1,
+            status: 200,
+            reason: "OK".into(),
+            fields: vec![http::Field {
+                name: "Content-Length".into(),
+                value: b"2".to_vec(),
+            }],
+        };
+        let mut writer = cache
+            .begin(key, &resp, Duration::from_secs(60), Vec::new(), Some(lock))
+            .unwrap();
+        // The prepare of a reload leaves a file in use alone.
+        cache.prepare().unwrap();
+        let names = temporaries(&cache);
+        assert_eq!(names.len(), 1);
+        // Another process missing the same URL waits on this file.
+        let waiter = File::open(cache.dir.join(&names[0])).unwrap();
+        assert!(fs2::FileExt::try_lock_shared(&waiter).is_err(), "held");
+        writer.write_all(b"hi").unwrap();
+        writer.commit();
+        assert!(
+            temporaries(&cache).is_empty(),
+            "the fill lock became the entry"
+        );
+        assert!(
+            fs2::FileExt::try_lock_shared(&waiter).is_ok(),
+            "and is free"
+        );
+        assert_eq!(judged(&cache.path_of(key)).0, {
+            use std::os::unix::fs::MetadataExt;
+            waiter.metadata().unwrap().ino()
+        });
+        let Lookup::Fresh(entry) = cache.lookup(key) else {
+            panic!("stored");
+        };
+        assert_eq!((entry.body_len, entry.head.status), (2, 200));
+        let _ = fs::remove_dir_all(&cache.dir);
     }
 
     #[test]

@@ -463,8 +463,9 @@ fn read_replayable_body(
 struct CachePlan<'c> {
     cache: &'c Cache,
     key: String,
-    /// Held while this process fetches the URL for the cache.
-    _fill: Option<cache::FillLock>,
+    /// Held while this process fetches the URL for the cache; its file
+    /// becomes the entry.
+    fill: Option<cache::FillLock>,
     /// An expired entry to revalidate, when it has validators.
     stale: Option<cache::Entry>,
 }
@@ -499,7 +500,7 @@ fn consult_cache<'c>(
     Ok(Some(CachePlan {
         cache,
         key,
-        _fill: None,
+        fill: None,
         stale: None,
     }))
 }
@@ -543,7 +544,7 @@ fn fill_or_hit<'c>(
     Ok(Some(CachePlan {
         cache,
         key,
-        _fill: fill,
+        fill,
         stale,
     }))
 }
@@ -569,14 +570,15 @@ impl CachePlan<'_> {
 
     /// A writer for the body of `resp`, if it is to be stored; removes the
     /// stored entry after an unsafe method succeeds (RFC 9111 §4.4).
-    fn store(&self, req: &RequestHead, resp: &ResponseHead) -> Option<cache::Writer> {
+    fn store(&mut self, req: &RequestHead, resp: &ResponseHead) -> Option<cache::Writer> {
         let unsafe_method = !matches!(req.method.as_str(), "GET" | "HEAD" | "OPTIONS" | "TRACE");
         if unsafe_method && resp.status < 400 {
             self.cache.remove(&self.key);
         }
         let lifetime = self.cache.lifetime(req, resp)?;
+        let vary = cache::vary_values(req, resp);
         self.cache
-            .begin(&self.key, resp, lifetime, cache::vary_values(req, resp))
+            .begin(&self.key, resp, lifetime, vary, self.fill.take())
     }
 }
 
@@ -652,7 +654,7 @@ fn relay_to_backend(
                 if let Some(entry) = plan.as_mut().and_then(|p| p.revalidated(req.head, &resp)) {
                     return serve_hit(client, entry, req, ex, CacheStatus::Revalidated);
                 }
-                let store = plan.as_ref().and_then(|p| p.store(req.head, &resp));
+                let store = plan.as_mut().and_then(|p| p.store(req.head, &resp));
                 let keep = replayable.then_some(i);
                 return relay_response(
                     client,

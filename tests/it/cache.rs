@@ -386,11 +386,13 @@ fn a_write_cut_short_by_sigkill_leaves_no_visible_entry() {
     client.send(b"GET /k HTTP/1.1\r\nHost: test\r\n\r\n");
     assert_eq!(client.head().header("x-cache"), Some("MISS"));
     let cache_dir = proxy.dir.path().join("cache");
+    // The entry being written: the URL's fill lock, once it holds bytes.
     let temp = || {
         fs::read_dir(&cache_dir)
             .unwrap()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".fill-"))
+            .filter(|e| e.metadata().is_ok_and(|m| m.len() > 0))
             .count()
     };
     wait_until("the temporary file", || temp() == 1);
@@ -610,6 +612,6 @@ fn a_body_over_max_entry_streams_through_uncached() {
         fs::read_dir(&cache_dir)
             .unwrap()
             .flatten()
-            .all(|e| !e.file_name().to_string_lossy().starts_with(".tmp-"))
+            .all(|e| !e.file_name().to_string_lossy().starts_with('.'))
     });
 }
