@@ -1,6 +1,11 @@
 //! The response cache: one file per entry in a directory under the working
 //! directory, so entries survive a crash or restart of pibl.
 //!
+//! Entries are spread over 256 subdirectories named by the last two hex
+//! digits of their name, as nginx's `levels=2`: creating and renaming a
+//! file lock its directory, and one directory would make every miss of
+//! every child wait its turn there.
+//!
 //! Children share it through the file system alone.  An entry is written
 //! to a temporary file in the cache directory, under an exclusive fs2 lock
 //! on that file, and rename(2)d into place before the lock goes.  For a
@@ -351,9 +356,20 @@ impl Cache {
     /// Creates the directory and removes temporary files left by a pibl
     /// that died while writing.  Run by the parent at start-up and at each
     /// reload, when children may be writing: a file held locked is theirs.
+    /// Entries and temporary files directly in the directory are those of
+    /// an older pibl, which kept them there: they go too.
     pub fn prepare(&self) -> io::Result<()> {
         fs::create_dir_all(&self.dir)?;
         for entry in fs::read_dir(&self.dir)?.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let entry_name = name.len() == 16 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            let old = entry_name || is_temporary(&name) || name == ".lock";
+            if old && entry.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        for entry in self.files()? {
             if is_temporary(&entry.file_name().to_string_lossy()) && !is_held(&entry.path()) {
                 let _ = fs::remove_file(entry.path());
             }
@@ -361,9 +377,32 @@ impl Cache {
         Ok(())
     }
 
+    /// Every file in the entries' subdirectories, entries and temporary.
+    fn files(&self) -> io::Result<impl Iterator<Item = fs::DirEntry>> {
+        let subdirs = fs::read_dir(&self.dir)?.flatten().filter(|d| {
+            let name = d.file_name();
+            let name = name.to_string_lossy();
+            name.len() == 2
+                && name.bytes().all(|b| b.is_ascii_hexdigit())
+                && d.file_type().is_ok_and(|t| t.is_dir())
+        });
+        Ok(subdirs.flat_map(|d| fs::read_dir(d.path()).into_iter().flatten().flatten()))
+    }
+
+    /// The subdirectory of the entry named by `hash`.
+    fn subdir(&self, hash: u64) -> PathBuf {
+        self.dir.join(format!("{:02x}", hash & 0xff))
+    }
+
+    /// `<subdirectory>/<prefix><hash>`: where the entry for `key` is
+    /// (prefix ""), or its fill lock.
+    fn name_of(&self, key: &str, prefix: &str) -> PathBuf {
+        let hash = fnv1a(FNV_START, key.as_bytes());
+        self.subdir(hash).join(format!("{prefix}{hash:016x}"))
+    }
+
     fn path_of(&self, key: &str) -> PathBuf {
-        self.dir
-            .join(format!("{:016x}", fnv1a(FNV_START, key.as_bytes())))
+        self.name_of(key, "")
     }
 
     /// Removes the entry at `path` if it is still the file `judged`
@@ -375,7 +414,7 @@ impl Cache {
     fn remove_if_same(&self, path: &Path, judged: (u64, SystemTime)) -> bool {
         use std::os::unix::fs::MetadataExt;
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let aside = self.dir.join(format!(
+        let aside = path.with_file_name(format!(
             "{EVICT_PREFIX}{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
@@ -424,7 +463,7 @@ impl Cache {
     pub fn list(&self) -> io::Result<Vec<Listing>> {
         let now = unix_now();
         let mut all = Vec::new();
-        for entry in fs::read_dir(&self.dir)?.flatten() {
+        for entry in self.files()? {
             if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
@@ -448,7 +487,7 @@ impl Cache {
     /// Removes every entry; returns how many.
     pub fn purge_all(&self) -> io::Result<usize> {
         let mut removed = 0;
-        for entry in fs::read_dir(&self.dir)?.flatten() {
+        for entry in self.files()? {
             if !entry.file_name().to_string_lossy().starts_with('.')
                 && fs::remove_file(entry.path()).is_ok()
             {
@@ -477,7 +516,7 @@ impl Cache {
         let grace = self.ttl;
         let mut kept = Vec::new();
         let mut expired = Vec::new();
-        for entry in fs::read_dir(&self.dir)?.flatten() {
+        for entry in self.files()? {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             if name.starts_with('.') {
@@ -532,16 +571,15 @@ impl Cache {
     /// This is nginx's `proxy_cache_lock`: 100 clients asking at once for
     /// one uncached URL cause one fetch, not 100.
     pub fn fill(&self, key: &str) -> Fill {
-        let path = self.dir.join(format!(
-            "{FILL_PREFIX}{:016x}",
-            fnv1a(FNV_START, key.as_bytes())
-        ));
-        let Ok(file) = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-        else {
+        let path = self.name_of(key, FILL_PREFIX);
+        let open = || {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+        };
+        let Ok(file) = in_subdir(&path, open) else {
             return Fill::Waited;
         };
         if fs2::FileExt::try_lock_exclusive(&file).is_ok() {
@@ -663,10 +701,8 @@ impl Cache {
         fill: Option<FillLock>,
     ) -> Option<Writer> {
         let (file, temp) = match fill {
-            // Left by a miss that stored nothing, or a process that died
-            // writing it: what it holds goes.
-            Some(FillLock { file, path }) => (file.set_len(0).ok().map(|()| file)?, path),
-            None => self.temporary()?,
+            Some(FillLock { file, path }) => (emptied(file)?, path),
+            None => self.temporary(key)?,
         };
         let stored = unix_now();
         let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, resp.reason).into_bytes();
@@ -708,21 +744,43 @@ impl Cache {
 
     /// A new temporary file for an entry, locked as a fill lock is, so
     /// that `prepare` and the janitor know it is in use.
-    fn temporary(&self) -> Option<(File, PathBuf)> {
+    fn temporary(&self, key: &str) -> Option<(File, PathBuf)> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = self.dir.join(format!(
+        let path = self.path_of(key).with_file_name(format!(
             "{TEMP_PREFIX}{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        let file = OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(&path)
-            .ok()?;
+        let open = || OpenOptions::new().create_new(true).write(true).open(&path);
+        let file = in_subdir(&path, open).ok()?;
         let _ = fs2::FileExt::try_lock_exclusive(&file);
         Some((file, path))
     }
+}
+
+/// Creates a file with `create`, and its subdirectory first if that is
+/// missing: made as needed, so a cache directory emptied by hand while
+/// pibl runs fills again.
+fn in_subdir(path: &Path, create: impl Fn() -> io::Result<File>) -> io::Result<File> {
+    match create() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(path.parent().unwrap_or(path))?;
+            create()
+        }
+        done => done,
+    }
+}
+
+/// A fill lock's file, emptied of what a process that died writing it
+/// left.  Truncated only if it holds bytes: ext4 writes a file truncated
+/// to nothing out when it is closed (its `auto_da_alloc`, for programs
+/// that rewrite files in place), which would make every miss wait for the
+/// disk.
+fn emptied(file: File) -> Option<File> {
+    if file.metadata().ok()?.len() > 0 {
+        file.set_len(0).ok()?;
+    }
+    Some(file)
 }
 
 /// A temporary file's name (an entry's never starts with a dot).
@@ -1104,7 +1162,9 @@ mod tests {
         let mut bytes = header_bytes(key, now, now + 60, head, 5);
         bytes.extend_from_slice(head);
         bytes.extend_from_slice(b"hello");
-        fs::write(cache.path_of(key), bytes).unwrap();
+        let path = cache.path_of(key);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, bytes).unwrap();
         cache
     }
 
@@ -1114,13 +1174,13 @@ mod tests {
         (meta.ino(), meta.modified().unwrap())
     }
 
-    /// Names in the cache directory that start with a dot.
-    fn temporaries(cache: &Cache) -> Vec<String> {
-        fs::read_dir(&cache.dir)
+    /// Files in the cache's subdirectories whose names start with a dot.
+    fn temporaries(cache: &Cache) -> Vec<PathBuf> {
+        cache
+            .files()
             .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with('.'))
+            .map(|e| e.path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with('.'))
             .collect()
     }
 
@@ -1131,7 +1191,7 @@ mod tests {
         let path = cache.path_of(key);
         let old = judged(&path);
         // A writer renames a new entry over the judged one.
-        let newer = cache.dir.join(".tmp-newer");
+        let newer = path.with_file_name(".tmp-newer");
         fs::copy(&path, &newer).unwrap();
         fs::rename(&newer, &path).unwrap();
         assert!(!cache.remove_if_same(&path, old), "a newer entry stays");
@@ -1142,14 +1202,8 @@ mod tests {
         let _ = fs::remove_dir_all(&cache.dir);
     }
 
-    #[test]
-    fn a_fill_lock_becomes_the_entry_and_is_free_once_it_is_stored() {
-        let key = "http://test/filled";
-        let cache = cache_with_entry("http://test/other");
-        let Fill::Fetch(lock) = cache.fill(key) else {
-            panic!("the first miss fetches");
-        };
-        let resp = ResponseHead {
+    fn ok_of_two_bytes() -> ResponseHead {
+        ResponseHead {
             minor: 1,
             status: 200,
             reason: "OK".into(),
@@ -1157,16 +1211,48 @@ mod tests {
                 name: "Content-Length".into(),
                 value: b"2".to_vec(),
             }],
+        }
+    }
+
+    #[test]
+    fn a_fill_lock_left_half_written_is_emptied_for_the_next_store() {
+        let key = "http://test/half";
+        let cache = cache_with_entry(key);
+        let path = cache.path_of(key);
+        fs::rename(&path, cache.name_of(key, FILL_PREFIX)).unwrap();
+        let Fill::Fetch(lock) = cache.fill(key) else {
+            panic!("no one holds it");
         };
+        let ttl = Duration::from_secs(60);
         let mut writer = cache
-            .begin(key, &resp, Duration::from_secs(60), Vec::new(), Some(lock))
+            .begin(key, &ok_of_two_bytes(), ttl, Vec::new(), Some(lock))
+            .unwrap();
+        writer.write_all(b"hi").unwrap();
+        writer.commit();
+        let Lookup::Fresh(entry) = cache.lookup(key) else {
+            panic!("a sound entry");
+        };
+        assert_eq!(entry.body_len, 2);
+        let _ = fs::remove_dir_all(&cache.dir);
+    }
+
+    #[test]
+    fn a_fill_lock_becomes_the_entry_and_is_free_once_it_is_stored() {
+        let key = "http://test/filled";
+        let cache = cache_with_entry("http://test/other");
+        let Fill::Fetch(lock) = cache.fill(key) else {
+            panic!("the first miss fetches");
+        };
+        let ttl = Duration::from_secs(60);
+        let mut writer = cache
+            .begin(key, &ok_of_two_bytes(), ttl, Vec::new(), Some(lock))
             .unwrap();
         // The prepare of a reload leaves a file in use alone.
         cache.prepare().unwrap();
         let names = temporaries(&cache);
         assert_eq!(names.len(), 1);
         // Another process missing the same URL waits on this file.
-        let waiter = File::open(cache.dir.join(&names[0])).unwrap();
+        let waiter = File::open(&names[0]).unwrap();
         assert!(fs2::FileExt::try_lock_shared(&waiter).is_err(), "held");
         writer.write_all(b"hi").unwrap();
         writer.commit();
@@ -1186,6 +1272,24 @@ mod tests {
             panic!("stored");
         };
         assert_eq!((entry.body_len, entry.head.status), (2, 200));
+        let _ = fs::remove_dir_all(&cache.dir);
+    }
+
+    #[test]
+    fn start_up_removes_an_older_layouts_files_and_nothing_else() {
+        let cache = cache_with_entry("http://test/layout");
+        let top = |name: &str| cache.dir.join(name);
+        for name in ["0123456789abcdef", ".lock", ".tmp-1-0", "notes.txt"] {
+            fs::write(top(name), b"x").unwrap();
+        }
+        cache.prepare().unwrap();
+        assert!(!top("0123456789abcdef").exists() && !top(".lock").exists());
+        assert!(!top(".tmp-1-0").exists());
+        assert!(top("notes.txt").exists(), "not a file pibl made");
+        assert!(matches!(
+            cache.lookup("http://test/layout"),
+            Lookup::Fresh(_)
+        ));
         let _ = fs::remove_dir_all(&cache.dir);
     }
 

@@ -27,13 +27,26 @@ fn wait_entries(dir: &TempDir, n: usize) {
     wait_until(&format!("{n} cache entries"), || entries(dir).len() == n);
 }
 
+/// The entries in the cache directory of the proxy run in `proxy_dir`.
 fn entries(proxy_dir: &TempDir) -> Vec<PathBuf> {
-    let dir = proxy_dir.path().join("cache");
-    let mut files: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let mut files = cache_files(proxy_dir);
     files.retain(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'));
     files
+}
+
+/// Every file in the cache's subdirectories: entries, and temporary files
+/// (their names start with a dot).
+fn cache_files(proxy_dir: &TempDir) -> Vec<PathBuf> {
+    let list = |dir: PathBuf| -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    list(proxy_dir.path().join("cache"))
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .flat_map(list)
+        .collect()
 }
 
 #[test]
@@ -385,17 +398,20 @@ fn a_write_cut_short_by_sigkill_leaves_no_visible_entry() {
     let mut client = Client::connect(proxy.addr);
     client.send(b"GET /k HTTP/1.1\r\nHost: test\r\n\r\n");
     assert_eq!(client.head().header("x-cache"), Some("MISS"));
-    let cache_dir = proxy.dir.path().join("cache");
     // The entry being written: the URL's fill lock, once it holds bytes.
-    let temp = || {
-        fs::read_dir(&cache_dir)
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(".fill-"))
-            .filter(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+    let temp = |dir: &TempDir| {
+        cache_files(dir)
+            .iter()
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".fill-")
+            })
+            .filter(|p| p.metadata().is_ok_and(|m| m.len() > 0))
             .count()
     };
-    wait_until("the temporary file", || temp() == 1);
+    wait_until("the temporary file", || temp(&proxy.dir) == 1);
     let dir = proxy.crash();
     assert!(entries(&dir).is_empty(), "no entry is visible");
     let proxy = Proxy::start_in(
@@ -406,7 +422,7 @@ fn a_write_cut_short_by_sigkill_leaves_no_visible_entry() {
         },
         &[],
     );
-    assert_eq!(temp(), 0, "the next start removes it");
+    assert_eq!(temp(&proxy.dir), 0, "the next start removes it");
     drop(proxy);
 }
 
@@ -607,11 +623,5 @@ fn a_body_over_max_entry_streams_through_uncached() {
     assert_eq!(hits(&backend), 2);
     assert!(entries(&proxy.dir).is_empty());
     // The temporary copy goes as soon as the response is out.
-    let cache_dir = proxy.dir.path().join("cache");
-    wait_until("no temporary file", || {
-        fs::read_dir(&cache_dir)
-            .unwrap()
-            .flatten()
-            .all(|e| !e.file_name().to_string_lossy().starts_with('.'))
-    });
+    wait_until("no temporary file", || cache_files(&proxy.dir).is_empty());
 }
