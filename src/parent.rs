@@ -279,11 +279,16 @@ impl Parent {
     }
 
     /// Collects every exited child without blocking: a helper is started
-    /// again, a worker's slot freed.
+    /// again, unless pibl is stopping (a service manager signals every
+    /// process of pibl at once), a worker's slot freed.
     fn reap(&mut self) {
+        let stopping = signals::is_set(&GOT_SIGTERM) || signals::is_set(&GOT_SIGQUIT);
         for (pid, status) in reap_children() {
             if let Some(at) = self.helpers.iter().position(|&(_, p)| p == pid) {
                 let (helper, _) = self.helpers.remove(at);
+                if stopping {
+                    continue;
+                }
                 diag!("{} exited; starting another", helper.name());
                 self.start_helper(helper);
                 continue;

@@ -3,6 +3,7 @@
 //! child reaped, no descriptor leaked, at most max_clients at once.
 
 use std::collections::{HashMap, HashSet};
+use std::fs;
 use std::io::Read;
 use std::thread;
 use std::time::Duration;
@@ -130,6 +131,40 @@ fn sigterm_stops_the_parent_and_its_children() {
     for child in children {
         assert!(!std::path::Path::new(&format!("/proc/{child}")).exists());
     }
+}
+
+#[test]
+fn a_helper_stopped_along_with_pibl_is_not_started_again() {
+    // The helpers are threads in the thread model.
+    if model() == "thread" {
+        return;
+    }
+    let backends = Backend::start_many(1);
+    let mut proxy = Proxy::start_with(ProxyOptions {
+        extra: "[cache]\nttl = 60\n".into(),
+        ..ProxyOptions::new(&backends)
+    });
+    let comm = |pid: &i32| fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let (children, _) = proxy.children();
+    let janitor = *children
+        .iter()
+        .find(|pid| comm(pid).trim_end() == "cache janitor")
+        .expect("a cache janitor");
+    // A service manager signals every process of pibl at once: the parent
+    // learns of the janitor's end and of its own SIGTERM together.
+    proxy.process.signal(Signal::SIGSTOP);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(janitor), Signal::SIGTERM).unwrap();
+    wait_until("the janitor's end", || {
+        proxy.children().1.contains(&janitor)
+    });
+    proxy.process.signal(Signal::SIGTERM);
+    proxy.process.signal(Signal::SIGCONT);
+    assert_eq!(proxy.process.wait_exit().code(), Some(0));
+    let said = proxy.stderr.wait_end();
+    assert!(
+        !said.iter().any(|l| l.contains("starting another")),
+        "{said:?}"
+    );
 }
 
 /// A prefork proxy with a `[prefork]` table of `settings`.

@@ -94,27 +94,47 @@ impl Drop for Process {
 }
 
 /// Lines a process writes, collected by a thread, with a way to wait for
-/// a given count.
+/// a given count, or for the end.
 #[derive(Clone, Default)]
-pub struct Lines(Arc<(Mutex<Vec<String>>, Condvar)>);
+pub struct Lines(Arc<(Mutex<Collected>, Condvar)>);
+
+#[derive(Default)]
+pub struct Collected {
+    lines: Vec<String>,
+    /// The writer closed its end: every line is in.
+    ended: bool,
+}
 
 impl Lines {
     pub fn collect(source: impl Read + Send + 'static) -> Lines {
         let lines = Lines::default();
         let sink = lines.clone();
         thread::spawn(move || {
+            let (lock, cond) = &*sink.0;
             for line in BufReader::new(source).lines() {
                 let Ok(line) = line else { break };
-                let (lock, cond) = &*sink.0;
-                lock.lock().unwrap().push(line);
+                lock.lock().unwrap().lines.push(line);
                 cond.notify_all();
             }
+            lock.lock().unwrap().ended = true;
+            cond.notify_all();
         });
         lines
     }
 
     pub fn snapshot(&self) -> Vec<String> {
-        self.0.0.lock().unwrap().clone()
+        self.0.0.lock().unwrap().lines.clone()
+    }
+
+    /// Waits until the writer has closed its end; returns every line.
+    pub fn wait_end(&self) -> Vec<String> {
+        let (lock, cond) = &*self.0;
+        let guard = lock.lock().unwrap();
+        let (guard, timeout) = cond
+            .wait_timeout_while(guard, PATIENCE, |c| !c.ended)
+            .unwrap();
+        assert!(!timeout.timed_out(), "the output did not end");
+        guard.lines.clone()
     }
 
     /// Waits until at least `n` lines have arrived; returns them all.
@@ -122,15 +142,15 @@ impl Lines {
         let (lock, cond) = &*self.0;
         let guard = lock.lock().unwrap();
         let (guard, timeout) = cond
-            .wait_timeout_while(guard, PATIENCE, |l| l.len() < n)
+            .wait_timeout_while(guard, PATIENCE, |c| c.lines.len() < n)
             .unwrap();
         assert!(
             !timeout.timed_out(),
             "expected {n} lines, got {}: {:?}",
-            guard.len(),
-            *guard
+            guard.lines.len(),
+            guard.lines
         );
-        guard.clone()
+        guard.lines.clone()
     }
 }
 
