@@ -509,59 +509,83 @@ impl Cache {
     /// One sweep of the janitor: removes entries expired for longer than
     /// the TTL (kept that long so they can be revalidated), then the least
     /// recently used until the entries fit in `max_size` bytes.  Uses only
-    /// each file's times and size (see `Writer::commit`).
+    /// each file's times and size (see `Writer::commit`).  Expired entries
+    /// go as they are found, so a sweep cut short still makes progress, and
+    /// its memory does not grow with the cache: only the entries to evict
+    /// are held, found by a second pass when the first finds too many bytes.
     pub fn sweep(&self, max_size: u64) -> io::Result<(usize, usize)> {
-        use std::os::unix::fs::MetadataExt;
         let now = SystemTime::now();
-        let grace = self.ttl;
-        let mut kept = Vec::new();
-        let mut expired = Vec::new();
-        for entry in self.files()? {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with('.') {
-                // Fill locks of misses that stored nothing are left for
-                // the next miss; those unused for a while go, with what
-                // dead processes left.
-                let old = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|m| m + DEBRIS_AGE < now);
-                if old && is_temporary(&name) && !is_held(&entry.path()) {
-                    let _ = fs::remove_file(entry.path());
+        let mut expired = 0;
+        let mut total = 0;
+        for file in self.files()? {
+            match self.judge(&file, now) {
+                Judged::Expired(path, judged) => {
+                    expired += usize::from(self.remove_if_same(&path, judged))
                 }
+                Judged::Live(live) => total += live.size,
+                Judged::Other => {}
+            }
+        }
+        if total <= max_size {
+            return Ok((expired, 0));
+        }
+        let excess = total - max_size;
+        // The least recently used entries whose sizes make up the excess:
+        // a heap with the most recently used on top, which goes as soon as
+        // the others make up the excess without it.
+        let mut oldest = std::collections::BinaryHeap::new();
+        let mut held = 0;
+        for file in self.files()? {
+            let Judged::Live(live) = self.judge(&file, now) else {
                 continue;
-            }
-            let Ok(meta) = entry.metadata() else { continue };
-            let modified = meta.modified().unwrap_or(now);
-            let judged = (meta.ino(), modified);
-            if modified + grace <= now {
-                expired.push((entry.path(), judged));
-            } else {
-                kept.push((
-                    meta.accessed().unwrap_or(UNIX_EPOCH),
-                    meta.len(),
-                    entry.path(),
-                    judged,
-                ));
+            };
+            held += live.size;
+            oldest.push(live);
+            while oldest.peek().is_some_and(|top| held - top.size >= excess) {
+                held -= oldest.pop().map_or(0, |top| top.size);
             }
         }
-        let mut total: u64 = kept.iter().map(|k| k.1).sum();
-        kept.sort_by_key(|k| k.0);
-        let mut evicted = Vec::new();
-        for (_, size, path, judged) in kept {
-            if total <= max_size {
-                break;
+        let evicted = oldest
+            .into_sorted_vec()
+            .into_iter()
+            .filter(|live| self.remove_if_same(&live.path, live.judged))
+            .count();
+        Ok((expired, evicted))
+    }
+
+    /// What the sweep makes of one file of the cache's subdirectories;
+    /// debris goes at once.
+    fn judge(&self, file: &fs::DirEntry, now: SystemTime) -> Judged {
+        use std::os::unix::fs::MetadataExt;
+        let name = file.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') {
+            // Fill locks of misses that stored nothing are left for the
+            // next miss; those unused for a while go, with what dead
+            // processes left.
+            let old = file
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m + DEBRIS_AGE < now);
+            if old && is_temporary(&name) && !is_held(&file.path()) {
+                let _ = fs::remove_file(file.path());
             }
-            total -= size;
-            evicted.push((path, judged));
+            return Judged::Other;
         }
-        let gone = |list: &[(PathBuf, (u64, SystemTime))]| {
-            list.iter()
-                .filter(|(path, judged)| self.remove_if_same(path, *judged))
-                .count()
+        let Ok(meta) = file.metadata() else {
+            return Judged::Other;
         };
-        Ok((gone(&expired), gone(&evicted)))
+        let modified = meta.modified().unwrap_or(now);
+        let judged = (meta.ino(), modified);
+        if modified + self.ttl <= now {
+            return Judged::Expired(file.path(), judged);
+        }
+        Judged::Live(Live {
+            used: meta.accessed().unwrap_or(UNIX_EPOCH),
+            size: meta.len(),
+            path: file.path(),
+            judged,
+        })
     }
 
     /// For a miss on `key`: `Fill::Fetch(lock)` when this process is the
@@ -871,6 +895,24 @@ fn lock_within(file: &File) -> io::Result<()> {
     }
 }
 
+/// A file as the janitor judges it (`Cache::judge`).
+enum Judged {
+    /// Expired for longer than the TTL: its path, inode and mtime.
+    Expired(PathBuf, (u64, SystemTime)),
+    Live(Live),
+    /// Not an entry, or gone.
+    Other,
+}
+
+/// An unexpired entry, ordered by its last use.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Live {
+    used: SystemTime,
+    size: u64,
+    path: PathBuf,
+    judged: (u64, SystemTime),
+}
+
 /// Longest wait for another process fetching the same URL (nginx's
 /// `proxy_cache_lock_timeout`).
 const FILL_WAIT: Duration = Duration::from_secs(5);
@@ -1157,6 +1199,13 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let cache = Cache::new(dir, Duration::from_secs(60), 1 << 20);
+        put_entry(&cache, key);
+        cache
+    }
+
+    /// Writes a small entry for `key` into `cache`, as a store would, and
+    /// returns its path.
+    fn put_entry(cache: &Cache, key: &str) -> PathBuf {
         let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
         let now = unix_now();
         let mut bytes = header_bytes(key, now, now + 60, head, 5);
@@ -1164,8 +1213,28 @@ mod tests {
         bytes.extend_from_slice(b"hello");
         let path = cache.path_of(key);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(path, bytes).unwrap();
-        cache
+        fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_sweep_over_max_size_removes_the_least_recently_used_that_make_up_the_excess() {
+        let cache = cache_with_entry("http://test/sweep-0");
+        let mut paths = vec![cache.path_of("http://test/sweep-0")];
+        paths.extend((1..6).map(|i| put_entry(&cache, &format!("http://test/sweep-{i}"))));
+        // Last used in the order 3, 0, 5, 1, 4, 2.
+        for (rank, i) in [3, 0, 5, 1, 4, 2].into_iter().enumerate() {
+            let used = UNIX_EPOCH + Duration::from_secs(1_000_000 + rank as u64);
+            let file = File::options().write(true).open(&paths[i]).unwrap();
+            file.set_times(fs::FileTimes::new().set_accessed(used))
+                .unwrap();
+        }
+        let size = fs::metadata(&paths[0]).unwrap().len();
+        assert_eq!(cache.sweep(size * 6).unwrap(), (0, 0), "all fit");
+        assert_eq!(cache.sweep(size * 4 - 1).unwrap(), (0, 3));
+        let left: Vec<bool> = paths.iter().map(|p| p.exists()).collect();
+        assert_eq!(left, [false, true, true, false, true, false]);
+        let _ = fs::remove_dir_all(&cache.dir);
     }
 
     fn judged(path: &Path) -> (u64, SystemTime) {
