@@ -7,8 +7,8 @@
 //! every child wait its turn there.
 //!
 //! Children share it through the file system alone.  An entry is written
-//! to a temporary file in the cache directory, under an exclusive fs2 lock
-//! on that file, and rename(2)d into place before the lock goes.  For a
+//! to a temporary file beside its place, under an exclusive fs2 lock on
+//! that file, and rename(2)d into place before the lock goes.  For a
 //! miss, the temporary file is the URL's fill lock, `.fill-<hash>`: the
 //! one file other processes missing the same URL wait on (see `fill`).  A
 //! rename is atomic, so a reader sees a whole old entry or a whole new one,
