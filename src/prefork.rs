@@ -13,9 +13,10 @@
 //! connections, so a leak cannot grow without bound.
 //!
 //! It looks every 10 ms while any worker is busy, for a burst may outrun
-//! the spares at any moment; when all are idle it sleeps until the first
-//! connection of the next burst (the listening socket turning readable) or
-//! 100 ms.  A burst of fifty connections on a quiet server then waits for
+//! the spares at any moment, and 1 ms after it has forked workers, for the
+//! rest of the burst is then still arriving; when all are idle it sleeps
+//! until the first connection of the next burst (the listening socket
+//! turning readable) or 100 ms.  A burst of fifty connections on a quiet server then waits for
 //! its workers a few milliseconds, not a tick of 100.
 //!
 //! The kernel hands each new connection to one worker blocked in accept(2)
@@ -48,6 +49,10 @@ use crate::signals::{self, GOT_SIGTERM, StopWatch};
 pub const TICK: Duration = Duration::from_millis(100);
 /// How often it looks while workers are busy or starting.
 pub const SHORT_TICK: Duration = Duration::from_millis(10);
+/// How soon it looks again after forking workers: a burst is still
+/// arriving, and the connections after the first ones must not wait a
+/// whole tick for theirs.
+pub const RAMP_TICK: Duration = Duration::from_millis(1);
 /// Most workers forked in one tick.
 const MAX_SPAWN_RATE: usize = 32;
 /// How long an idle worker blocks in accept(2) before it looks at its
@@ -136,7 +141,7 @@ impl Prefork {
             drop(gate);
             self.spawn_rate = (want * 2).min(MAX_SPAWN_RATE);
             return Wait {
-                after: SHORT_TICK,
+                after: RAMP_TICK,
                 on_connection: false,
             };
         }
