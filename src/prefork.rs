@@ -146,10 +146,18 @@ impl Prefork {
             };
         }
         self.spawn_rate = 1;
-        // One at a time, as Apache: a burst that made them may return.
-        if idle.len() > limits.max_spare && self.last_retired.elapsed() >= TICK {
-            self.retire(idle[0], false);
-            self.last_retired = Instant::now();
+        // One at a time, as Apache: a burst that made them may return.  A
+        // worker meant for a connection still waiting is not spare, and one
+        // still starting is about to take such a connection.
+        let spare = idle.len().saturating_sub(waiting);
+        if spare > limits.max_spare && self.last_retired.elapsed() >= TICK {
+            if let Some(&pid) = idle
+                .iter()
+                .find(|&pid| self.state(self.workers[pid]) == SLOT_IDLE)
+            {
+                self.retire(pid, false);
+                self.last_retired = Instant::now();
+            }
         }
         let quiet = waiting == 0 && idle.len() == self.workers.len();
         Wait {
