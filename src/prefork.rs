@@ -7,9 +7,10 @@
 //! more when fewer than `min_spare` are idle, plus one for each connection
 //! waiting in the accept queue (TCP_INFO tells its length) — twice as many
 //! each time in a row it has to, as Apache does — up to `max_workers`; it
-//! stops one, at most ten times a second, when more than `max_spare` are
-//! idle (through a flag in its slot, which it reads between connections and
-//! at each accept timeout).  A worker exits after `max_requests`
+//! stops an idle one, at most ten times a second, when more than
+//! `max_spare` are idle beyond those the waiting connections need (through
+//! a flag in its slot, which it reads between connections and at each
+//! accept timeout).  A worker exits after `max_requests`
 //! connections, so a leak cannot grow without bound.
 //!
 //! It looks every 10 ms while any worker is busy, for a burst may outrun
