@@ -1271,8 +1271,13 @@ mod tests {
         let _ = fs::remove_dir_all(&cache.dir);
     }
 
-    fn ok_of_two_bytes() -> ResponseHead {
-        ResponseHead {
+    /// Takes the fill lock for `key`, as the first process to miss it
+    /// does, and begins storing a response of two bytes into it.
+    fn begin_filling(cache: &Cache, key: &str) -> Writer {
+        let Fill::Fetch(lock) = cache.fill(key) else {
+            panic!("no one else holds the fill lock");
+        };
+        let resp = ResponseHead {
             minor: 1,
             status: 200,
             reason: "OK".into(),
@@ -1280,7 +1285,11 @@ mod tests {
                 name: "Content-Length".into(),
                 value: b"2".to_vec(),
             }],
-        }
+        };
+        let ttl = Duration::from_secs(60);
+        cache
+            .begin(key, &resp, ttl, Vec::new(), Some(lock))
+            .unwrap()
     }
 
     #[test]
@@ -1289,13 +1298,7 @@ mod tests {
         let cache = cache_with_entry(key);
         let path = cache.path_of(key);
         fs::rename(&path, cache.name_of(key, FILL_PREFIX)).unwrap();
-        let Fill::Fetch(lock) = cache.fill(key) else {
-            panic!("no one holds it");
-        };
-        let ttl = Duration::from_secs(60);
-        let mut writer = cache
-            .begin(key, &ok_of_two_bytes(), ttl, Vec::new(), Some(lock))
-            .unwrap();
+        let mut writer = begin_filling(&cache, key);
         writer.write_all(b"hi").unwrap();
         writer.commit();
         let Lookup::Fresh(entry) = cache.lookup(key) else {
@@ -1309,13 +1312,7 @@ mod tests {
     fn a_fill_lock_becomes_the_entry_and_is_free_once_it_is_stored() {
         let key = "http://test/filled";
         let cache = cache_with_entry("http://test/other");
-        let Fill::Fetch(lock) = cache.fill(key) else {
-            panic!("the first miss fetches");
-        };
-        let ttl = Duration::from_secs(60);
-        let mut writer = cache
-            .begin(key, &ok_of_two_bytes(), ttl, Vec::new(), Some(lock))
-            .unwrap();
+        let mut writer = begin_filling(&cache, key);
         // The prepare of a reload leaves a file in use alone.
         cache.prepare().unwrap();
         let names = temporaries(&cache);
