@@ -1,5 +1,6 @@
 //! The cache janitor: one helper process, forked by the parent when the
-//! cache is on, that sweeps the cache directory every second.  It removes
+//! cache is on, that sweeps the cache directory every second (a large one
+//! less often, see `rest_after`).  It removes
 //! expired entries, so no client waits on that, and keeps the entries
 //! within `cache.max_size` by removing the least recently used.
 
