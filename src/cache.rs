@@ -413,12 +413,7 @@ impl Cache {
     /// took the name meanwhile.
     fn remove_if_same(&self, path: &Path, judged: (u64, SystemTime)) -> bool {
         use std::os::unix::fs::MetadataExt;
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let aside = path.with_file_name(format!(
-            "{EVICT_PREFIX}{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+        let aside = path.with_file_name(unique_name(EVICT_PREFIX));
         if fs::rename(path, &aside).is_err() {
             return false;
         }
@@ -769,17 +764,23 @@ impl Cache {
     /// A new temporary file for an entry, locked as a fill lock is, so
     /// that `prepare` and the janitor know it is in use.
     fn temporary(&self, key: &str) -> Option<(File, PathBuf)> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = self.path_of(key).with_file_name(format!(
-            "{TEMP_PREFIX}{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+        let path = self.path_of(key).with_file_name(unique_name(TEMP_PREFIX));
         let open = || OpenOptions::new().create_new(true).write(true).open(&path);
         let file = in_subdir(&path, open).ok()?;
         let _ = fs2::FileExt::try_lock_exclusive(&file);
         Some((file, path))
     }
+}
+
+/// `<prefix><pid>-<n>`: a temporary file's name no other process or
+/// thread makes.
+fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Creates a file with `create`, and its subdirectory first if that is
