@@ -363,8 +363,7 @@ impl Cache {
         for entry in fs::read_dir(&self.dir)?.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            let entry_name = name.len() == 16 && name.bytes().all(|b| b.is_ascii_hexdigit());
-            let old = entry_name || is_temporary(&name) || name == ".lock";
+            let old = is_hex(&name, 16) || is_temporary(&name) || name == ".lock";
             if old && entry.file_type().is_ok_and(|t| t.is_file()) {
                 let _ = fs::remove_file(entry.path());
             }
@@ -380,11 +379,7 @@ impl Cache {
     /// Every file in the entries' subdirectories, entries and temporary.
     fn files(&self) -> io::Result<impl Iterator<Item = fs::DirEntry>> {
         let subdirs = fs::read_dir(&self.dir)?.flatten().filter(|d| {
-            let name = d.file_name();
-            let name = name.to_string_lossy();
-            name.len() == 2
-                && name.bytes().all(|b| b.is_ascii_hexdigit())
-                && d.file_type().is_ok_and(|t| t.is_dir())
+            is_hex(&d.file_name().to_string_lossy(), 2) && d.file_type().is_ok_and(|t| t.is_dir())
         });
         Ok(subdirs.flat_map(|d| fs::read_dir(d.path()).into_iter().flatten().flatten()))
     }
@@ -806,6 +801,12 @@ fn emptied(file: File) -> Option<File> {
         file.set_len(0).ok()?;
     }
     Some(file)
+}
+
+/// Whether `name` is `len` hex digits: an entry's name (16, as an older
+/// pibl kept them too) or a subdirectory's (2).
+fn is_hex(name: &str, len: usize) -> bool {
+    name.len() == len && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// A temporary file's name (an entry's never starts with a dot).
