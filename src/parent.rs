@@ -114,7 +114,7 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
         if signals::take(&GOT_SIGCHLD) {
             parent.reap();
         }
-        if signals::is_set(&GOT_SIGTERM) || signals::is_set(&GOT_SIGQUIT) {
+        if stopping() {
             break;
         }
         if signals::take(&GOT_SIGHUP) {
@@ -282,7 +282,7 @@ impl Parent {
     /// again, unless pibl is stopping (a service manager signals every
     /// process of pibl at once), a worker's slot freed.
     fn reap(&mut self) {
-        let stopping = signals::is_set(&GOT_SIGTERM) || signals::is_set(&GOT_SIGQUIT);
+        let stopping = stopping();
         for (pid, status) in reap_children() {
             if let Some(at) = self.helpers.iter().position(|&(_, p)| p == pid) {
                 let (helper, _) = self.helpers.remove(at);
@@ -300,6 +300,11 @@ impl Parent {
             }
         }
     }
+}
+
+/// Whether pibl has been told to stop (SIGTERM, SIGINT or SIGQUIT).
+fn stopping() -> bool {
+    signals::is_set(&GOT_SIGTERM) || signals::is_set(&GOT_SIGQUIT)
 }
 
 /// Holds a batch of new children (workers, in the prefork model) until the
