@@ -509,7 +509,30 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
     setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(fail)?;
     nix::sys::socket::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(fail)?;
     nix::sys::socket::listen(&fd, Backlog::new(LISTEN_BACKLOG).map_err(fail)?).map_err(fail)?;
+    defer_accept(&fd).map_err(fail)?;
     Ok(TcpListener::from(fd))
+}
+
+/// Seconds the kernel holds a connection whose client has sent nothing
+/// before queueing it anyway.
+const DEFER_ACCEPT: libc::c_int = 1;
+
+/// Queues a connection for accept(2) only once its request has arrived (or
+/// DEFER_ACCEPT has passed), as nginx's `listen ... deferred`: whoever
+/// accepts it finds the request there and reads it without sleeping again.
+fn defer_accept(fd: &impl AsRawFd) -> Result<(), Errno> {
+    let seconds = DEFER_ACCEPT;
+    // SAFETY: the option's value is a c_int, passed with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&raw const seconds).cast(),
+            std::mem::size_of_val(&seconds) as libc::socklen_t,
+        )
+    };
+    Errno::result(rc).map(drop)
 }
 
 /// The parent's helper processes: long-lived children that serve no client.

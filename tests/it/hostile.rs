@@ -26,6 +26,19 @@ fn a_head_that_never_ends_gets_408() {
 }
 
 #[test]
+fn a_request_sent_after_a_pause_is_served() {
+    // The kernel holds a connection back from accept(2) until its request
+    // arrives (TCP_DEFER_ACCEPT) for one second, then queues it anyway: a
+    // client that pauses longer before sending is served all the same.
+    let backends = Backend::start_many(1);
+    let proxy = Proxy::start_for(vec![backends[0].addr.to_string()], "");
+    let mut client = Client::connect(proxy.addr);
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(client.get("/whoami").status, 200);
+    assert_eq!(client.get("/whoami").status, 200, "and kept alive");
+}
+
+#[test]
 fn idle_keep_alive_connections_are_closed() {
     let backends = Backend::start_many(1);
     let proxy = Proxy::start_for(
