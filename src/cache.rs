@@ -19,10 +19,9 @@
 //! aside and makes sure it is the file it judged (`remove_if_same`).
 //! Readers take a shared fs2 lock on the entry they opened while they read
 //! its header; the one change made in place, a revalidation's new header,
-//! takes it exclusive.  A process keeps
-//! the few small entries it serves most in memory, and checks with one
-//! stat(2) per hit that the name still holds the very file it read
-//! (`Recent`).
+//! takes it exclusive.  A process keeps the few small entries it serves
+//! most in memory, and checks with one stat(2) per hit that the name still
+//! holds the very file it read (`Recent`).
 //!
 //! An entry file is a header of fixed-width text lines, the response head
 //! as the backend sent it, and the body:

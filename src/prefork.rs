@@ -10,15 +10,15 @@
 //! stops an idle one, at most ten times a second, when more than
 //! `max_spare` are idle beyond those the waiting connections need (through
 //! a flag in its slot, which it reads between connections and at each
-//! accept timeout).  A worker exits after `max_requests`
-//! connections, so a leak cannot grow without bound.
+//! accept timeout).  A worker exits after `max_requests` connections, so a
+//! leak cannot grow without bound.
 //!
 //! It looks every 10 ms while any worker is busy, for a burst may outrun
 //! the spares at any moment, and 1 ms after it has forked workers, for the
 //! rest of the burst is then still arriving; when all are idle it sleeps
 //! until the first connection of the next burst (the listening socket
-//! turning readable) or 100 ms.  A burst of fifty connections on a quiet server then waits for
-//! its workers a few milliseconds, not a tick of 100.
+//! turning readable) or 100 ms.  A burst of fifty connections on a quiet
+//! server then waits for its workers a few milliseconds, not a tick of 100.
 //!
 //! The kernel hands each new connection to one worker blocked in accept(2)
 //! (no thundering herd).  The listening socket is blocking in this model,
