@@ -6,10 +6,14 @@
 //! exchange leaves the connection unusable, or pibl is asked to stop, which
 //! takes effect between requests only: a request once begun is finished.
 
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsFd;
+use std::io;
+use std::mem;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use std::process;
 use std::time::{Duration, Instant};
+
+use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 
 use crate::diag;
 use crate::log::{self, AccessLog, Entry};
@@ -21,6 +25,39 @@ use crate::wire::Reader;
 /// How long a connection accepted as pibl stops is given to send its
 /// first request (which is normally on its way already).
 const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// accept(2) once, with the peer's address (no getpeername(2) after it).
+/// Once: std's `accept` tries again after EINTR, and a prefork worker must
+/// see the signal that interrupted it.
+pub fn accept(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    // SAFETY: an all-zero sockaddr_storage is a valid (empty) address.
+    let mut addr: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut len = mem::size_of_val(&addr) as libc::socklen_t;
+    // SAFETY: addr and len describe a buffer the kernel may fill.
+    let fd = unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            (&raw mut addr).cast(),
+            &mut len,
+            libc::SOCK_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    // SAFETY: the kernel wrote `len` bytes of an address to `addr`.
+    let peer =
+        unsafe { SockaddrStorage::from_raw((&raw const addr).cast(), Some(len)) }.and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|&v4| SocketAddr::from(v4))
+                .or_else(|| a.as_sockaddr_in6().map(|&v6| SocketAddr::from(v6)))
+        });
+    // A listener of pibl's is IPv4 or IPv6; anything else is not a client.
+    let peer = peer.ok_or_else(|| io::Error::from_raw_os_error(libc::ENOTCONN))?;
+    Ok((stream, peer))
+}
 
 /// What serving connections needs beyond the context, kept by whatever
 /// serves them: a prefork worker keeps its backend connections from one

@@ -27,17 +27,15 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::net::TcpListener;
 use std::process;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal, kill};
-use nix::sys::socket::SockFlag;
 use nix::unistd::{ForkResult, Pid, fork};
 
-use crate::connection::Worker;
+use crate::connection::{self, Worker};
 use crate::diag;
 use crate::error::Error;
 use crate::parent::{ForkGate, waiting_connections};
@@ -246,16 +244,6 @@ impl Prefork {
     }
 }
 
-/// accept(2) once: std's `accept` tries again after EINTR, and a worker
-/// must see the signal that interrupted it.
-fn accept_once(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
-    let fd = nix::sys::socket::accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC)?;
-    // SAFETY: accept4 returned a new descriptor that nothing else owns.
-    let stream = unsafe { TcpStream::from_raw_fd(fd) };
-    let peer = stream.peer_addr()?;
-    Ok((stream, peer))
-}
-
 /// A worker's life: accept, serve, until told to stop or `max_requests`.
 fn work(
     listener: &TcpListener,
@@ -286,7 +274,7 @@ fn work(
         if signals::is_set(&GOT_SIGTERM) || slot.retire.load(Ordering::Relaxed) {
             break;
         }
-        let accepted = accept_once(listener);
+        let accepted = connection::accept(listener);
         let _ = serving_mask.thread_set_mask();
         match accepted {
             Ok((stream, peer)) => {
