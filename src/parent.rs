@@ -271,6 +271,7 @@ impl Parent {
             return;
         };
         self.ctx = ctx;
+        say_reloaded(&self.listener, &self.ctx);
         self.stop_helpers();
         self.start_helpers();
         if let Some(pool) = &mut self.prefork {
@@ -419,12 +420,17 @@ pub fn reload_context(
         *listener = rebound;
     }
     crate::log::set_diag_syslog(ctx.config.syslog.clone());
+    Some(ctx)
+}
+
+/// Says that the configuration `ctx` now serves new connections: once the
+/// caller has put it in place, for a client reading this may rely on it.
+pub fn say_reloaded(listener: &TcpListener, ctx: &Context) {
     notice!(
         "configuration reloaded: listening on {}, {} backends",
         listener.local_addr().map_or("?".into(), |a| a.to_string()),
         ctx.config.backends.len()
     );
-    Some(ctx)
 }
 
 /// The model is chosen at start: a reload keeps it, and says so if the

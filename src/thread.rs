@@ -4,41 +4,53 @@
 //!
 //! The main thread blocks every handled signal before it starts a thread,
 //! so the signals reach it alone, in ppoll(2), as in the parent of the
-//! process models.  It accepts, and gives each connection a thread of its
-//! own, with a copy of the context (its own cache and log descriptors:
-//! flock(2) locks belong to open files, so threads exclude each other as
-//! processes do).  A thread whose connection has closed waits a while as a
-//! spare for the next one, as in Apache's worker MPM, keeping its backend
-//! connections, buffers and log file: starting a thread maps and unmaps
-//! stacks, and each unmapping of a multi-threaded process interrupts every
-//! other CPU to flush its TLB.  A connection that finds no spare gets a
-//! new thread.
+//! process models.  It takes no part in serving: each connection thread,
+//! with a copy of the context (its own cache and log descriptors: flock(2)
+//! locks belong to open files, so threads exclude each other as processes
+//! do), accepts its connections itself, as a prefork worker does.  A thread
+//! whose connection has closed waits for the next as a spare, in epoll(2)
+//! on the listening socket, keeping its backend connections, buffers and
+//! log file: starting a thread maps and unmaps stacks, and each unmapping
+//! of a multi-threaded process interrupts every other CPU to flush its TLB.
+//! The listener is in each spare's epoll set with EPOLLEXCLUSIVE, so a
+//! connection wakes one spare, not all — and one thread, where a main
+//! thread accepting and handing connections over woke two.
 //!
-//! Each connection's end writes a byte to a pipe, which wakes the main
-//! thread when it waits for room under `max_clients` or for the last
-//! connection at shutdown.  To stop, the main thread makes a second pipe
-//! readable: idle connections see it, busy ones finish their request; and
-//! it wakes the spares, which end.  A reload ends the spares too: a
-//! connection accepted after it is served with the new configuration.
-//! The health checker and the cache janitor are threads too.
+//! The spare that takes a connection when no other is left starts the next
+//! thread, while fewer than `max_clients` run; beyond that, connections
+//! wait in the listen queue for a thread to be free.  A spare ends after
+//! waiting a while; when none is left, the main thread polls the listener
+//! and starts a thread for the next connection.
+//!
+//! To stop, the main thread makes a pipe readable: spares end, idle
+//! connections close, busy ones finish their request; it waits for the
+//! threads, each of which writes a byte to a second pipe as it ends.  A
+//! reload makes a new generation (configuration and listener) and retires
+//! the old one through a pipe of its own: a thread takes the new
+//! generation before its next connection, so a connection accepted after
+//! the reload is served with the new configuration, while one kept alive
+//! goes on with the configuration it began with.  The health checker and
+//! the cache janitor are threads too.
 
-use std::collections::VecDeque;
+use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::signal::SigSet;
+use nix::sys::socket::Shutdown;
 
-use crate::connection::Worker;
-use crate::error::Error;
+use crate::connection::{self, Worker};
+use crate::error::{Error, describe_io};
 use crate::log::LOG_GENERATION;
-use crate::parent::{Helper, Reloader, accept_failed};
+use crate::parent::{Helper, Reloader, accept_failed, say_reloaded};
 use crate::relay::Context;
 use crate::signals::{self, GOT_SIGHUP, GOT_SIGQUIT, GOT_SIGTERM, GOT_SIGUSR1, StopWatch};
 use crate::{diag, notice};
@@ -54,117 +66,330 @@ const SPARE_THREAD: &std::ffi::CStr = c"pibl spare";
 const MAX_SPARES: usize = 64;
 /// How long a spare waits for a connection before it ends.
 const SPARE_LIFETIME: Duration = Duration::from_secs(5);
+/// How soon the main thread tries again to start a spare that could not be.
+const SPARE_RETRY: Duration = Duration::from_secs(1);
 
 /// A client connection and its peer's address.
 type Conn = (TcpStream, SocketAddr);
 
-/// What a spare thread is to do next.
-enum Spare {
-    Serve(Conn),
-    /// Write its held log lines, then wait again.
-    Flush,
-    End,
+/// A configuration's listener, and how its threads learn that a reload has
+/// replaced it.
+struct Generation {
+    listener: TcpListener,
+    /// Made readable, and `retired` set, once a reload replaces it.
+    retire: (OwnedFd, OwnedFd),
+    retired: AtomicBool,
 }
 
-/// Threads waiting for their next connection.
-struct Spares {
-    state: Mutex<SpareState>,
-    wake: Condvar,
-}
-
-struct SpareState {
-    /// Spares waiting and not yet promised a connection.
-    idle: usize,
-    /// Connections promised to spares, not yet taken.
-    handed: VecDeque<Conn>,
-    /// Bumped at each reload: spares of an older generation end.
-    generation: u64,
-    stopping: bool,
-}
-
-impl Spares {
-    fn lock(&self) -> MutexGuard<'_, SpareState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+impl Generation {
+    fn new(listener: TcpListener) -> Result<Generation, Error> {
+        Ok(Generation {
+            listener,
+            retire: pipe()?,
+            retired: AtomicBool::new(false),
+        })
     }
 
-    /// Hands `conn` to a waiting spare; gives it back if there is none.
-    fn hand(&self, conn: Conn) -> Option<Conn> {
-        let mut state = self.lock();
-        if state.idle == 0 {
-            return Some(conn);
+    /// Tells the generation's threads to take the next one.  A listener
+    /// left for another address stops listening at once, as the process
+    /// models close theirs, though busy threads still hold it: a client
+    /// is refused, not left in a queue no one reads.
+    fn retire(&self, by: &Generation) {
+        if self.listener.local_addr().ok() != by.listener.local_addr().ok() {
+            let _ = nix::sys::socket::shutdown(self.listener.as_raw_fd(), Shutdown::Read);
         }
-        state.idle -= 1;
-        state.handed.push_back(conn);
-        drop(state);
-        self.wake.notify_one();
-        None
+        self.retired.store(true, Ordering::SeqCst);
+        let _ = nix::unistd::write(&self.retire.1, b"x");
     }
 
-    /// Waits, as a spare of `generation`, for the next connection, or
-    /// until `flush` (when the thread's held log lines are due).
-    fn next(&self, generation: u64, flush: Option<Instant>) -> Spare {
-        let mut state = self.lock();
-        if state.generation != generation || state.stopping || state.idle >= MAX_SPARES {
-            return Spare::End;
+    fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
+    }
+}
+
+/// What new connections are served with.
+struct Current {
+    ctx: Context,
+    generation: Arc<Generation>,
+}
+
+/// What the main thread and the connection threads share.
+struct Shared {
+    current: Mutex<Current>,
+    /// `max_clients` of the current configuration: most connection threads.
+    max_threads: AtomicUsize,
+    /// Connection threads, serving or spare.
+    threads: AtomicUsize,
+    /// Spares waiting for a connection, and threads starting as spares.
+    idle: AtomicUsize,
+    /// Connections being served.
+    count: AtomicUsize,
+    /// Set, and `stop` made readable, once pibl stops.
+    stopping: AtomicBool,
+    /// Spares and idle connections poll the read end.
+    stop: (OwnedFd, OwnedFd),
+    /// Set while the main thread waits for the threads to end.
+    awaited: AtomicBool,
+    /// The write end of the pipe the main thread polls.
+    done: OwnedFd,
+}
+
+impl Shared {
+    fn current(&self) -> MutexGuard<'_, Current> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A thread's own copy of the current context, and its generation.
+    fn take_current(&self) -> (Context, Arc<Generation>) {
+        let current = self.current();
+        (current.ctx.for_thread(), Arc::clone(&current.generation))
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Whether no spare waits where one could be started.
+    fn needs_spare(&self) -> bool {
+        !self.is_stopping()
+            && self.idle.load(Ordering::SeqCst) == 0
+            && self.threads.load(Ordering::SeqCst) < self.max_threads.load(Ordering::SeqCst)
+    }
+
+    /// Starts a connection thread, a spare from the start, if fewer than
+    /// `max_clients` run.  False when one was wanted and could not start.
+    fn start_thread(self: &Arc<Self>) -> bool {
+        let max = self.max_threads.load(Ordering::SeqCst);
+        let reserved = self
+            .threads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            });
+        if reserved.is_err() {
+            return true;
         }
-        state.idle += 1;
+        self.idle.fetch_add(1, Ordering::SeqCst);
+        let shared = Arc::clone(self);
+        let started = thread::Builder::new()
+            .name(CONNECTION_THREAD.to_string_lossy().into())
+            .stack_size(STACK_SIZE)
+            .spawn(move || {
+                // Made first, so dropped last: after the thread's worker,
+                // whose log writes its held lines as it goes.
+                let _exit = ThreadExit(Arc::clone(&shared));
+                match ConnThread::new(Arc::clone(&shared)) {
+                    Ok(conn_thread) => conn_thread.run(),
+                    Err(e) => {
+                        shared.idle.fetch_sub(1, Ordering::SeqCst);
+                        diag!("cannot start a connection thread: {}", describe_io(&e));
+                    }
+                }
+            });
+        if let Err(e) = started {
+            // The closure was dropped unrun.
+            self.idle.fetch_sub(1, Ordering::SeqCst);
+            self.threads.fetch_sub(1, Ordering::SeqCst);
+            diag!("cannot start a thread: {}", describe_io(&e));
+            return false;
+        }
+        true
+    }
+
+    /// Counts a thread back in as a spare, unless there are spares enough
+    /// or pibl stops.
+    fn enter_idle(&self) -> bool {
+        !self.is_stopping()
+            && self
+                .idle
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < MAX_SPARES).then_some(n + 1)
+                })
+                .is_ok()
+    }
+
+    fn leave_idle(&self) {
+        self.idle.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Wakes the main thread: to watch the listener, or at shutdown.  Only
+    /// then: a wake-up per connection would cost a context switch.
+    fn wake_main(&self) {
+        // A full pipe is awake enough.
+        let _ = nix::unistd::write(&self.done, b"x");
+    }
+
+    /// A connection has ended.
+    fn end(&self) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
+        if self.awaited.load(Ordering::SeqCst) {
+            self.wake_main();
+        }
+    }
+}
+
+/// Counts a connection thread out as it ends, however it ends, and wakes
+/// the main thread if it waits for that or no spare is left.
+struct ThreadExit(Arc<Shared>);
+
+impl Drop for ThreadExit {
+    fn drop(&mut self) {
+        self.0.threads.fetch_sub(1, Ordering::SeqCst);
+        if self.0.awaited.load(Ordering::SeqCst) || self.0.needs_spare() {
+            self.0.wake_main();
+        }
+    }
+}
+
+/// A connection thread's own: its copy of the context, what it keeps from
+/// one connection to the next, and the epoll set it waits in as a spare.
+struct ConnThread {
+    shared: Arc<Shared>,
+    generation: Arc<Generation>,
+    ctx: Context,
+    worker: Worker,
+    epoll: Epoll,
+}
+
+impl ConnThread {
+    fn new(shared: Arc<Shared>) -> io::Result<ConnThread> {
+        let (ctx, generation) = shared.take_current();
+        let epoll = spare_epoll(&shared, &generation)?;
+        let worker = Worker::new(&ctx);
+        Ok(ConnThread {
+            shared,
+            generation,
+            ctx,
+            worker,
+            epoll,
+        })
+    }
+
+    /// Takes the generation that replaced this thread's.  The old worker
+    /// goes, its backend connections and held log lines with it: the new
+    /// configuration may name other backends and another log.
+    fn renew(&mut self) -> io::Result<()> {
+        let (ctx, generation) = self.shared.take_current();
+        self.epoll = spare_epoll(&self.shared, &generation)?;
+        self.worker = Worker::new(&ctx);
+        self.ctx = ctx;
+        self.generation = generation;
+        Ok(())
+    }
+
+    /// Serves connection after connection, until pibl stops, the thread
+    /// has been a spare long enough, or a connection's serving panicked
+    /// (the hook has said what happened; the worker's state is suspect).
+    fn run(mut self) {
+        // Started as a spare, counted as one already.
+        let mut next = self.wait_for_client();
+        while let Some((stream, peer)) = next {
+            if self.generation.is_retired()
+                && let Err(e) = self.renew()
+            {
+                diag!("dropping connection from {peer}: {}", describe_io(&e));
+                return;
+            }
+            self.shared.count.fetch_add(1, Ordering::SeqCst);
+            if self.shared.idle.load(Ordering::SeqCst) == 0 && !self.shared.start_thread() {
+                self.shared.wake_main();
+            }
+            let stop = StopWatch::Pipe(self.shared.stop.0.as_raw_fd());
+            let served = panic::catch_unwind(AssertUnwindSafe(|| {
+                self.worker.serve(&stream, peer, &self.ctx, stop);
+            }));
+            drop(stream);
+            self.shared.end();
+            if served.is_err() || !self.shared.enter_idle() {
+                return;
+            }
+            next = self.wait_for_client();
+        }
+    }
+
+    /// Waits as a spare (counted as one) for a connection, named so in
+    /// ps(1); `None` when the thread should end.
+    fn wait_for_client(&mut self) -> Option<Conn> {
+        let _ = nix::sys::prctl::set_name(SPARE_THREAD);
+        let conn = self.accept_next();
+        let _ = nix::sys::prctl::set_name(CONNECTION_THREAD);
+        conn
+    }
+
+    fn accept_next(&mut self) -> Option<Conn> {
         let lifetime = Instant::now() + SPARE_LIFETIME;
-        let deadline = flush.map_or(lifetime, |f| f.min(lifetime));
         loop {
-            // The generation first: a connection handed out after a
-            // reload is for a spare of the new one.
-            if state.generation != generation {
-                return Spare::End;
+            if self.shared.is_stopping() {
+                self.shared.leave_idle();
+                return None;
             }
-            if let Some(conn) = state.handed.pop_front() {
-                return Spare::Serve(conn);
+            if self.generation.is_retired()
+                && let Err(e) = self.renew()
+            {
+                diag!("connection thread ends: {}", describe_io(&e));
+                self.shared.leave_idle();
+                return None;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if state.stopping || left.is_zero() {
-                state.idle -= 1;
-                // Woken before its lifetime was up: by the log, not for good.
-                return if !state.stopping && deadline < lifetime {
-                    Spare::Flush
-                } else {
-                    Spare::End
-                };
+            // Once before sleeping: a connection may be waiting already.
+            match connection::accept(&self.generation.listener) {
+                Ok(conn) => {
+                    self.shared.leave_idle();
+                    return Some(conn);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => accept_failed(&e),
             }
-            state = self
-                .wake
-                .wait_timeout(state, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            let due = self.worker.log_due();
+            if self.sleep(due.map_or(lifetime, |due| due.min(lifetime))) {
+                continue;
+            }
+            let now = Instant::now();
+            if due.is_some_and(|due| due <= now) {
+                self.worker.flush_log();
+            }
+            if now >= lifetime {
+                self.shared.leave_idle();
+                return None;
+            }
         }
     }
 
-    /// A new generation: the waiting spares end, and connections handed to
-    /// them and not yet taken are given back.
-    fn renew(&self) -> Vec<Conn> {
-        let mut state = self.lock();
-        state.generation += 1;
-        state.idle = 0;
-        let handed = state.handed.drain(..).collect();
-        drop(state);
-        self.wake.notify_all();
-        handed
+    /// Sleeps until a client, the stop, a reload or `until`; false when
+    /// `until` came first.
+    fn sleep(&self, until: Instant) -> bool {
+        let left = until.saturating_duration_since(Instant::now());
+        // In whole milliseconds, rounded up: not woken just before `until`.
+        let timeout = EpollTimeout::try_from(left.as_millis() + 1).unwrap_or(EpollTimeout::MAX);
+        let mut events = [EpollEvent::empty(); 3];
+        match self.epoll.wait(&mut events, timeout) {
+            Ok(n) => n > 0,
+            Err(e) => {
+                diag!("epoll_wait: {}", e.desc());
+                thread::sleep(SPARE_RETRY);
+                true
+            }
+        }
     }
+}
 
-    fn stop(&self) {
-        self.lock().stopping = true;
-        self.wake.notify_all();
-    }
+/// A spare's epoll set: the listener, which wakes one spare per connection
+/// (EPOLLEXCLUSIVE), and the stop and retire pipes, which wake them all.
+fn spare_epoll(shared: &Shared, generation: &Generation) -> io::Result<Epoll> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    let one = EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE;
+    epoll.add(&generation.listener, EpollEvent::new(one, 0))?;
+    epoll.add(&shared.stop.0, EpollEvent::new(EpollFlags::EPOLLIN, 1))?;
+    epoll.add(
+        &generation.retire.0,
+        EpollEvent::new(EpollFlags::EPOLLIN, 2),
+    )?;
+    Ok(epoll)
 }
 
 struct Server {
-    listener: TcpListener,
-    ctx: Context,
+    shared: Arc<Shared>,
     wait_mask: SigSet,
-    live: Arc<Live>,
-    spares: Arc<Spares>,
-    /// The read end of `live.done`.
+    /// The read end of `shared.done`.
     done: OwnedFd,
-    /// Readable once pibl stops: the read end every idle connection polls.
-    stop: (OwnedFd, OwnedFd),
     /// Each helper thread runs while its flag is true.
     helpers: Vec<Arc<AtomicBool>>,
 }
@@ -172,37 +397,29 @@ struct Server {
 pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<(), Error> {
     let wait_mask = signals::install_parent()
         .map_err(|e| Error::os("cannot install signal handlers", e.into()))?;
-    let pipe = || {
-        nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-            .map_err(|e| Error::os("cannot make a pipe", e.into()))
-    };
     let (done_read, done_write) = pipe()?;
     arena_per_thread(ctx.config.max_clients);
+    crate::parent::announce(&listener, &ctx)?;
     let mut server = Server {
-        listener,
-        ctx,
-        wait_mask,
-        live: Arc::new(Live {
-            count: AtomicUsize::new(0),
+        shared: Arc::new(Shared {
+            max_threads: AtomicUsize::new(ctx.config.max_clients),
+            current: Mutex::new(Current {
+                ctx,
+                generation: Arc::new(Generation::new(listener)?),
+            }),
             threads: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
+            count: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            stop: pipe()?,
             awaited: AtomicBool::new(false),
             done: done_write,
         }),
-        spares: Arc::new(Spares {
-            state: Mutex::new(SpareState {
-                idle: 0,
-                handed: VecDeque::new(),
-                generation: 0,
-                stopping: false,
-            }),
-            wake: Condvar::new(),
-        }),
+        wait_mask,
         done: done_read,
-        stop: pipe()?,
         helpers: Vec::new(),
     };
     server.start_helpers();
-    crate::parent::announce(&server.listener, &server.ctx)?;
     while !signals::is_set(&GOT_SIGTERM) && !signals::is_set(&GOT_SIGQUIT) {
         if signals::take(&GOT_SIGHUP) {
             server.reload(&reloader);
@@ -211,9 +428,12 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
             LOG_GENERATION.fetch_add(1, Ordering::Relaxed);
             notice!("reopening log files");
         }
-        let room = server.live.has_room(server.ctx.config.max_clients);
-        if server.wait(room, None) {
-            server.accept_client();
+        // With no spare, a client is the main thread's to see.
+        let listen = server.shared.needs_spare();
+        if server.wait(listen, None) && server.shared.needs_spare() && !server.shared.start_thread()
+        {
+            // The client still waits, the listener stays readable.
+            server.wait(false, Some(SPARE_RETRY));
         }
     }
     server.stop();
@@ -221,12 +441,13 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
 }
 
 impl Server {
-    /// Sleeps until a signal, a thread's end, `timeout`, or (when
+    /// Sleeps until a signal, a byte from a thread, `timeout`, or (when
     /// `listen`) a client.  True when the listener is readable.
     fn wait(&self, listen: bool, timeout: Option<Duration>) -> bool {
+        let generation = Arc::clone(&self.shared.current().generation);
         let mut fds = vec![PollFd::new(self.done.as_fd(), PollFlags::POLLIN)];
         if listen {
-            fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(generation.listener.as_fd(), PollFlags::POLLIN));
         }
         if !signals::wait_events(&mut fds, timeout, self.wait_mask) {
             return false;
@@ -237,75 +458,19 @@ impl Server {
         fds.get(1).and_then(PollFd::any).unwrap_or(false)
     }
 
-    fn accept_client(&mut self) {
-        match self.listener.accept() {
-            Ok(conn) => {
-                self.live.count.fetch_add(1, Ordering::SeqCst);
-                if let Some(conn) = self.spares.hand(conn) {
-                    self.spawn(conn);
-                }
-            }
-            Err(e) => accept_failed(&e),
-        }
-    }
-
-    /// Starts a thread for `first`, which then serves connections until it
-    /// has waited as a spare long enough.  `live` counts `first` already.
-    fn spawn(&mut self, first: Conn) {
-        // accept(2) does not pass the listener's O_NONBLOCK on; the
-        // connection blocks, with timeouts, as in a child process.
-        let ctx = self.ctx.for_thread();
-        let stop = StopWatch::Pipe(self.stop.0.as_raw_fd());
-        let spares = Arc::clone(&self.spares);
-        let generation = spares.lock().generation;
-        let live = Arc::clone(&self.live);
-        let peer = first.1;
-        self.live.threads.fetch_add(1, Ordering::SeqCst);
-        let started = thread::Builder::new()
-            .name(CONNECTION_THREAD.to_string_lossy().into())
-            .stack_size(STACK_SIZE)
-            .spawn(move || {
-                // Declared first, so dropped last: after the worker, whose
-                // log writes its held lines as it goes.
-                let _exit = ThreadExit(Arc::clone(&live));
-                let mut worker = Worker::new(&ctx);
-                let mut next = Some(first);
-                while let Some((stream, peer)) = next.take() {
-                    let served = panic::catch_unwind(AssertUnwindSafe(|| {
-                        worker.serve(&stream, peer, &ctx, stop);
-                    }));
-                    drop(stream);
-                    live.end();
-                    // After a panic (the hook has said what happened) the
-                    // worker's state is suspect: the thread ends with it.
-                    if served.is_ok() {
-                        next = wait_as_spare(&spares, generation, &mut worker);
-                    }
-                }
-            });
-        if let Err(e) = started {
-            // The closure was dropped unrun: the connection is not served.
-            self.live.count.fetch_sub(1, Ordering::SeqCst);
-            self.live.threads.fetch_sub(1, Ordering::SeqCst);
-            diag!(
-                "cannot start a thread: {}; dropping connection from {peer}",
-                crate::error::describe_io(&e)
-            );
-        }
-    }
-
     fn start_helpers(&mut self) {
         let mut wanted = Vec::new();
-        if self.ctx.config.health.check.is_some() {
+        let current = self.shared.current();
+        if current.ctx.config.health.check.is_some() {
             wanted.push(Helper::HealthChecker);
         }
-        if self.ctx.cache.is_some() {
+        if current.ctx.cache.is_some() {
             wanted.push(Helper::CacheJanitor);
         }
         for helper in wanted {
             let running = Arc::new(AtomicBool::new(true));
             let flag = Arc::clone(&running);
-            let ctx = self.ctx.for_thread();
+            let ctx = current.ctx.for_thread();
             let started = thread::Builder::new()
                 .name(helper.name().into())
                 .spawn(move || helper.run(&ctx, &|| flag.load(Ordering::Relaxed)));
@@ -313,7 +478,7 @@ impl Server {
                 Ok(_) => self.helpers.push(running),
                 Err(e) => diag!(
                     "cannot start a thread: {}; no {}",
-                    crate::error::describe_io(&e),
+                    describe_io(&e),
                     helper.name()
                 ),
             }
@@ -323,14 +488,38 @@ impl Server {
     /// Re-reads the configuration for connections accepted from now on;
     /// those running keep theirs.  An invalid file changes nothing.
     fn reload(&mut self, reloader: &Reloader) {
-        let Some(ctx) = crate::parent::reload_context(reloader, &self.ctx, &mut self.listener)
-        else {
-            return;
+        let mut current = self.shared.current();
+        let old = Arc::clone(&current.generation);
+        let mut listener = match old.listener.try_clone() {
+            Ok(listener) => listener,
+            Err(e) => {
+                diag!(
+                    "reload refused, configuration unchanged: cannot duplicate the listener: {}",
+                    describe_io(&e)
+                );
+                return;
+            }
         };
-        self.ctx = ctx;
-        for conn in self.spares.renew() {
-            self.spawn(conn);
-        }
+        let Some(ctx) = crate::parent::reload_context(reloader, &current.ctx, &mut listener) else {
+            return; // said why
+        };
+        let generation = match Generation::new(listener) {
+            Ok(generation) => generation,
+            Err(e) => {
+                diag!("reload refused, configuration unchanged: {e}");
+                return;
+            }
+        };
+        self.shared
+            .max_threads
+            .store(ctx.config.max_clients, Ordering::SeqCst);
+        *current = Current {
+            ctx,
+            generation: Arc::new(generation),
+        };
+        old.retire(&current.generation);
+        say_reloaded(&current.generation.listener, &current.ctx);
+        drop(current);
         for running in self.helpers.drain(..) {
             running.store(false, Ordering::Relaxed);
         }
@@ -340,23 +529,23 @@ impl Server {
     /// Stops accepting, tells idle connections to close, and waits for
     /// busy ones at most `shutdown_timeout` (none at all after SIGQUIT).
     fn stop(self) {
-        let _ = nix::unistd::write(&self.stop.1, b"x");
-        self.spares.stop();
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        let _ = nix::unistd::write(&self.shared.stop.1, b"x");
         let timeout = if signals::is_set(&GOT_SIGQUIT) {
             Duration::ZERO
         } else {
-            self.ctx.config.shutdown_timeout
+            self.shared.current().ctx.config.shutdown_timeout
         };
         let deadline = Instant::now() + timeout;
-        self.live.awaited.store(true, Ordering::SeqCst);
+        self.shared.awaited.store(true, Ordering::SeqCst);
         // Every connection thread, not only every connection: a thread
         // writes its held log lines as it ends.
-        while self.live.threads.load(Ordering::SeqCst) > 0 && !signals::is_set(&GOT_SIGQUIT) {
+        while self.shared.threads.load(Ordering::SeqCst) > 0 && !signals::is_set(&GOT_SIGQUIT) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 diag!(
                     "{} connections still busy after shutdown_timeout; closing them",
-                    self.live.count.load(Ordering::SeqCst)
+                    self.shared.count.load(Ordering::SeqCst)
                 );
                 break;
             }
@@ -366,71 +555,9 @@ impl Server {
     }
 }
 
-/// The connections being served, and how the main thread learns that one
-/// ended when it waits for that: for room under `max_clients`, or for the
-/// last connection at shutdown.  Only then does an end write to the pipe:
-/// a wake-up of the main thread per connection would cost a context switch.
-struct Live {
-    count: AtomicUsize,
-    /// Connection threads, serving or spare.
-    threads: AtomicUsize,
-    /// Set while the main thread waits for an end.
-    awaited: AtomicBool,
-    /// The write end of the pipe the main thread polls.
-    done: OwnedFd,
-}
-
-impl Live {
-    /// Whether another connection may be served now.  When not, ends are
-    /// awaited from now on, and one that came between the check and the
-    /// flag is seen by the check after it.
-    fn has_room(&self, max: usize) -> bool {
-        self.awaited.store(true, Ordering::SeqCst);
-        let room = self.count.load(Ordering::SeqCst) < max;
-        if room {
-            self.awaited.store(false, Ordering::SeqCst);
-        }
-        room
-    }
-
-    /// A connection has ended.
-    fn end(&self) {
-        self.count.fetch_sub(1, Ordering::SeqCst);
-        self.tell();
-    }
-
-    /// Wakes the main thread if it waits for an end.
-    fn tell(&self) {
-        if self.awaited.load(Ordering::SeqCst) {
-            // A full pipe is awake enough.
-            let _ = nix::unistd::write(&self.done, b"x");
-        }
-    }
-}
-
-/// Counts a connection thread out as it ends, however it ends.
-struct ThreadExit(Arc<Live>);
-
-impl Drop for ThreadExit {
-    fn drop(&mut self) {
-        self.0.threads.fetch_sub(1, Ordering::SeqCst);
-        self.0.tell();
-    }
-}
-
-/// A thread's wait, named so in ps(1), for its next connection; `None` when
-/// it should end.  Held log lines are written when they fall due.
-fn wait_as_spare(spares: &Spares, generation: u64, worker: &mut Worker) -> Option<Conn> {
-    let _ = nix::sys::prctl::set_name(SPARE_THREAD);
-    let next = loop {
-        match spares.next(generation, worker.log_due()) {
-            Spare::Serve(conn) => break Some(conn),
-            Spare::Flush => worker.flush_log(),
-            Spare::End => break None,
-        }
-    };
-    let _ = nix::sys::prctl::set_name(CONNECTION_THREAD);
-    next
+fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+        .map_err(|e| Error::os("cannot make a pipe", e.into()))
 }
 
 /// Lets glibc's malloc give every connection thread an arena of its own.

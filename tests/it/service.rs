@@ -6,6 +6,7 @@ use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
@@ -127,6 +128,39 @@ fn sighup_reload_changes_backends_for_new_connections_only() {
             "a\n",
             "an existing child keeps its list"
         );
+    }
+}
+
+#[test]
+fn sighup_moving_the_address_stops_the_old_listener_at_once() {
+    let a = Backend::start("a");
+    let proxy = Proxy::start_with(options(&[&a], ""));
+    let old = proxy.addr;
+    // A connection kept alive across the reload, still served where the
+    // model keeps such connections.
+    let mut kept = Client::connect(old);
+    assert_eq!(kept.get("/whoami").status, 200);
+
+    let moved = options(&[&a], "")
+        .config_text()
+        .replace("listen = \"127.0.0.1\"", "listen = \"127.0.0.2\"");
+    fs::write(proxy.dir.path().join("pibl.conf"), moved).unwrap();
+    proxy.process.signal(Signal::SIGHUP);
+    let line = proxy.wait_stderr("configuration reloaded");
+    let new: std::net::SocketAddr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    assert_eq!(new.ip().to_string(), "127.0.0.2");
+    assert_eq!(get(new, "/whoami").text(), "a\n");
+    // Not left listening, with clients queued where no one accepts.
+    wait_until("the old address to refuse connections", || {
+        std::net::TcpStream::connect_timeout(&old, Duration::from_secs(1)).is_err()
+    });
+    if model() != "prefork" {
+        assert_eq!(kept.get("/whoami").text(), "a\n");
     }
 }
 
