@@ -36,7 +36,7 @@ use crate::{diag, notice};
 
 /// Pause after accept(2) fails for want of descriptors, so a full table
 /// does not turn the loop into a busy spin.
-pub const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
+const FD_EXHAUSTED_PAUSE: Duration = Duration::from_millis(100);
 /// Most connections accepted, and children forked behind one gate, per
 /// wake-up of the fork model's parent.
 const MAX_BATCH: usize = 64;
@@ -368,11 +368,16 @@ pub fn accept_failed(e: &io::Error) {
             diag!("accept: {}; pausing", crate::error::describe_io(e));
             std::thread::sleep(FD_EXHAUSTED_PAUSE);
         }
-        // EAGAIN: nothing after all; ECONNABORTED: the client left before
-        // we got to it.  Neither is worth a word.
+        // EAGAIN: nothing after all (or a prefork worker's accept timeout);
+        // EINTR: a signal, which the caller will look at; ECONNABORTED,
+        // ENOTCONN: the client left before we got to it (so fast it has no
+        // address).  None is worth a word.
         _ if matches!(
             e.kind(),
-            io::ErrorKind::WouldBlock | io::ErrorKind::ConnectionAborted
+            io::ErrorKind::WouldBlock
+                | io::ErrorKind::Interrupted
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::NotConnected
         ) => {}
         _ => diag!("accept: {}", crate::error::describe_io(e)),
     }
@@ -423,8 +428,8 @@ pub fn reload_context(
     Some(ctx)
 }
 
-/// Says that the configuration `ctx` now serves new connections: once the
-/// caller has put it in place, for a client reading this may rely on it.
+/// Says that `ctx` serves new connections from now on.  Called once the
+/// caller has put it in place: a client that reads this may rely on it.
 pub fn say_reloaded(listener: &TcpListener, ctx: &Context) {
     notice!(
         "configuration reloaded: listening on {}, {} backends",

@@ -38,7 +38,7 @@ use nix::unistd::{ForkResult, Pid, fork};
 use crate::connection::{self, Worker};
 use crate::diag;
 use crate::error::Error;
-use crate::parent::{ForkGate, waiting_connections};
+use crate::parent::{ForkGate, accept_failed, waiting_connections};
 use crate::relay::Context;
 use crate::shm::{self, SLOT_BUSY, SLOT_FREE, SLOT_IDLE, SLOT_STARTING, Scoreboard, WorkerSlot};
 use crate::signals::{self, GOT_SIGTERM, StopWatch};
@@ -283,16 +283,7 @@ fn work(
                 served += 1;
                 slot.served.store(served, Ordering::Relaxed);
             }
-            Err(e) => match e.raw_os_error() {
-                Some(libc::EMFILE | libc::ENFILE) => {
-                    diag!("accept: {}; pausing", crate::error::describe_io(&e));
-                    std::thread::sleep(crate::parent::FD_EXHAUSTED_PAUSE);
-                }
-                // A signal, the accept timeout, a client gone before its
-                // turn (or one gone so fast it has no peer address).
-                Some(libc::EINTR | libc::EAGAIN | libc::ECONNABORTED | libc::ENOTCONN) => {}
-                _ => diag!("accept: {}", crate::error::describe_io(&e)),
-            },
+            Err(e) => accept_failed(&e),
         }
         // The accept timeout wakes an idle worker each second, held log
         // lines then go out within a second of falling due.

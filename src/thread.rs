@@ -66,7 +66,8 @@ const SPARE_THREAD: &std::ffi::CStr = c"pibl spare";
 const MAX_SPARES: usize = 64;
 /// How long a spare waits for a connection before it ends.
 const SPARE_LIFETIME: Duration = Duration::from_secs(5);
-/// How soon the main thread tries again to start a spare that could not be.
+/// Pause before trying again after a thread could not be started, or a
+/// spare could not wait in epoll(2).
 const SPARE_RETRY: Duration = Duration::from_secs(1);
 
 /// A client connection and its peer's address.
@@ -307,11 +308,14 @@ impl ConnThread {
     }
 
     /// Waits as a spare (counted as one) for a connection, named so in
-    /// ps(1); `None` when the thread should end.
+    /// ps(1); `None` when the thread should end.  An ending spare keeps
+    /// the name until it is gone, with its descriptors.
     fn wait_for_client(&mut self) -> Option<Conn> {
         let _ = nix::sys::prctl::set_name(SPARE_THREAD);
         let conn = self.accept_next();
-        let _ = nix::sys::prctl::set_name(CONNECTION_THREAD);
+        if conn.is_some() {
+            let _ = nix::sys::prctl::set_name(CONNECTION_THREAD);
+        }
         conn
     }
 
