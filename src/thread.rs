@@ -269,11 +269,7 @@ impl ConnThread {
     /// goes, its backend connections and held log lines with it: the new
     /// configuration may name other backends and another log.
     fn renew(&mut self) -> io::Result<()> {
-        let (ctx, generation) = self.shared.take_current();
-        self.epoll = spare_epoll(&self.shared, &generation)?;
-        self.worker = Worker::new(&ctx);
-        self.ctx = ctx;
-        self.generation = generation;
+        *self = ConnThread::new(Arc::clone(&self.shared))?;
         Ok(())
     }
 
@@ -448,9 +444,9 @@ impl Server {
     /// Sleeps until a signal, a byte from a thread, `timeout`, or (when
     /// `listen`) a client.  True when the listener is readable.
     fn wait(&self, listen: bool, timeout: Option<Duration>) -> bool {
-        let generation = Arc::clone(&self.shared.current().generation);
+        let generation = listen.then(|| Arc::clone(&self.shared.current().generation));
         let mut fds = vec![PollFd::new(self.done.as_fd(), PollFlags::POLLIN)];
-        if listen {
+        if let Some(generation) = &generation {
             fds.push(PollFd::new(generation.listener.as_fd(), PollFlags::POLLIN));
         }
         if !signals::wait_events(&mut fds, timeout, self.wait_mask) {
