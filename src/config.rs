@@ -90,6 +90,8 @@ pub struct Config {
     /// Longest a held line waits (`[log] flush`).
     pub log_flush: Duration,
     pub max_clients: usize,
+    /// Run under SCHED_BATCH (see `sched`).
+    pub sched_batch: bool,
     /// How long a stopping parent waits for children to finish.
     pub shutdown_timeout: Duration,
     /// Account to run as when started as root.
@@ -179,6 +181,7 @@ struct RawConfig {
     port: Option<u16>,
     backends: Option<Spanned<Vec<Spanned<String>>>>,
     max_clients: Option<Spanned<i64>>,
+    sched_batch: Option<bool>,
     shutdown_timeout: Option<Spanned<i64>>,
     user: Option<String>,
     group: Option<String>,
@@ -508,6 +511,7 @@ impl Config {
             log_buffer,
             log_flush,
             max_clients,
+            sched_batch: raw.sched_batch.unwrap_or(true),
             shutdown_timeout,
             user: raw.user,
             group: raw.group,
@@ -569,6 +573,7 @@ mod tests {
         assert_eq!(c.listen.to_string(), "0.0.0.0");
         assert_eq!(c.log_file, PathBuf::from("pibl.log"));
         assert_eq!(c.max_clients, DEFAULT_MAX_CLIENTS);
+        assert!(c.sched_batch);
         assert_eq!(c.backends[0].addr, "127.0.0.1:9001".parse().unwrap());
     }
 
@@ -628,17 +633,22 @@ mod tests {
             err("backends = [\"127.0.0.1:1\"]\n[log]\nflush = 0\n"),
             "t.conf:3: flush: must be a positive number of seconds"
         );
+        assert_eq!(
+            err("backends = [\"127.0.0.1:1\"]\nsched_batch = \"yes\"\n"),
+            "t.conf:2: invalid type: string \"yes\", expected a boolean"
+        );
     }
 
     #[test]
     fn full_file() {
         let c = Config::parse(
             "t.conf",
-            "listen = \"127.0.0.1\"\nport = 0\nmax_clients = 3\nbackends = [\"[::1]:1\", \"localhost:2\"]\n[log]\nfile = \"x.log\"\n",
+            "listen = \"127.0.0.1\"\nport = 0\nmax_clients = 3\nsched_batch = false\nbackends = [\"[::1]:1\", \"localhost:2\"]\n[log]\nfile = \"x.log\"\n",
         )
         .unwrap();
         assert_eq!(c.listen_addr(), "127.0.0.1:0".parse().unwrap());
         assert_eq!(c.max_clients, 3);
+        assert!(!c.sched_batch);
         assert_eq!(c.backends.len(), 2);
         assert_eq!(c.backends[1].name, "localhost:2");
         assert_eq!(c.log_file, PathBuf::from("x.log"));

@@ -27,6 +27,7 @@ mod pool;
 mod prefork;
 mod privileges;
 mod relay;
+mod sched;
 mod shm;
 mod signals;
 mod splice;
@@ -97,6 +98,8 @@ fn serve(cli: &Cli) -> Result<(), Error> {
         )
     })?;
     let listener = parent::bind(config.listen_addr())?;
+    // Before any child or thread exists: they all take the policy over.
+    sched::apply(config.sched_batch);
     let ctx = build_context(config)?;
     let pid_file = cli.pid_file.as_deref().map(PidFile::write).transpose()?;
     let mut writable = vec![ctx.config.log_file.as_path()];

@@ -293,3 +293,73 @@ fn prefork_workers_do_not_outlive_a_killed_parent() {
     };
     wait_until("the orphaned workers to stop", || pids.iter().all(gone));
 }
+
+/// The scheduling policy of task `tid` of process `pid` (field 41 of its
+/// stat: 0 SCHED_OTHER, 3 SCHED_BATCH).
+fn policy_of(pid: i32, tid: i32) -> u32 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    // Fields from the third (the state) on follow the command's ')'.
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    fields[41 - 3].parse().unwrap()
+}
+
+/// The policies of the tasks serving connections now: the process of the
+/// log line `line`, or in the thread model the threads named so.
+fn serving_policies(line: &str) -> Vec<u32> {
+    let pid = pid_of(line);
+    if model() != "thread" {
+        return vec![policy_of(pid, pid)];
+    }
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter(|t| fs::read_to_string(t.path().join("comm")).unwrap_or_default() == "pibl conn\n")
+        .map(|t| policy_of(pid, t.file_name().to_str().unwrap().parse().unwrap()))
+        .collect()
+}
+
+const SCHED_OTHER: u32 = 0;
+const SCHED_BATCH: u32 = 3;
+
+#[test]
+fn connections_are_served_under_sched_batch_unless_turned_off() {
+    let backends = Backend::start_many(1);
+    let proxy = Proxy::start(&backends);
+    let mut client = Client::connect(proxy.addr);
+    assert_eq!(client.get("/whoami").status, 200);
+    let line = &proxy.wait_log(1)[0];
+    assert_eq!(serving_policies(line), [SCHED_BATCH], "{line}");
+    assert_eq!(
+        policy_of(proxy.pid(), proxy.pid()),
+        SCHED_BATCH,
+        "the parent"
+    );
+    drop(client);
+    wait_until("no thread to serve a connection", || {
+        proxy.tasks_named("pibl conn") == 0
+    });
+
+    // Turned off by a reload: connections from then on run as usual.
+    let mut options = ProxyOptions::new(&backends);
+    options.extra = "sched_batch = false\n".into();
+    fs::write(proxy.dir.path().join("pibl.conf"), options.config_text()).unwrap();
+    let (before, _) = proxy.children();
+    proxy.process.signal(Signal::SIGHUP);
+    proxy.wait_stderr("configuration reloaded");
+    if model() == "prefork" {
+        // Idle workers of the old configuration could still take it.
+        wait_until("the old workers to exit", || {
+            let (now, _) = proxy.children();
+            before.iter().all(|pid| !now.contains(pid))
+        });
+    }
+    let mut client = Client::connect(proxy.addr);
+    assert_eq!(client.get("/whoami").status, 200);
+    let line = &proxy.wait_log(2)[1];
+    assert_eq!(serving_policies(line), [SCHED_OTHER], "{line}");
+}
