@@ -12,6 +12,7 @@ use nix::sys::signal::SigSet;
 
 use crate::connection::Worker;
 use crate::relay::{Context, End};
+use crate::sched;
 use crate::signals::{self, StopWatch};
 
 /// Exit statuses: a small protocol from child to parent.
@@ -23,6 +24,7 @@ pub const EXIT_INTERNAL: i32 = 3;
 /// Serves the connection and exits; never returns to the accept loop.
 pub fn serve(stream: TcpStream, peer: SocketAddr, ctx: &Context, parent_mask: &SigSet) -> ! {
     let idle_mask = signals::install_child(parent_mask);
+    sched::apply(ctx.config.sched_batch);
     let code = panic::catch_unwind(AssertUnwindSafe(|| {
         let end = Worker::new(ctx).serve(&stream, peer, ctx, StopWatch::Signals(idle_mask));
         exit_code(end)

@@ -98,8 +98,6 @@ fn serve(cli: &Cli) -> Result<(), Error> {
         )
     })?;
     let listener = parent::bind(config.listen_addr())?;
-    // Before any child or thread exists: they all take the policy over.
-    sched::apply(config.sched_batch);
     let ctx = build_context(config)?;
     let pid_file = cli.pid_file.as_deref().map(PidFile::write).transpose()?;
     let mut writable = vec![ctx.config.log_file.as_path()];

@@ -271,8 +271,6 @@ impl Parent {
             return;
         };
         self.ctx = ctx;
-        // Children and workers forked from now on take the policy over.
-        crate::sched::apply(self.ctx.config.sched_batch);
         say_reloaded(&self.listener, &self.ctx);
         self.stop_helpers();
         self.start_helpers();

@@ -254,6 +254,7 @@ fn work(
 ) -> ! {
     let limits = &ctx.config.prefork;
     let idle_mask = signals::install_child(parent_mask);
+    crate::sched::apply(ctx.config.sched_batch);
     // A worker outliving its parent would hold the port and serve with
     // no one to replace it: the kernel stops it, even after a SIGKILL of
     // the parent (gracefully: the connection in hand is finished).

@@ -1,4 +1,4 @@
-//! How pibl's processes and threads are scheduled.
+//! How the processes and threads that serve connections are scheduled.
 //!
 //! With `sched_batch` (the default) they run under SCHED_BATCH, the policy
 //! sched(7) gives "workloads that want a deterministic scheduling policy
@@ -18,9 +18,12 @@
 //! was started with by chrt(1) or systemd's CPUSchedulingPolicy= (FIFO,
 //! RR, IDLE) is the administrator's, and left alone.
 //!
-//! The policy belongs to a thread and passes to the processes and threads
-//! it creates: the parent sets its own at start and at each reload, a
-//! thread of the thread model its own as it takes a configuration.
+//! The policy belongs to a thread.  Each task that serves connections sets
+//! its own as it starts (the fork model's child, a prefork worker) or
+//! takes a configuration (a thread of the thread model).  The parent, the
+//! thread model's main thread and the helpers keep theirs: the parent must
+//! run as soon as connections arrive, to fork for them or grow the pool —
+//! made to wait, it had the first requests of a burst wait with it.
 
 use std::io;
 

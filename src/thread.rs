@@ -254,7 +254,8 @@ struct ConnThread {
 impl ConnThread {
     fn new(shared: Arc<Shared>) -> io::Result<ConnThread> {
         let (ctx, generation) = shared.take_current();
-        // The thread that started this one may have an older configuration.
+        // Set here, not inherited: the thread that started this one may
+        // have an older configuration.
         crate::sched::apply(ctx.config.sched_batch);
         let epoll = spare_epoll(&shared, &generation)?;
         let worker = Worker::new(&ctx);
