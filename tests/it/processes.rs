@@ -348,17 +348,7 @@ fn connections_are_served_under_sched_batch_unless_turned_off() {
     // Turned off by a reload: connections from then on run as usual.
     let mut options = ProxyOptions::new(&backends);
     options.extra = "sched_batch = false\n".into();
-    fs::write(proxy.dir.path().join("pibl.conf"), options.config_text()).unwrap();
-    let (before, _) = proxy.children();
-    proxy.process.signal(Signal::SIGHUP);
-    proxy.wait_stderr("configuration reloaded");
-    if model() == "prefork" {
-        // Idle workers of the old configuration could still take it.
-        wait_until("the old workers to exit", || {
-            let (now, _) = proxy.children();
-            before.iter().all(|pid| !now.contains(pid))
-        });
-    }
+    proxy.reload(&options);
     let mut client = Client::connect(proxy.addr);
     assert_eq!(client.get("/whoami").status, 200);
     let line = &proxy.wait_log(2)[1];

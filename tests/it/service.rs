@@ -97,21 +97,10 @@ fn sighup_reload_changes_backends_for_new_connections_only() {
     let mut kept = Client::connect(proxy.addr);
     assert_eq!(kept.get("/whoami").text(), "a\n");
 
-    fs::write(
-        proxy.dir.path().join("pibl.conf"),
-        options(&[&b], "").config_text(),
-    )
-    .unwrap();
-    let (before, _) = proxy.children();
-    proxy.process.signal(Signal::SIGHUP);
-    proxy.wait_stderr("configuration reloaded");
+    proxy.reload(&options(&[&b], ""));
     if model() == "prefork" {
         // Workers of the old configuration stop between requests, as
         // Apache's do at a graceful restart: the kept connection closes.
-        wait_until("the old workers to exit", || {
-            let (now, _) = proxy.children();
-            before.iter().all(|pid| !now.contains(pid))
-        });
         assert!(kept.is_closed());
     }
     assert_eq!(

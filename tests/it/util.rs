@@ -329,6 +329,22 @@ impl Proxy {
         found.expect("found above")
     }
 
+    /// Rewrites pibl.conf from `options`, sends SIGHUP and waits until the
+    /// new configuration serves: said on stderr and, in the prefork model,
+    /// every worker of the old one gone (an idle one could still accept).
+    pub fn reload(&self, options: &ProxyOptions) {
+        fs::write(self.dir.path().join("pibl.conf"), options.config_text()).unwrap();
+        let (before, _) = self.children();
+        self.process.signal(nix::sys::signal::Signal::SIGHUP);
+        self.wait_stderr("configuration reloaded");
+        if model() == "prefork" {
+            wait_until("the old workers to exit", || {
+                let (now, _) = self.children();
+                before.iter().all(|pid| !now.contains(pid))
+            });
+        }
+    }
+
     /// Waits until `n` access lines are on stdout, returns them.
     pub fn wait_log(&self, n: usize) -> Vec<String> {
         self.stdout.wait_for(n)
