@@ -90,7 +90,7 @@ pub struct Config {
     /// Longest a held line waits (`[log] flush`).
     pub log_flush: Duration,
     pub max_clients: usize,
-    /// Run under SCHED_BATCH (see `sched`).
+    /// Serve connections under SCHED_BATCH (see `sched`).
     pub sched_batch: bool,
     /// How long a stopping parent waits for children to finish.
     pub shutdown_timeout: Duration,
