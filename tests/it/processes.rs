@@ -282,29 +282,22 @@ fn prefork_workers_do_not_outlive_a_killed_parent() {
     proxy.process.signal(Signal::SIGKILL);
     let mut proxy = proxy;
     proxy.process.wait_exit();
-    let gone = |pid: &i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-            stat.rsplit(')')
-                .next()
-                .unwrap()
-                .trim_start()
-                .starts_with('Z')
-        })
-    };
+    let gone = |pid: &i32| stat_fields(&format!("/proc/{pid}/stat")).is_none_or(|f| f[0] == "Z");
     wait_until("the orphaned workers to stop", || pids.iter().all(gone));
+}
+
+/// The fields of the /proc stat file at `path` from the third (the state)
+/// on, which follow the command's ')'; `None` once the task is gone.
+fn stat_fields(path: &str) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(path).ok()?;
+    let after_comm = stat.rsplit(')').next()?;
+    Some(after_comm.split_whitespace().map(str::to_string).collect())
 }
 
 /// The scheduling policy of task `tid` of process `pid` (field 41 of its
 /// stat: 0 SCHED_OTHER, 3 SCHED_BATCH).
 fn policy_of(pid: i32, tid: i32) -> u32 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
-    // Fields from the third (the state) on follow the command's ')'.
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .collect();
+    let fields = stat_fields(&format!("/proc/{pid}/task/{tid}/stat")).unwrap();
     fields[41 - 3].parse().unwrap()
 }
 
@@ -315,11 +308,9 @@ fn serving_policies(line: &str) -> Vec<u32> {
     if model() != "thread" {
         return vec![policy_of(pid, pid)];
     }
-    fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-        .filter(|t| fs::read_to_string(t.path().join("comm")).unwrap_or_default() == "pibl conn\n")
-        .map(|t| policy_of(pid, t.file_name().to_str().unwrap().parse().unwrap()))
+    threads_named(pid, "pibl conn")
+        .into_iter()
+        .map(|tid| policy_of(pid, tid))
         .collect()
 }
 

@@ -358,21 +358,13 @@ impl Proxy {
     /// How many tasks of the proxy are called `name`: its threads and its
     /// children (pibl names its helpers, prefork workers and threads).
     pub fn tasks_named(&self, name: &str) -> usize {
-        let comm = |path: String| fs::read_to_string(path).unwrap_or_default();
-        let threads = fs::read_dir(format!("/proc/{}/task", self.pid()))
-            .map(|dir| {
-                dir.flatten()
-                    .filter(|t| comm(format!("{}/comm", t.path().display())).trim_end() == name)
-                    .count()
-            })
-            .unwrap_or(0);
         let children = self
             .children()
             .0
             .into_iter()
-            .filter(|pid| comm(format!("/proc/{pid}/comm")).trim_end() == name)
+            .filter(|pid| comm_of(&format!("/proc/{pid}")) == name)
             .count();
-        threads + children
+        threads_named(self.pid(), name).len() + children
     }
 
     /// The connections being served now, as the model shows them: live
@@ -437,6 +429,25 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 /// (live, zombie) children of `pid`, from /proc.
+/// The ids of the threads of process `pid` called `name` (none once it
+/// is gone).
+pub fn threads_named(pid: i32, name: &str) -> Vec<i32> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| {
+            dir.flatten()
+                .filter(|t| comm_of(&t.path().display().to_string()) == name)
+                .filter_map(|t| t.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The name of the task whose /proc directory is `dir` ("" once gone).
+fn comm_of(dir: &str) -> String {
+    let comm = fs::read_to_string(format!("{dir}/comm")).unwrap_or_default();
+    comm.trim_end().to_string()
+}
+
 pub fn children_of(pid: i32) -> (Vec<i32>, Vec<i32>) {
     let (mut live, mut zombies) = (Vec::new(), Vec::new());
     for entry in fs::read_dir("/proc").unwrap().flatten() {
