@@ -286,14 +286,6 @@ fn prefork_workers_do_not_outlive_a_killed_parent() {
     wait_until("the orphaned workers to stop", || pids.iter().all(gone));
 }
 
-/// The fields of the /proc stat file at `path` from the third (the state)
-/// on, which follow the command's ')'; `None` once the task is gone.
-fn stat_fields(path: &str) -> Option<Vec<String>> {
-    let stat = fs::read_to_string(path).ok()?;
-    let after_comm = stat.rsplit(')').next()?;
-    Some(after_comm.split_whitespace().map(str::to_string).collect())
-}
-
 /// The scheduling policy of task `tid` of process `pid` (field 41 of its
 /// stat: 0 SCHED_OTHER, 3 SCHED_BATCH).
 fn policy_of(pid: i32, tid: i32) -> u32 {

@@ -428,7 +428,6 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// (live, zombie) children of `pid`, from /proc.
 /// The ids of the threads of process `pid` called `name` (none once it
 /// is gone).
 pub fn threads_named(pid: i32, name: &str) -> Vec<i32> {
@@ -448,6 +447,15 @@ fn comm_of(dir: &str) -> String {
     comm.trim_end().to_string()
 }
 
+/// The fields of the /proc stat file at `path` from the third (the state)
+/// on, which follow the command's ')'; `None` once the task is gone.
+pub fn stat_fields(path: &str) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(path).ok()?;
+    let after_comm = stat.rsplit(')').next()?;
+    Some(after_comm.split_whitespace().map(str::to_string).collect())
+}
+
+/// (live, zombie) children of `pid`, from /proc.
 pub fn children_of(pid: i32) -> (Vec<i32>, Vec<i32>) {
     let (mut live, mut zombies) = (Vec::new(), Vec::new());
     for entry in fs::read_dir("/proc").unwrap().flatten() {
