@@ -41,6 +41,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -365,6 +366,8 @@ impl ConnThread {
         let mut events = [EpollEvent::empty(); 3];
         match self.epoll.wait(&mut events, timeout) {
             Ok(n) => n > 0,
+            // A signal, or a stop and continue (^Z, fg): see signal(7).
+            Err(Errno::EINTR) => true,
             Err(e) => {
                 diag!("epoll_wait: {}", e.desc());
                 thread::sleep(SPARE_RETRY);

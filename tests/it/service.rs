@@ -90,6 +90,41 @@ fn sigquit_stops_at_once() {
 }
 
 #[test]
+fn stopped_and_continued_it_serves_on_without_complaint() {
+    // A shell's ^Z and fg: after SIGSTOP and SIGCONT some waits, epoll_wait(2)
+    // among them, fail with EINTR though no handler ran (signal(7)).
+    let backend = Backend::start("a");
+    let proxy = Proxy::start(std::slice::from_ref(&backend));
+    assert_eq!(get(proxy.addr, "/").status, 200);
+    proxy.wait_settled();
+    let mut idle = Client::connect(proxy.addr);
+    assert_eq!(idle.get("/").status, 200);
+    let mut tasks = proxy.children().0;
+    tasks.push(proxy.pid());
+    let signal_all = |signal| {
+        for &pid in &tasks {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+        }
+    };
+    let stopped =
+        |pid: &i32| stat_fields(&format!("/proc/{pid}/stat")).is_some_and(|f| f[0] == "T");
+    signal_all(Signal::SIGSTOP);
+    wait_until("the proxy to stop", || tasks.iter().all(stopped));
+    signal_all(Signal::SIGCONT);
+    assert_eq!(idle.get("/").status, 200);
+    for _ in 0..3 {
+        assert_eq!(get(proxy.addr, "/").status, 200);
+    }
+    let complaints: Vec<String> = proxy
+        .stderr
+        .snapshot()
+        .into_iter()
+        .filter(|l| l.contains("nterrupted"))
+        .collect();
+    assert!(complaints.is_empty(), "{complaints:?}");
+}
+
+#[test]
 fn sighup_reload_changes_backends_for_new_connections_only() {
     let a = Backend::start("a");
     let b = Backend::start("b");
