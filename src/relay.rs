@@ -458,6 +458,23 @@ fn read_replayable_body(
     }
 }
 
+/// Reads a body no one needs — a hit's: it is on the wire before the next
+/// request, and must not be taken for one (as nginx discards it).
+fn drop_body(client: &mut Reader<&TcpStream>, req: &Request<'_>, max_body: u64) -> io::Result<()> {
+    if req.framing == Framing::Empty {
+        return Ok(());
+    }
+    send_continue(client, req);
+    body::relay(
+        client,
+        &mut io::sink(),
+        req.framing,
+        Encode::Plain,
+        max_body,
+    )?;
+    Ok(())
+}
+
 /// The cache's part in one exchange: the key, and what to do with the
 /// response.
 struct CachePlan<'c> {
@@ -591,7 +608,12 @@ fn relay_to_backend(
 ) -> Exchange {
     let mut plan = match consult_cache(ctx.cache.as_ref(), req, &mut ex) {
         Ok(plan) => plan,
-        Err(entry) => return serve_hit(client, *entry, req, ex, CacheStatus::Hit),
+        Err(entry) => {
+            if let Err(e) = drop_body(client, req, ctx.config.limits.max_body) {
+                return refuse(client, ex, client_read_status(&e));
+            }
+            return serve_hit(client, *entry, req, ex, CacheStatus::Hit);
+        }
     };
     let kept = match read_replayable_body(client, req) {
         Ok(kept) => kept,

@@ -88,6 +88,50 @@ fn a_hit_reaches_no_backend_and_head_is_served_from_a_get_entry() {
     assert_eq!(entries(&proxy.dir).len(), 1);
 }
 
+/// A hit answers without the backend, but the request's body is still on
+/// the wire: it is read and dropped, never taken for the next request.
+#[test]
+fn a_hit_reads_and_drops_the_request_body() {
+    let backend = RawBackend::start(OK);
+    let proxy = cached(&backend, 60);
+    let mut client = Client::connect(proxy.addr);
+    assert_eq!(client.get("/b").header("x-cache"), Some("MISS"));
+    // The body looks like a request of its own, as a smuggler's would.
+    let sneaked = "GET /sneaked HTTP/1.1\r\nHost: test\r\n\r\n";
+    client.send(
+        format!(
+            "GET /b HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n{sneaked}",
+            sneaked.len()
+        )
+        .as_bytes(),
+    );
+    let hit = client.response("GET");
+    assert_eq!(
+        (hit.header("x-cache"), hit.text().as_str()),
+        (Some("HIT"), "hello")
+    );
+    client.send(
+        b"GET /b HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    let chunked = client.response("GET");
+    assert_eq!(
+        (chunked.status, chunked.header("x-cache")),
+        (200, Some("HIT"))
+    );
+    let after = client.get("/b");
+    assert_eq!((after.status, after.header("x-cache")), (200, Some("HIT")));
+    assert_eq!(
+        hits(&backend),
+        1,
+        "nothing but the first request reached the backend"
+    );
+    let log = proxy.wait_log(4);
+    assert!(
+        log.iter().all(|l| l.contains("\"GET /b HTTP/1.1\" 200")),
+        "four requests for /b, nothing else: {log:#?}"
+    );
+}
+
 #[test]
 fn entries_expire_after_the_ttl_or_the_origins_shorter_lifetime() {
     let backend = RawBackend::start(OK);
