@@ -103,7 +103,11 @@ pub fn parse_request(buf: &[u8], max_fields: usize) -> Result<Parsed<RequestHead
     let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
     let parsed = req.parse_with_uninit_headers(buf, &mut headers[..max_fields.min(MAX_FIELDS)]);
-    match parsed.map_err(parse_error)? {
+    let parsed = parsed.map_err(|e| match e {
+        httparse::Error::Version if !names_a_version(buf) => reject(400, "malformed request line"),
+        e => parse_error(e),
+    });
+    match parsed? {
         httparse::Status::Partial => Ok(Parsed::Partial),
         httparse::Status::Complete(len) => Ok(Parsed::Done(
             RequestHead {
@@ -115,6 +119,30 @@ pub fn parse_request(buf: &[u8], max_fields: usize) -> Result<Parsed<RequestHead
             len,
         )),
     }
+}
+
+/// Does the request line end in a version, `HTTP/x.y`, after exactly one
+/// space?  httparse reports any fault after the target as a bad version;
+/// only a line that names one deserves a 505, the rest (two spaces, a
+/// lower-case `http`) are malformed: 400.
+fn names_a_version(buf: &[u8]) -> bool {
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.split(|&b| b == b' ');
+    let version = (parts.next(), parts.next(), parts.next(), parts.next());
+    matches!(version, (Some(_), Some(target), Some(v), None)
+        if !target.is_empty() && matches!(v, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit()))
+}
+
+/// Is `value` a valid Host: a host name, IPv4 address or bracketed IP
+/// literal, and an optional port (RFC 9110 §7.2, RFC 3986 §3.2.2)?  Empty
+/// is allowed (a target with no authority).  Refused: spaces, `/`, `@`
+/// and everything else a name cannot hold, as nginx refuses them.
+pub fn valid_host(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
 }
 
 pub fn parse_response_head(buf: &[u8]) -> Result<Parsed<ResponseHead>, Reject> {
@@ -624,9 +652,32 @@ mod tests {
     }
 
     #[test]
+    fn hosts() {
+        for good in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:80",
+            "[::1]:8080",
+            "",
+            "a-b_c.d~",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "a b", "a/b", "u@host", "a\\b", "\"x\"", "a\tb", "h\u{e9}", "a?b", "a#b",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
     fn parse_errors_map_to_statuses() {
         let status = |text: &[u8]| parse_request(text, 100).err().map(|r| r.status);
         assert_eq!(status(b"GET / HTTP/2.0\r\n\r\n"), Some(505));
+        assert_eq!(status(b"GET / HTTP/1.2\r\nHost: x\r\n\r\n"), Some(505));
+        assert_eq!(status(b"GET /  HTTP/1.1\r\n\r\n"), Some(400));
+        assert_eq!(status(b"GET / http/1.1\r\n\r\n"), Some(400));
+        assert_eq!(status(b"GET / HTTP/1.1x\r\n\r\n"), Some(400));
         assert_eq!(status(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"), Some(400));
         let many: String = (0..11).map(|i| format!("X-{i}: y\r\n")).collect();
         let text = format!("GET / HTTP/1.1\r\n{many}\r\n");

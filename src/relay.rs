@@ -297,6 +297,9 @@ fn check_request(req: &mut RequestHead, max_body: u64) -> Result<(String, Framin
     if (req.minor == 1 && hosts != 1) || hosts > 1 {
         return Err(bad("a request needs exactly one Host"));
     }
+    if !http::values(&req.fields, "host").all(http::valid_host) {
+        return Err(bad("invalid Host"));
+    }
     if http::values(&req.fields, "expect").next().is_some() && !http::expects_continue(req) {
         return Err(Reject {
             status: 417,

@@ -212,6 +212,12 @@ const SMUGGLING: &[(&[u8], u16)] = &[
     (b"GET / HTTP/1.1 \r\nHost: t\r\n\r\n", 400),
     (b"GET  / HTTP/1.1\r\nHost: t\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: t\r\nHost: u\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: t u\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: t/u\r\n\r\n", 400),
+    (b"GET http://user@t/ HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+    (b"GET /  HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+    (b"GET / http/1.1\r\nHost: t\r\n\r\n", 400),
+    (b"GET / HTTP/3.0\r\nHost: t\r\n\r\n", 505),
 ];
 
 #[test]
