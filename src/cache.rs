@@ -671,7 +671,12 @@ impl Cache {
         let cc = http::tokens(&resp.fields, "cache-control");
         let has = |d: &str| cc.iter().any(|t| t == d || t.starts_with(&format!("{d}=")));
         let request_cc = http::tokens(&req.fields, "cache-control");
-        if has("no-store") || has("private") || request_cc.iter().any(|t| t == "no-store") {
+        // no-cache lets a cache store the response but never serve it
+        // unvalidated (RFC 9111 §5.2.2.4): stored, it would be a request to
+        // the backend every time all the same, so it is not stored, as nginx
+        // does not store it.
+        let restricted = has("no-store") || has("no-cache") || has("private");
+        if restricted || request_cc.iter().any(|t| t == "no-store") {
             return None;
         }
         if http::values(&resp.fields, "set-cookie").next().is_some() {

@@ -156,8 +156,10 @@ fn entries_expire_after_the_ttl_or_the_origins_shorter_lifetime() {
 
 #[test]
 fn what_is_never_stored() {
-    let answers: [&'static [u8]; 6] = [
+    let answers: [&'static [u8]; 8] = [
         b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nCache-Control: no-cache\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60, no-cache=\"Set-Cookie\"\r\nContent-Length: 1\r\n\r\nx",
         b"HTTP/1.1 200 OK\r\nCache-Control: private\r\nContent-Length: 1\r\n\r\nx",
         b"HTTP/1.1 200 OK\r\nSet-Cookie: a=b\r\nContent-Length: 1\r\n\r\nx",
         b"HTTP/1.1 200 OK\r\nVary: *\r\nContent-Length: 1\r\n\r\nx",
