@@ -14,6 +14,7 @@ mod cache;
 mod child;
 mod cli;
 mod clock;
+mod conditional;
 mod config;
 mod connection;
 mod demo;

@@ -11,6 +11,7 @@
 //! answering is sent again to the next one, if pibl still holds its whole
 //! body; a POST that may have reached a backend is never replayed.
 
+use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, TcpStream};
 use std::os::fd::AsFd;
@@ -21,6 +22,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use crate::balancer::Balancer;
 use crate::body::{self, CopyError, Encode};
 use crate::cache::{self, Cache, Lookup, Status as CacheStatus};
+use crate::conditional::{self, Answer};
 use crate::config::Config;
 use crate::http::{self, Framing, Parsed, Persist, Reject, RequestHead, ResponseHead};
 use crate::pool::Pool;
@@ -349,7 +351,16 @@ fn refuse(client: &Reader<&TcpStream>, mut ex: Exchange, status: u16) -> Exchang
 
 /// Writes an error response; a client that is gone cannot be told.
 fn send_error(client: &Reader<&TcpStream>, ex: &mut Exchange, status: u16) {
-    let response = http::error_response(status, persist_for(ex));
+    send_error_with(client, ex, status, &[]);
+}
+
+fn send_error_with(
+    client: &Reader<&TcpStream>,
+    ex: &mut Exchange,
+    status: u16,
+    extra: &[(&str, &str)],
+) {
+    let response = http::error_response_with(status, persist_for(ex), extra);
     if send(client, &response).is_ok() {
         ex.status = status;
         ex.body_bytes = (response.len() - head_len(&response)) as u64;
@@ -913,6 +924,8 @@ fn relay_response(
 /// Answers from the cache: the stored head with `Age` and `X-Cache: HIT`,
 /// and the body straight from the file with sendfile(2) — or, when it is
 /// small enough to have come with the first read of the file, from memory.
+/// A conditional or range request may get 304, 412, 206 or 416 instead
+/// (`conditional`).
 fn serve_hit(
     client: &Reader<&TcpStream>,
     entry: cache::Entry,
@@ -921,28 +934,57 @@ fn serve_hit(
     status: CacheStatus,
 ) -> Exchange {
     ex.cache = Some(status);
-    let head_only = req.head.method == "HEAD";
-    let framing = if entry.head.status == 204 {
-        Framing::Empty
-    } else {
-        Framing::Length(entry.body_len)
-    };
+    let len = entry.body_len;
     let age = cache::age(&entry).to_string();
-    let mut head = Vec::with_capacity(1024);
-    let extra = [("Age", age.as_str()), ("X-Cache", status.as_str())];
-    http::forward_response_with(&entry.head, framing, persist_for(&ex), &extra, &mut head);
-    ex.status = entry.head.status;
-    let body_len = entry.body_len;
-    let no_body = head_only || framing == Framing::Empty;
+    let mut extra = vec![("Age", age.as_str()), ("X-Cache", status.as_str())];
+    let content_range;
+    let (head, part) = match conditional::answer(req.head, &entry.head, len) {
+        Answer::Whole if entry.head.status == 200 => {
+            extra.push(("Accept-Ranges", "bytes"));
+            (Cow::Borrowed(&*entry.head), 0..len)
+        }
+        Answer::Whole => (Cow::Borrowed(&*entry.head), 0..len),
+        Answer::Part(range) => {
+            content_range = format!("bytes {}-{}/{len}", range.start, range.end - 1);
+            extra.push(("Content-Range", &content_range));
+            (Cow::Owned(restated(&entry.head, 206, &[])), range)
+        }
+        Answer::NotModified => (Cow::Owned(restated(&entry.head, 304, NOT_IN_304)), 0..0),
+        Answer::PreconditionFailed => {
+            send_error(client, &mut ex, 412);
+            return ex;
+        }
+        Answer::Unsatisfiable => {
+            send_error_with(
+                client,
+                &mut ex,
+                416,
+                &[("Content-Range", &format!("bytes */{len}"))],
+            );
+            return ex;
+        }
+    };
+    let framing = match head.status {
+        204 | 304 => Framing::Empty,
+        _ => Framing::Length(part.end - part.start),
+    };
+    let mut bytes = Vec::with_capacity(1024);
+    http::forward_response_with(&head, framing, persist_for(&ex), &extra, &mut bytes);
+    ex.status = head.status;
+    let part = if req.head.method == "HEAD" {
+        0..0
+    } else {
+        part
+    };
     let sent = match entry.into_body() {
         // Read whole to check the entry: the head and body in one write.
         cache::Body::InMemory(body) => {
-            let body = if no_body { &[][..] } else { body.bytes() };
-            wire::write_all_vectored(&mut { *client.get_ref() }, &[&head, body])
+            let body = &body.bytes()[part.start as usize..part.end as usize];
+            wire::write_all_vectored(&mut { *client.get_ref() }, &[&bytes, body])
         }
         cache::Body::InFile(entry) => {
-            let sent = match send(client, &head) {
-                Ok(()) if !no_body => send_file(client, &entry),
+            let sent = match send(client, &bytes) {
+                Ok(()) if !part.is_empty() => send_file(client, &entry, part.clone()),
                 other => other,
             };
             // After the reads: the kernel stamps reads with a coarser
@@ -952,7 +994,7 @@ fn serve_hit(
         }
     };
     match sent {
-        Ok(()) => ex.body_bytes = if no_body { 0 } else { body_len },
+        Ok(()) => ex.body_bytes = part.end - part.start,
         Err(_) => {
             ex.end = End::ClientFault;
             ex.keep_alive = false;
@@ -961,10 +1003,34 @@ fn serve_hit(
     ex
 }
 
-/// Copies the entry's body to the client inside the kernel.
-fn send_file(client: &Reader<&TcpStream>, entry: &cache::Entry) -> io::Result<()> {
-    let mut offset = entry.body_offset as libc::off_t;
-    let end = entry.body_offset + entry.body_len;
+/// Representation fields a 304 leaves out, as nginx's does: the client
+/// keeps those of its own copy (RFC 9110 §15.4.5).
+const NOT_IN_304: &[&str] = &[
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "accept-ranges",
+];
+
+/// The stored head with another status, and without the fields `dropped`.
+fn restated(stored: &ResponseHead, status: u16, dropped: &[&str]) -> ResponseHead {
+    let mut head = stored.clone();
+    head.status = status;
+    head.reason = http::reason(status).to_string();
+    head.fields
+        .retain(|f| !dropped.iter().any(|d| f.name.eq_ignore_ascii_case(d)));
+    head
+}
+
+/// Copies the bytes `part` of the entry's body to the client inside the
+/// kernel.
+fn send_file(
+    client: &Reader<&TcpStream>,
+    entry: &cache::Entry,
+    part: std::ops::Range<u64>,
+) -> io::Result<()> {
+    let mut offset = (entry.body_offset + part.start) as libc::off_t;
+    let end = entry.body_offset + part.end;
     while (offset as u64) < end {
         let left = (end - offset as u64).min(1 << 30) as usize;
         match nix::sys::sendfile::sendfile(client.get_ref(), &entry.file, Some(&mut offset), left) {

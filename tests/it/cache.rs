@@ -393,6 +393,103 @@ fn a_corrupt_entry_is_a_miss_and_is_removed() {
 
 /// A body bigger than the first read of an entry file: sent from the file
 /// (sendfile), and its truncation found by the file's size all the same.
+/// Sends `fields` with a GET of `path` on `client` and reads the answer.
+fn get_with(client: &mut Client, path: &str, fields: &str) -> Response {
+    client.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n{fields}\r\n").as_bytes());
+    client.response("GET")
+}
+
+/// A hit answers a browser's revalidation with 304 and a resumed download
+/// with the range asked for, from a body kept in memory (small) and from
+/// the file (large), all on one connection, without the backend.
+#[test]
+fn hits_answer_conditional_and_range_requests() {
+    let lm = "Tue, 24 Nov 2026 07:00:00 GMT";
+    for size in [11, 200_000] {
+        let body: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nContent-Type: text/plain\r\nETag: \"v1\"\r\nLast-Modified: {lm}\r\n\r\n"
+        )
+        .into_bytes();
+        answer.extend_from_slice(&body);
+        let backend = RawBackend::start_answering(move |_| answer.clone());
+        let proxy = cached(&backend, 60);
+        let mut client = Client::connect(proxy.addr);
+        assert_eq!(client.get("/r").header("x-cache"), Some("MISS"));
+        wait_entries(&proxy.dir, 1);
+
+        let whole = client.get("/r");
+        assert_eq!(whole.header("accept-ranges"), Some("bytes"));
+        let part = get_with(&mut client, "/r", "Range: bytes=2-4\r\n");
+        assert_eq!((part.status, part.header("x-cache")), (206, Some("HIT")));
+        assert_eq!(
+            part.header("content-range"),
+            Some(format!("bytes 2-4/{size}").as_str())
+        );
+        assert_eq!(part.body, body[2..5]);
+        let tail = get_with(&mut client, "/r", "Range: bytes=-3\r\n");
+        assert_eq!((tail.status, &tail.body[..]), (206, &body[size - 3..]));
+        let from = get_with(&mut client, "/r", "Range: bytes=5-\r\n");
+        assert_eq!((from.status, &from.body[..]), (206, &body[5..]));
+        let beyond = get_with(&mut client, "/r", &format!("Range: bytes={size}-\r\n"));
+        assert_eq!(beyond.status, 416);
+        assert_eq!(
+            beyond.header("content-range"),
+            Some(format!("bytes */{size}").as_str())
+        );
+        let two = get_with(&mut client, "/r", "Range: bytes=0-0,2-2\r\n");
+        assert_eq!(
+            (two.status, two.body.len()),
+            (200, size),
+            "several ranges: all"
+        );
+        let same = get_with(
+            &mut client,
+            "/r",
+            "Range: bytes=0-1\r\nIf-Range: \"v1\"\r\n",
+        );
+        assert_eq!((same.status, &same.body[..]), (206, &body[..2]));
+        let changed = get_with(
+            &mut client,
+            "/r",
+            "Range: bytes=0-1\r\nIf-Range: \"v0\"\r\n",
+        );
+        assert_eq!((changed.status, changed.body.len()), (200, size));
+
+        let current = get_with(&mut client, "/r", "If-None-Match: \"v0\", \"v1\"\r\n");
+        assert_eq!(
+            (current.status, current.header("x-cache")),
+            (304, Some("HIT"))
+        );
+        assert_eq!(current.header("etag"), Some("\"v1\""));
+        assert_eq!(current.header("content-length"), None);
+        assert_eq!(current.header("content-type"), None);
+        let dated = get_with(&mut client, "/r", &format!("If-Modified-Since: {lm}\r\n"));
+        assert_eq!(dated.status, 304);
+        let stale = get_with(&mut client, "/r", "If-None-Match: \"v0\"\r\n");
+        assert_eq!((stale.status, stale.body.len()), (200, size));
+        let failed = get_with(&mut client, "/r", "If-Match: \"v0\"\r\n");
+        assert_eq!(failed.status, 412);
+
+        let after = client.get("/r");
+        assert_eq!(
+            (after.status, after.body == body),
+            (200, true),
+            "the connection goes on"
+        );
+        assert_eq!(hits(&backend), 1, "one fetch for all");
+        let log = proxy.wait_log(14);
+        let statuses: Vec<&str> = log.iter().map(|l| l.split(' ').nth(8).unwrap()).collect();
+        assert_eq!(
+            statuses,
+            [
+                "200", "200", "206", "206", "206", "416", "200", "206", "200", "304", "304", "200",
+                "412", "200"
+            ]
+        );
+    }
+}
+
 #[test]
 fn a_large_entry_is_sent_from_the_file_and_checked_by_its_size() {
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
