@@ -936,17 +936,23 @@ fn serve_hit(
     ex.cache = Some(status);
     let len = entry.body_len;
     let age = cache::age(&entry).to_string();
-    let mut extra = vec![("Age", age.as_str()), ("X-Cache", status.as_str())];
     let content_range;
+    // Age, X-Cache, and Accept-Ranges or Content-Range.
+    let mut extra = [
+        ("Age", age.as_str()),
+        ("X-Cache", status.as_str()),
+        ("", ""),
+    ];
+    let mut fields = 2;
     let (head, part) = match conditional::answer(req.head, &entry.head, len) {
         Answer::Whole if entry.head.status == 200 => {
-            extra.push(("Accept-Ranges", "bytes"));
+            (extra[2], fields) = (("Accept-Ranges", "bytes"), 3);
             (Cow::Borrowed(&*entry.head), 0..len)
         }
         Answer::Whole => (Cow::Borrowed(&*entry.head), 0..len),
         Answer::Part(range) => {
             content_range = format!("bytes {}-{}/{len}", range.start, range.end - 1);
-            extra.push(("Content-Range", &content_range));
+            (extra[2], fields) = (("Content-Range", content_range.as_str()), 3);
             (Cow::Owned(restated(&entry.head, 206, &[])), range)
         }
         Answer::NotModified => (Cow::Owned(restated(&entry.head, 304, NOT_IN_304)), 0..0),
@@ -969,7 +975,8 @@ fn serve_hit(
         _ => Framing::Length(part.end - part.start),
     };
     let mut bytes = Vec::with_capacity(1024);
-    http::forward_response_with(&head, framing, persist_for(&ex), &extra, &mut bytes);
+    let extra = &extra[..fields];
+    http::forward_response_with(&head, framing, persist_for(&ex), extra, &mut bytes);
     ex.status = head.status;
     let part = if req.head.method == "HEAD" {
         0..0
