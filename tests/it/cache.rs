@@ -393,6 +393,20 @@ fn a_corrupt_entry_is_a_miss_and_is_removed() {
 
 /// A body bigger than the first read of an entry file: sent from the file
 /// (sendfile), and its truncation found by the file's size all the same.
+/// A backend answering `head` and `body` to every request, a proxy caching
+/// for it, and a client connection on which `path` has been fetched and
+/// stored.
+fn one_stored(head: String, body: &[u8], path: &str) -> (RawBackend, Proxy, Client) {
+    let mut answer = head.into_bytes();
+    answer.extend_from_slice(body);
+    let backend = RawBackend::start_answering(move |_| answer.clone());
+    let proxy = cached(&backend, 60);
+    let mut client = Client::connect(proxy.addr);
+    assert_eq!(client.get(path).header("x-cache"), Some("MISS"));
+    wait_entries(&proxy.dir, 1);
+    (backend, proxy, client)
+}
+
 /// Sends `fields` with a GET of `path` on `client` and reads the answer.
 fn get_with(client: &mut Client, path: &str, fields: &str) -> Response {
     client.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n{fields}\r\n").as_bytes());
@@ -407,16 +421,10 @@ fn hits_answer_conditional_and_range_requests() {
     let lm = "Tue, 24 Nov 2026 07:00:00 GMT";
     for size in [11, 200_000] {
         let body: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
-        let mut answer = format!(
+        let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nContent-Type: text/plain\r\nETag: \"v1\"\r\nLast-Modified: {lm}\r\n\r\n"
-        )
-        .into_bytes();
-        answer.extend_from_slice(&body);
-        let backend = RawBackend::start_answering(move |_| answer.clone());
-        let proxy = cached(&backend, 60);
-        let mut client = Client::connect(proxy.addr);
-        assert_eq!(client.get("/r").header("x-cache"), Some("MISS"));
-        wait_entries(&proxy.dir, 1);
+        );
+        let (backend, proxy, mut client) = one_stored(head, &body, "/r");
 
         let whole = client.get("/r");
         assert_eq!(whole.header("accept-ranges"), Some("bytes"));
@@ -493,14 +501,8 @@ fn hits_answer_conditional_and_range_requests() {
 #[test]
 fn a_large_entry_is_sent_from_the_file_and_checked_by_its_size() {
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    let mut answer =
-        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
-    answer.extend_from_slice(&body);
-    let backend = RawBackend::start_answering(move |_| answer.clone());
-    let proxy = cached(&backend, 60);
-    let mut client = Client::connect(proxy.addr);
-    assert_eq!(client.get("/big").header("x-cache"), Some("MISS"));
-    wait_entries(&proxy.dir, 1);
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+    let (backend, proxy, mut client) = one_stored(head, &body, "/big");
     let hit = client.get("/big");
     assert_eq!(hit.header("x-cache"), Some("HIT"));
     assert!(hit.body == body, "the stored body, byte for byte");
