@@ -983,24 +983,7 @@ fn serve_hit(
     } else {
         part
     };
-    let sent = match entry.into_body() {
-        // Read whole to check the entry: the head and body in one write.
-        cache::Body::InMemory(body) => {
-            let body = &body.bytes()[part.start as usize..part.end as usize];
-            wire::write_all_vectored(&mut { *client.get_ref() }, &[&bytes, body])
-        }
-        cache::Body::InFile(entry) => {
-            let sent = match send(client, &bytes) {
-                Ok(()) if !part.is_empty() => send_file(client, &entry, part.clone()),
-                other => other,
-            };
-            // After the reads: the kernel stamps reads with a coarser
-            // clock, which must not leave this use looking older.
-            cache::touch(&entry);
-            sent
-        }
-    };
-    match sent {
+    match send_hit(client, &bytes, entry, part.clone()) {
         Ok(()) => ex.body_bytes = part.end - part.start,
         Err(_) => {
             ex.end = End::ClientFault;
@@ -1008,6 +991,32 @@ fn serve_hit(
         }
     }
     ex
+}
+
+/// Sends a hit's head and the bytes `part` of its body.
+fn send_hit(
+    client: &Reader<&TcpStream>,
+    head: &[u8],
+    entry: cache::Entry,
+    part: std::ops::Range<u64>,
+) -> io::Result<()> {
+    match entry.into_body() {
+        // Read whole to check the entry: the head and body in one write.
+        cache::Body::InMemory(body) => {
+            let body = &body.bytes()[part.start as usize..part.end as usize];
+            wire::write_all_vectored(&mut { *client.get_ref() }, &[head, body])
+        }
+        cache::Body::InFile(entry) => {
+            let sent = match send(client, head) {
+                Ok(()) if !part.is_empty() => send_file(client, &entry, part),
+                other => other,
+            };
+            // After the reads: the kernel stamps reads with a coarser
+            // clock, which must not leave this use looking older.
+            cache::touch(&entry);
+            sent
+        }
+    }
 }
 
 /// Representation fields a 304 leaves out, as nginx's does: the client
