@@ -248,13 +248,13 @@ pub fn response_framing(method: &str, resp: &ResponseHead) -> Result<Framing, &'
         if length.is_some() {
             return Err("both Transfer-Encoding and Content-Length");
         }
-        let codings = tokens(&resp.fields, "transfer-encoding");
-        return Ok(match codings.as_slice() {
-            [only] if only == "chunked" => Framing::Chunked,
-            // Other codings: pibl cannot decode them, so the end of the
-            // connection is the only delimiter left (rule 4).
-            _ => Framing::UntilClose,
-        });
+        // Other codings pibl can neither decode nor pass on: it frames what
+        // it sends itself, and a client told nothing of them would take
+        // coded bytes for the content.  A 502, as nginx answers.
+        return match tokens(&resp.fields, "transfer-encoding").as_slice() {
+            [only] if only == "chunked" => Ok(Framing::Chunked),
+            _ => Err("unsupported transfer coding"),
+        };
     }
     Ok(match length {
         Some(n) => Framing::Length(n),
@@ -580,6 +580,10 @@ mod tests {
         let both =
             resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
         assert!(response_framing("GET", &both).is_err());
+        for coded in ["gzip", "gzip, chunked", "identity"] {
+            let text = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {coded}\r\n\r\n");
+            assert!(response_framing("GET", &resp(&text)).is_err(), "{coded}");
+        }
     }
 
     #[test]

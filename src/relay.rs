@@ -817,6 +817,10 @@ fn read_final_head(
                 ));
             }
             100 => continue,
+            0..=99 | 600.. => {
+                let why = format!("invalid status {}", head.status);
+                return Err(Attempt::Sent(why, 502));
+            }
             102..=199 => {
                 if client_minor == 1 {
                     let mut out = Vec::new();
@@ -844,12 +848,13 @@ fn relay_response(
     (pool, keep): (&mut Pool, Option<usize>),
     mut ex: Exchange,
 ) -> Exchange {
-    let Ok(framing) = http::response_framing(method, &resp) else {
-        crate::diag!(
-            "backend {}: malformed response framing",
-            ex.upstream.as_deref().unwrap_or("-")
-        );
-        return backend_failed(client, ex, 502, false);
+    let framing = match http::response_framing(method, &resp) {
+        Ok(framing) => framing,
+        Err(why) => {
+            let backend = ex.upstream.as_deref().unwrap_or("-");
+            crate::diag!("backend {backend}: malformed response: {why}");
+            return backend_failed(client, ex, 502, false);
+        }
     };
     // A body delimited by the end of the connection is re-framed as chunks
     // for an HTTP/1.1 client, whose connection can then stay open; an

@@ -125,6 +125,10 @@ fn a_silent_backend_is_504_and_a_malformed_one_502() {
         b"SMTP ready\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\ncoded",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\ncoded\r\n0\r\n\r\n",
+        b"HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok",
     ] {
         let answer: &'static [u8] = Box::leak(answer.to_vec().into_boxed_slice());
         let raw = RawBackend::start(answer);
