@@ -214,7 +214,7 @@ struct RawPrefork {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCache {
-    dir: Option<String>,
+    dir: Option<Spanned<String>>,
     ttl: Option<Spanned<i64>>,
     max_entry: Option<Spanned<i64>>,
     max_size: Option<Spanned<i64>>,
@@ -230,12 +230,12 @@ struct RawHealthCheck {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawLog {
-    file: Option<String>,
+    file: Option<Spanned<String>>,
     buffer: Option<Spanned<i64>>,
     flush: Option<Spanned<f64>>,
     syslog: Option<bool>,
     facility: Option<Spanned<String>>,
-    syslog_socket: Option<String>,
+    syslog_socket: Option<Spanned<String>>,
 }
 
 /// Command-line values that take precedence over the file, at start-up
@@ -343,6 +343,13 @@ impl Config {
                     Some(v) => Err(at(v.span(), format!("{name}: must be at least {min}"))),
                 }
             };
+        // A file or directory name: empty names nothing, and would only
+        // fail at start-up, after --check had passed it.
+        let file_name = |v: Option<Spanned<String>>, name: &str, default: &str| match v {
+            None => Ok(PathBuf::from(default)),
+            Some(v) if v.get_ref().is_empty() => Err(at(v.span(), format!("{name}: is empty"))),
+            Some(v) => Ok(PathBuf::from(v.into_inner())),
+        };
         let max_clients = count(
             raw.max_clients,
             "max_clients",
@@ -372,15 +379,12 @@ impl Config {
                 )
             })?,
         };
-        let syslog = log.syslog.unwrap_or(false).then(|| SyslogTarget {
-            facility,
-            socket: PathBuf::from(
-                log.syslog_socket
-                    .as_deref()
-                    .unwrap_or(DEFAULT_SYSLOG_SOCKET),
-            ),
-        });
-        let log_file = log.file.unwrap_or(DEFAULT_LOG_FILE.into());
+        let socket = file_name(log.syslog_socket, "syslog_socket", DEFAULT_SYSLOG_SOCKET)?;
+        let syslog = log
+            .syslog
+            .unwrap_or(false)
+            .then_some(SyslogTarget { facility, socket });
+        let log_file = file_name(log.file, "file", DEFAULT_LOG_FILE)?;
         let log_buffer_span = log.buffer.as_ref().map(|v| v.span());
         let log_buffer = count(log.buffer, "buffer", 0, 0)? as usize;
         if log_buffer > MAX_LOG_BUFFER {
@@ -494,7 +498,7 @@ impl Config {
             max_size: None,
         });
         let cache = CacheConfig {
-            dir: PathBuf::from(raw_cache.dir.unwrap_or_else(|| DEFAULT_CACHE_DIR.into())),
+            dir: file_name(raw_cache.dir, "dir", DEFAULT_CACHE_DIR)?,
             ttl: Duration::from_secs(count(raw_cache.ttl, "ttl", 0, 0)?),
             max_entry: count(raw_cache.max_entry, "max_entry", DEFAULT_CACHE_MAX_ENTRY, 0)?,
             max_size: count(raw_cache.max_size, "max_size", DEFAULT_CACHE_MAX_SIZE, 0)?,
@@ -507,7 +511,7 @@ impl Config {
             listen,
             port: raw.port.unwrap_or(DEFAULT_PORT),
             backends,
-            log_file: PathBuf::from(log_file),
+            log_file,
             log_buffer,
             log_flush,
             max_clients,
@@ -754,6 +758,14 @@ mod tests {
         assert_eq!(
             err("backends = [\"127.0.0.1:1\"]\nmax_clients = 0\n"),
             "t.conf:2: max_clients: must be at least 1"
+        );
+        assert_eq!(
+            err("backends = [\"127.0.0.1:1\"]\n[log]\nfile = \"\"\n"),
+            "t.conf:3: file: is empty"
+        );
+        assert_eq!(
+            err("backends = [\"127.0.0.1:1\"]\n[cache]\nttl = 1\ndir = \"\"\n"),
+            "t.conf:4: dir: is empty"
         );
         assert!(err("backends = [\n").starts_with("t.conf:"));
         assert!(!err("backends = [\n").contains('\n'));
