@@ -7,6 +7,8 @@
 use std::fmt;
 use std::io;
 
+/// A wrong command line, as clap exits for one.
+pub const EXIT_USAGE: i32 = 2;
 /// Bad or missing configuration (sysexits' EX_CONFIG).
 pub const EXIT_CONFIG: i32 = 78;
 /// An operating-system failure at start-up: bind, mmap, fork (EX_OSERR).
@@ -22,6 +24,8 @@ pub enum Error {
     },
     /// A system call failed on a named object ("cannot listen on 0.0.0.0:80").
     Os { what: String, source: io::Error },
+    /// An argument clap cannot judge (a URL to purge).
+    Usage(String),
 }
 
 impl Error {
@@ -44,6 +48,7 @@ impl Error {
         match self {
             Error::Config { .. } => EXIT_CONFIG,
             Error::Os { .. } => EXIT_OSERR,
+            Error::Usage(_) => EXIT_USAGE,
         }
     }
 }
@@ -62,6 +67,7 @@ impl fmt::Display for Error {
                 problem,
             } => write!(f, "{file}:{line}: {problem}"),
             Error::Os { what, source } => write!(f, "{what}: {}", describe_io(source)),
+            Error::Usage(problem) => f.write_str(problem),
         }
     }
 }
@@ -70,7 +76,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Os { source, .. } => Some(source),
-            Error::Config { .. } => None,
+            Error::Config { .. } | Error::Usage(_) => None,
         }
     }
 }

@@ -179,9 +179,8 @@ fn cache_command(cli: &Cli, command: &CacheCommand) -> Result<(), Error> {
             println!("{removed} entries removed");
         }
         CacheCommand::Purge { url: Some(url) } => {
-            let key = cache::key_of_url(url).ok_or_else(|| {
-                Error::config(&config.path, 0, format!("\"{url}\" is not an http:// URL"))
-            })?;
+            let key = cache::key_of_url(url)
+                .ok_or_else(|| Error::Usage(format!("\"{url}\" is not an http:// URL")))?;
             let found = dir.exists() && cache.purge(&key).map_err(failed)?;
             println!(
                 "{}",

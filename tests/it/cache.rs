@@ -641,6 +641,20 @@ fn cache_ls_and_purge_while_serving() {
     assert_eq!(client.get("/b?x=1").header("x-cache"), Some("HIT"));
     assert_eq!(run(&["cache", "purge"]), "2 entries removed\n");
     assert_eq!(client.get("/b?x=1").header("x-cache"), Some("MISS"));
+
+    let wrong = std::process::Command::new(PIBL)
+        .args(["cache", "purge", "test/a"])
+        .current_dir(proxy.dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        (
+            wrong.status.code(),
+            String::from_utf8_lossy(&wrong.stderr).as_ref()
+        ),
+        (Some(2), "pibl: \"test/a\" is not an http:// URL\n"),
+        "a usage error, naming no configuration file"
+    );
 }
 
 #[test]
