@@ -92,10 +92,7 @@ fn a_hit_reaches_no_backend_and_head_is_served_from_a_get_entry() {
 /// the wire: it is read and dropped, never taken for the next request.
 #[test]
 fn a_hit_reads_and_drops_the_request_body() {
-    let backend = RawBackend::start(OK);
-    let proxy = cached(&backend, 60);
-    let mut client = Client::connect(proxy.addr);
-    assert_eq!(client.get("/b").header("x-cache"), Some("MISS"));
+    let (backend, proxy, mut client) = one_stored(OK.to_vec(), "/b");
     // The body looks like a request of its own, as a smuggler's would.
     let sneaked = "GET /sneaked HTTP/1.1\r\nHost: test\r\n\r\n";
     client.send(
@@ -393,12 +390,9 @@ fn a_corrupt_entry_is_a_miss_and_is_removed() {
 
 /// A body bigger than the first read of an entry file: sent from the file
 /// (sendfile), and its truncation found by the file's size all the same.
-/// A backend answering `head` and `body` to every request, a proxy caching
-/// for it, and a client connection on which `path` has been fetched and
-/// stored.
-fn one_stored(head: String, body: &[u8], path: &str) -> (RawBackend, Proxy, Client) {
-    let mut answer = head.into_bytes();
-    answer.extend_from_slice(body);
+/// A backend answering `answer` to every request, a proxy caching for it,
+/// and a client connection on which `path` has been fetched and stored.
+fn one_stored(answer: Vec<u8>, path: &str) -> (RawBackend, Proxy, Client) {
     let backend = RawBackend::start_answering(move |_| answer.clone());
     let proxy = cached(&backend, 60);
     let mut client = Client::connect(proxy.addr);
@@ -424,7 +418,7 @@ fn hits_answer_conditional_and_range_requests() {
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nContent-Type: text/plain\r\nETag: \"v1\"\r\nLast-Modified: {lm}\r\n\r\n"
         );
-        let (backend, proxy, mut client) = one_stored(head, &body, "/r");
+        let (backend, proxy, mut client) = one_stored([head.as_bytes(), &body].concat(), "/r");
 
         let whole = client.get("/r");
         assert_eq!(whole.header("accept-ranges"), Some("bytes"));
@@ -502,7 +496,7 @@ fn hits_answer_conditional_and_range_requests() {
 fn a_large_entry_is_sent_from_the_file_and_checked_by_its_size() {
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-    let (backend, proxy, mut client) = one_stored(head, &body, "/big");
+    let (backend, proxy, mut client) = one_stored([head.as_bytes(), &body].concat(), "/big");
     let hit = client.get("/big");
     assert_eq!(hit.header("x-cache"), Some("HIT"));
     assert!(hit.body == body, "the stored body, byte for byte");
