@@ -72,11 +72,19 @@ pub fn announce(listener: &TcpListener, ctx: &Context) -> Result<(), Error> {
         .local_addr()
         .map_err(|e| Error::os("cannot read the listening address", e))?;
     notice!(
-        "listening on {bound}, {} backends, {} model",
-        ctx.config.backends.len(),
+        "listening on {bound}, {}, {} model",
+        backend_count(ctx),
         ctx.config.model.name()
     );
     Ok(())
+}
+
+/// "1 backend", "3 backends".
+fn backend_count(ctx: &Context) -> String {
+    match ctx.config.backends.len() {
+        1 => "1 backend".into(),
+        n => format!("{n} backends"),
+    }
 }
 
 /// Empties the standard streams' buffers before a fork: anything still
@@ -432,9 +440,9 @@ pub fn reload_context(
 /// caller has put it in place: a client that reads this may rely on it.
 pub fn say_reloaded(listener: &TcpListener, ctx: &Context) {
     notice!(
-        "configuration reloaded: listening on {}, {} backends",
+        "configuration reloaded: listening on {}, {}",
         listener.local_addr().map_or("?".into(), |a| a.to_string()),
-        ctx.config.backends.len()
+        backend_count(ctx)
     );
 }
 
