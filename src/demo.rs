@@ -13,7 +13,6 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill};
 use nix::unistd::Pid;
 
 use crate::cli::Cli;
-use crate::diag;
 use crate::error::Error;
 
 /// How long a replica may take to start listening.
@@ -97,12 +96,7 @@ fn wait_listening(addr: SocketAddr, replica: &mut Child) -> Result<(), Error> {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             return Ok(());
         }
-        let failed = |why: &str| {
-            Error::os(
-                format!("replica on {addr} {why}"),
-                std::io::ErrorKind::Other.into(),
-            )
-        };
+        let failed = |why: &str| Error::Failed(format!("replica on {addr} {why}"));
         if let Ok(Some(_)) = replica.try_wait() {
             return Err(failed("exited"));
         }
@@ -121,11 +115,9 @@ fn watch(watched: &SigSet, children: &mut [Child]) -> Result<(), Error> {
             Ok(Signal::SIGCHLD) => {
                 for child in children.iter_mut() {
                     if let Ok(Some(status)) = child.try_wait() {
-                        diag!(
-                            "demo process {} ended ({status}); stopping the demo",
-                            child.id()
-                        );
-                        return Err(Error::os("demo stopped", std::io::ErrorKind::Other.into()));
+                        let id = child.id();
+                        let why = format!("demo process {id} ended ({status}); the demo stopped");
+                        return Err(Error::Failed(why));
                     }
                 }
             }

@@ -26,6 +26,9 @@ pub enum Error {
     Os { what: String, source: io::Error },
     /// An argument clap cannot judge (a URL to purge).
     Usage(String),
+    /// Something pibl started did not come up or did not last (the demo's
+    /// pieces): said as it is, with no errno to add.
+    Failed(String),
 }
 
 impl Error {
@@ -47,7 +50,7 @@ impl Error {
     pub fn exit_status(&self) -> i32 {
         match self {
             Error::Config { .. } => EXIT_CONFIG,
-            Error::Os { .. } => EXIT_OSERR,
+            Error::Os { .. } | Error::Failed(_) => EXIT_OSERR,
             Error::Usage(_) => EXIT_USAGE,
         }
     }
@@ -67,7 +70,7 @@ impl fmt::Display for Error {
                 problem,
             } => write!(f, "{file}:{line}: {problem}"),
             Error::Os { what, source } => write!(f, "{what}: {}", describe_io(source)),
-            Error::Usage(problem) => f.write_str(problem),
+            Error::Usage(problem) | Error::Failed(problem) => f.write_str(problem),
         }
     }
 }
@@ -76,7 +79,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Os { source, .. } => Some(source),
-            Error::Config { .. } | Error::Usage(_) => None,
+            Error::Config { .. } | Error::Usage(_) | Error::Failed(_) => None,
         }
     }
 }

@@ -84,3 +84,37 @@ fn demo_starts_three_replicas_and_ctrl_c_stops_everything() {
         );
     }
 }
+
+/// A replica that cannot listen stops the demo with lines that say what
+/// happened, and the exit status of a start-up failure.
+#[test]
+fn a_replica_that_cannot_start_stops_the_demo_clearly() {
+    let dir = TempDir::new();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    fs::write(
+        dir.path().join("pibl.conf"),
+        format!("listen = \"127.0.0.1\"\nbackends = [\"127.0.0.1:{port}\"]\n"),
+    )
+    .unwrap();
+    let out = Command::new(PIBL)
+        .args(["demo", "--port", "0"])
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(71), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on 127.0.0.1:{port}: Address already in use"
+        )),
+        "{stderr}"
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("pibl: ") && last.ends_with("the demo stopped") || last.contains("exited"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("other error"), "{stderr}");
+}
