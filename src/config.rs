@@ -202,7 +202,7 @@ struct RawConfig {
     cache: Option<RawCache>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawPrefork {
     min_spare: Option<Spanned<i64>>,
@@ -211,7 +211,7 @@ struct RawPrefork {
     max_requests: Option<Spanned<i64>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawCache {
     dir: Option<Spanned<String>>,
@@ -227,7 +227,7 @@ struct RawHealthCheck {
     interval: Option<f64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawLog {
     file: Option<Spanned<String>>,
@@ -277,233 +277,32 @@ impl Config {
 
     /// Validates `text` as the contents of the file `path`.
     pub fn parse(path: &str, text: &str) -> Result<Config, Error> {
-        let at = |span: std::ops::Range<usize>, problem: String| {
-            Error::config(path, line_of(text, span.start), problem)
-        };
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(0, |s| line_of(text, s.start));
             Error::config(path, line, e.message().trim_end().replace('\n', "; "))
         })?;
-
-        let listen = match raw.listen {
-            None => DEFAULT_LISTEN.parse().expect("default listen address"),
-            Some(s) => s.get_ref().parse().map_err(|_| {
-                at(
-                    s.span(),
-                    format!("listen: \"{}\" is not an IP address", s.get_ref()),
-                )
-            })?,
-        };
-        let backends = match raw.backends {
-            None => {
-                return Err(Error::config(
-                    path,
-                    0,
-                    "no backends: set backends = [\"host:port\", ...]",
-                ));
-            }
-            Some(list) if list.get_ref().is_empty() => {
-                return Err(at(list.span(), "backends: the list is empty".into()));
-            }
-            Some(list) if list.get_ref().len() > crate::shm::MAX_BACKENDS => {
-                return Err(at(
-                    list.span(),
-                    format!(
-                        "backends: at most {} are supported",
-                        crate::shm::MAX_BACKENDS
-                    ),
-                ));
-            }
-            Some(list) => list
-                .into_inner()
-                .into_iter()
-                .map(|b| resolve_backend(b.get_ref()).map_err(|p| at(b.span(), p)))
-                .collect::<Result<Vec<_>, _>>()?,
-        };
-        let seconds = |v: Option<Spanned<f64>>,
-                       name: &str,
-                       default: f64|
-         -> Result<Duration, Error> {
-            match v {
-                None => Ok(Duration::from_secs_f64(default)),
-                Some(v) if v.get_ref().is_finite() && *v.get_ref() > 0.0 && *v.get_ref() < 1e9 => {
-                    Ok(Duration::from_secs_f64(*v.get_ref()))
-                }
-                Some(v) => Err(at(
-                    v.span(),
-                    format!("{name}: must be a positive number of seconds"),
-                )),
-            }
-        };
-        let count =
-            |v: Option<Spanned<i64>>, name: &str, default: i64, min: i64| -> Result<u64, Error> {
-                match v {
-                    None => Ok(default as u64),
-                    Some(v) if *v.get_ref() >= min => Ok(*v.get_ref() as u64),
-                    Some(v) => Err(at(v.span(), format!("{name}: must be at least {min}"))),
-                }
-            };
-        // A file or directory name: empty names nothing, and would only
-        // fail at start-up, after --check had passed it.
-        let file_name = |v: Option<Spanned<String>>, name: &str, default: &str| match v {
-            None => Ok(PathBuf::from(default)),
-            Some(v) if v.get_ref().is_empty() => Err(at(v.span(), format!("{name}: is empty"))),
-            Some(v) => Ok(PathBuf::from(v.into_inner())),
-        };
-        let max_clients = count(
-            raw.max_clients,
+        let file = Checker { path, text };
+        let listen = file.listen(&raw.listen)?;
+        let backends = file.backends(&raw.backends)?;
+        let max_clients = file.count(
+            &raw.max_clients,
             "max_clients",
             DEFAULT_MAX_CLIENTS as i64,
             1,
-        )? as usize;
-        let shutdown_timeout = Duration::from_secs(count(
-            raw.shutdown_timeout,
+        )?;
+        let shutdown_timeout = file.count(
+            &raw.shutdown_timeout,
             "shutdown_timeout",
             DEFAULT_SHUTDOWN_TIMEOUT_SECS as i64,
             0,
-        )?);
-        let log = raw.log.unwrap_or(RawLog {
-            file: None,
-            buffer: None,
-            flush: None,
-            syslog: None,
-            facility: None,
-            syslog_socket: None,
-        });
-        let facility = match &log.facility {
-            None => DEFAULT_SYSLOG_FACILITY.parse().expect("default facility"),
-            Some(f) => f.get_ref().parse().map_err(|()| {
-                at(
-                    f.span(),
-                    format!("facility: unknown syslog facility \"{}\"", f.get_ref()),
-                )
-            })?,
-        };
-        let socket = file_name(log.syslog_socket, "syslog_socket", DEFAULT_SYSLOG_SOCKET)?;
-        let syslog = log
-            .syslog
-            .unwrap_or(false)
-            .then_some(SyslogTarget { facility, socket });
-        let log_file = file_name(log.file, "file", DEFAULT_LOG_FILE)?;
-        let log_buffer_span = log.buffer.as_ref().map(|v| v.span());
-        let log_buffer = count(log.buffer, "buffer", 0, 0)? as usize;
-        if log_buffer > MAX_LOG_BUFFER {
-            return Err(at(
-                log_buffer_span.unwrap_or(0..0),
-                format!("buffer: must be at most {MAX_LOG_BUFFER} bytes"),
-            ));
-        }
-        let log_flush = seconds(log.flush, "flush", 1.0)?;
-
-        let timeouts = Timeouts {
-            connect: seconds(raw.connect_timeout, "connect_timeout", 5.0)?,
-            backend: seconds(raw.backend_timeout, "backend_timeout", 60.0)?,
-            client_header: seconds(raw.client_header_timeout, "client_header_timeout", 60.0)?,
-            client_body: seconds(raw.client_body_timeout, "client_body_timeout", 60.0)?,
-            keepalive: seconds(raw.keepalive_timeout, "keepalive_timeout", 75.0)?,
-            send: seconds(raw.send_timeout, "send_timeout", 60.0)?,
-        };
-        let limits = Limits {
-            max_request_line: count(raw.max_request_line, "max_request_line", 8192, 16)? as usize,
-            max_header_size: count(raw.max_header_size, "max_header_size", 32768, 64)? as usize,
-            max_headers: count(raw.max_headers, "max_headers", 100, 1)? as usize,
-            max_body: count(raw.max_body, "max_body", 0, 0)?,
-        };
-        let check = match raw.health_check {
-            None => None,
-            Some(h) => {
-                let span = h.span();
-                let h = h.into_inner();
-                let path = h.path.unwrap_or_else(|| "/".into());
-                if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
-                    return Err(at(
-                        span,
-                        format!(
-                            "health_check: path \"{path}\" must start with / and hold no spaces"
-                        ),
-                    ));
-                }
-                let interval = h.interval.unwrap_or(5.0);
-                if !(interval.is_finite() && interval > 0.0 && interval < 1e9) {
-                    return Err(at(
-                        span,
-                        "health_check: interval must be a positive number of seconds".into(),
-                    ));
-                }
-                Some(HealthCheck {
-                    path,
-                    interval: Duration::from_secs_f64(interval),
-                })
-            }
-        };
-        let health = Health {
-            max_fails: count(raw.max_fails, "max_fails", 1, 1)?.min(u64::from(u32::MAX)) as u32,
-            fail_timeout: seconds(raw.fail_timeout, "fail_timeout", 10.0)?,
-            check,
-        };
-
-        let model = match &raw.model {
-            None => Model::default(),
-            Some(m) => clap::ValueEnum::from_str(m.get_ref(), false).map_err(|_| {
-                at(
-                    m.span(),
-                    format!("model: \"{}\" is not fork, prefork or thread", m.get_ref()),
-                )
-            })?,
-        };
-        let raw_prefork = raw.prefork.unwrap_or(RawPrefork {
-            min_spare: None,
-            max_spare: None,
-            max_workers: None,
-            max_requests: None,
-        });
-        let max_spare_span = raw_prefork.max_spare.as_ref().map(|v| v.span());
-        let max_workers_span = raw_prefork.max_workers.as_ref().map(|v| v.span());
-        let prefork = PreforkConfig {
-            min_spare: count(raw_prefork.min_spare, "min_spare", DEFAULT_MIN_SPARE, 1)? as usize,
-            max_spare: count(raw_prefork.max_spare, "max_spare", DEFAULT_MAX_SPARE, 1)? as usize,
-            max_workers: count(
-                raw_prefork.max_workers,
-                "max_workers",
-                DEFAULT_MAX_WORKERS,
-                1,
-            )? as usize,
-            max_requests: count(
-                raw_prefork.max_requests,
-                "max_requests",
-                DEFAULT_MAX_REQUESTS,
-                0,
-            )?,
-        };
-        if prefork.max_spare < prefork.min_spare {
-            return Err(at(
-                max_spare_span.unwrap_or(0..0),
-                "max_spare: must be at least min_spare".to_string(),
-            ));
-        }
-        if prefork.max_workers > crate::shm::MAX_WORKERS {
-            return Err(at(
-                max_workers_span.unwrap_or(0..0),
-                format!(
-                    "max_workers: at most {} are supported",
-                    crate::shm::MAX_WORKERS
-                ),
-            ));
-        }
-
-        let raw_cache = raw.cache.unwrap_or(RawCache {
-            dir: None,
-            ttl: None,
-            max_entry: None,
-            max_size: None,
-        });
-        let cache = CacheConfig {
-            dir: file_name(raw_cache.dir, "dir", DEFAULT_CACHE_DIR)?,
-            ttl: Duration::from_secs(count(raw_cache.ttl, "ttl", 0, 0)?),
-            max_entry: count(raw_cache.max_entry, "max_entry", DEFAULT_CACHE_MAX_ENTRY, 0)?,
-            max_size: count(raw_cache.max_size, "max_size", DEFAULT_CACHE_MAX_SIZE, 0)?,
-        };
-
+        )?;
+        let log = file.log(raw.log.as_ref().unwrap_or(&RawLog::default()))?;
+        let timeouts = file.timeouts(&raw)?;
+        let limits = file.limits(&raw)?;
+        let health = file.health(&raw)?;
+        let model = file.model(&raw.model)?;
+        let prefork = file.prefork(raw.prefork.as_ref().unwrap_or(&RawPrefork::default()))?;
+        let cache = file.cache(raw.cache.as_ref().unwrap_or(&RawCache::default()))?;
         Ok(Config {
             path: path.to_string(),
             model,
@@ -511,15 +310,15 @@ impl Config {
             listen,
             port: raw.port.unwrap_or(DEFAULT_PORT),
             backends,
-            log_file,
-            log_buffer,
-            log_flush,
-            max_clients,
+            log_file: log.file,
+            log_buffer: log.buffer,
+            log_flush: log.flush,
+            max_clients: max_clients as usize,
             sched_batch: raw.sched_batch.unwrap_or(true),
-            shutdown_timeout,
+            shutdown_timeout: Duration::from_secs(shutdown_timeout),
             user: raw.user,
             group: raw.group,
-            syslog,
+            syslog: log.syslog,
             timeouts,
             limits,
             health,
@@ -529,6 +328,259 @@ impl Config {
 
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.listen, self.port)
+    }
+}
+
+/// The `[log]` table, checked.
+struct LogConfig {
+    file: PathBuf,
+    buffer: usize,
+    flush: Duration,
+    syslog: Option<SyslogTarget>,
+}
+
+/// The file being checked, so that every problem names its line.
+struct Checker<'a> {
+    path: &'a str,
+    text: &'a str,
+}
+
+impl Checker<'_> {
+    fn at(&self, span: std::ops::Range<usize>, problem: String) -> Error {
+        Error::config(self.path, line_of(self.text, span.start), problem)
+    }
+
+    fn seconds(
+        &self,
+        v: &Option<Spanned<f64>>,
+        name: &str,
+        default: f64,
+    ) -> Result<Duration, Error> {
+        match v {
+            None => Ok(Duration::from_secs_f64(default)),
+            Some(v) if v.get_ref().is_finite() && *v.get_ref() > 0.0 && *v.get_ref() < 1e9 => {
+                Ok(Duration::from_secs_f64(*v.get_ref()))
+            }
+            Some(v) => Err(self.at(
+                v.span(),
+                format!("{name}: must be a positive number of seconds"),
+            )),
+        }
+    }
+
+    fn count(
+        &self,
+        v: &Option<Spanned<i64>>,
+        name: &str,
+        default: i64,
+        min: i64,
+    ) -> Result<u64, Error> {
+        match v {
+            None => Ok(default as u64),
+            Some(v) if *v.get_ref() >= min => Ok(*v.get_ref() as u64),
+            Some(v) => Err(self.at(v.span(), format!("{name}: must be at least {min}"))),
+        }
+    }
+
+    /// A file or directory name: empty names nothing, and would only fail
+    /// at start-up, after --check had passed it.
+    fn file_name(
+        &self,
+        v: &Option<Spanned<String>>,
+        name: &str,
+        default: &str,
+    ) -> Result<PathBuf, Error> {
+        match v {
+            None => Ok(PathBuf::from(default)),
+            Some(v) if v.get_ref().is_empty() => {
+                Err(self.at(v.span(), format!("{name}: is empty")))
+            }
+            Some(v) => Ok(PathBuf::from(v.get_ref())),
+        }
+    }
+
+    /// `v`, when it is at most `max`: else `problem`, at its line.
+    fn at_most(
+        &self,
+        v: &Option<Spanned<i64>>,
+        value: u64,
+        max: u64,
+        problem: String,
+    ) -> Result<u64, Error> {
+        match v {
+            Some(v) if value > max => Err(self.at(v.span(), problem)),
+            _ => Ok(value),
+        }
+    }
+
+    fn listen(&self, v: &Option<Spanned<String>>) -> Result<IpAddr, Error> {
+        let Some(s) = v else {
+            return Ok(DEFAULT_LISTEN.parse().expect("default listen address"));
+        };
+        s.get_ref().parse().map_err(|_| {
+            self.at(
+                s.span(),
+                format!("listen: \"{}\" is not an IP address", s.get_ref()),
+            )
+        })
+    }
+
+    fn backends(&self, v: &Option<Spanned<Vec<Spanned<String>>>>) -> Result<Vec<Backend>, Error> {
+        let Some(list) = v else {
+            return Err(Error::config(
+                self.path,
+                0,
+                "no backends: set backends = [\"host:port\", ...]",
+            ));
+        };
+        if list.get_ref().is_empty() {
+            return Err(self.at(list.span(), "backends: the list is empty".into()));
+        }
+        if list.get_ref().len() > crate::shm::MAX_BACKENDS {
+            let most = crate::shm::MAX_BACKENDS;
+            return Err(self.at(
+                list.span(),
+                format!("backends: at most {most} are supported"),
+            ));
+        }
+        list.get_ref()
+            .iter()
+            .map(|b| resolve_backend(b.get_ref()).map_err(|p| self.at(b.span(), p)))
+            .collect()
+    }
+
+    fn log(&self, log: &RawLog) -> Result<LogConfig, Error> {
+        let facility = match &log.facility {
+            None => DEFAULT_SYSLOG_FACILITY.parse().expect("default facility"),
+            Some(f) => f.get_ref().parse().map_err(|()| {
+                self.at(
+                    f.span(),
+                    format!("facility: unknown syslog facility \"{}\"", f.get_ref()),
+                )
+            })?,
+        };
+        let socket = self.file_name(&log.syslog_socket, "syslog_socket", DEFAULT_SYSLOG_SOCKET)?;
+        let file = self.file_name(&log.file, "file", DEFAULT_LOG_FILE)?;
+        let buffer = self.count(&log.buffer, "buffer", 0, 0)?;
+        let most = MAX_LOG_BUFFER as u64;
+        let buffer = self.at_most(
+            &log.buffer,
+            buffer,
+            most,
+            format!("buffer: must be at most {most} bytes"),
+        )?;
+        Ok(LogConfig {
+            file,
+            buffer: buffer as usize,
+            flush: self.seconds(&log.flush, "flush", 1.0)?,
+            syslog: log
+                .syslog
+                .unwrap_or(false)
+                .then_some(SyslogTarget { facility, socket }),
+        })
+    }
+
+    fn timeouts(&self, raw: &RawConfig) -> Result<Timeouts, Error> {
+        Ok(Timeouts {
+            connect: self.seconds(&raw.connect_timeout, "connect_timeout", 5.0)?,
+            backend: self.seconds(&raw.backend_timeout, "backend_timeout", 60.0)?,
+            client_header: self.seconds(
+                &raw.client_header_timeout,
+                "client_header_timeout",
+                60.0,
+            )?,
+            client_body: self.seconds(&raw.client_body_timeout, "client_body_timeout", 60.0)?,
+            keepalive: self.seconds(&raw.keepalive_timeout, "keepalive_timeout", 75.0)?,
+            send: self.seconds(&raw.send_timeout, "send_timeout", 60.0)?,
+        })
+    }
+
+    fn limits(&self, raw: &RawConfig) -> Result<Limits, Error> {
+        Ok(Limits {
+            max_request_line: self.count(&raw.max_request_line, "max_request_line", 8192, 16)?
+                as usize,
+            max_header_size: self.count(&raw.max_header_size, "max_header_size", 32768, 64)?
+                as usize,
+            max_headers: self.count(&raw.max_headers, "max_headers", 100, 1)? as usize,
+            max_body: self.count(&raw.max_body, "max_body", 0, 0)?,
+        })
+    }
+
+    fn health(&self, raw: &RawConfig) -> Result<Health, Error> {
+        let check = match &raw.health_check {
+            None => None,
+            Some(h) => Some(self.health_check(h)?),
+        };
+        Ok(Health {
+            max_fails: self
+                .count(&raw.max_fails, "max_fails", 1, 1)?
+                .min(u64::from(u32::MAX)) as u32,
+            fail_timeout: self.seconds(&raw.fail_timeout, "fail_timeout", 10.0)?,
+            check,
+        })
+    }
+
+    fn health_check(&self, h: &Spanned<RawHealthCheck>) -> Result<HealthCheck, Error> {
+        let path = h.get_ref().path.clone().unwrap_or_else(|| "/".into());
+        if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(self.at(
+                h.span(),
+                format!("health_check: path \"{path}\" must start with / and hold no spaces"),
+            ));
+        }
+        let interval = h.get_ref().interval.unwrap_or(5.0);
+        if !(interval.is_finite() && interval > 0.0 && interval < 1e9) {
+            return Err(self.at(
+                h.span(),
+                "health_check: interval must be a positive number of seconds".into(),
+            ));
+        }
+        Ok(HealthCheck {
+            path,
+            interval: Duration::from_secs_f64(interval),
+        })
+    }
+
+    fn model(&self, v: &Option<Spanned<String>>) -> Result<Model, Error> {
+        let Some(m) = v else {
+            return Ok(Model::default());
+        };
+        clap::ValueEnum::from_str(m.get_ref(), false).map_err(|_| {
+            self.at(
+                m.span(),
+                format!("model: \"{}\" is not fork, prefork or thread", m.get_ref()),
+            )
+        })
+    }
+
+    fn prefork(&self, raw: &RawPrefork) -> Result<PreforkConfig, Error> {
+        let min_spare = self.count(&raw.min_spare, "min_spare", DEFAULT_MIN_SPARE, 1)?;
+        let max_spare = self.count(&raw.max_spare, "max_spare", DEFAULT_MAX_SPARE, 1)?;
+        let max_workers = self.count(&raw.max_workers, "max_workers", DEFAULT_MAX_WORKERS, 1)?;
+        let max_requests =
+            self.count(&raw.max_requests, "max_requests", DEFAULT_MAX_REQUESTS, 0)?;
+        if max_spare < min_spare {
+            let span = raw.max_spare.as_ref().map_or(0..0, Spanned::span);
+            return Err(self.at(span, "max_spare: must be at least min_spare".into()));
+        }
+        let most = crate::shm::MAX_WORKERS as u64;
+        let problem = format!("max_workers: at most {most} are supported");
+        let max_workers = self.at_most(&raw.max_workers, max_workers, most, problem)?;
+        Ok(PreforkConfig {
+            min_spare: min_spare as usize,
+            max_spare: max_spare as usize,
+            max_workers: max_workers as usize,
+            max_requests,
+        })
+    }
+
+    fn cache(&self, raw: &RawCache) -> Result<CacheConfig, Error> {
+        Ok(CacheConfig {
+            dir: self.file_name(&raw.dir, "dir", DEFAULT_CACHE_DIR)?,
+            ttl: Duration::from_secs(self.count(&raw.ttl, "ttl", 0, 0)?),
+            max_entry: self.count(&raw.max_entry, "max_entry", DEFAULT_CACHE_MAX_ENTRY, 0)?,
+            max_size: self.count(&raw.max_size, "max_size", DEFAULT_CACHE_MAX_SIZE, 0)?,
+        })
     }
 }
 
