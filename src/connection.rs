@@ -25,6 +25,11 @@ use crate::wire::Reader;
 /// How long a connection accepted as pibl stops is given to send its
 /// first request (which is normally on its way already).
 const STOP_GRACE: Duration = Duration::from_secs(1);
+/// A lingering close (`linger`) reads for at most this long in all, and
+/// gives up after this long without a byte: nginx's lingering_time and
+/// lingering_timeout.
+const LINGER_TIME: Duration = Duration::from_secs(30);
+const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// accept(2) once, with the peer's address (no getpeername(2) after it).
 /// Once: std's `accept` tries again after EINTR, and a prefork worker must
@@ -57,6 +62,30 @@ pub fn accept(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
     // A listener of pibl's is IPv4 or IPv6; anything else is not a client.
     let peer = peer.ok_or_else(|| io::Error::from_raw_os_error(libc::ENOTCONN))?;
     Ok((stream, peer))
+}
+
+/// Closes a connection whose client may still be sending — a body pibl
+/// refused or did not read, requests it will not answer — as nginx's
+/// lingering close does: stops sending, and reads and drops what comes
+/// until the client closes too.  Closed at once, with bytes unread, the
+/// connection would be reset, and a client still writing its body would
+/// get the reset instead of the answer it has yet to read.
+fn linger(stream: &TcpStream) {
+    if stream.shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut dropped = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || !signals::wait_readable(stream.as_fd(), left.min(LINGER_TIMEOUT)) {
+            return;
+        }
+        match io::Read::read(&mut &*stream, &mut dropped) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// What serving connections needs beyond the context, kept by whatever
@@ -131,7 +160,17 @@ impl Worker {
             };
             self.record(peer, &ex);
             worst = worst.max(ex.end);
-            if !ex.keep_alive || signals::is_set(&GOT_SIGTERM) {
+            if !ex.keep_alive {
+                let unread = ex.body_unread
+                    || !reader.buffered().is_empty()
+                    || (ex.end == End::ClientFault
+                        && signals::wait_readable(stream.as_fd(), Duration::ZERO));
+                if unread {
+                    linger(stream);
+                }
+                break;
+            }
+            if signals::is_set(&GOT_SIGTERM) {
                 break;
             }
         }

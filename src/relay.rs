@@ -81,6 +81,9 @@ pub struct Exchange {
     pub time: SystemTime,
     pub started: Instant,
     pub keep_alive: bool,
+    /// The client may still be sending a body pibl did not read: the
+    /// connection is then closed lingering (`connection`).
+    pub body_unread: bool,
     pub end: End,
     /// What the cache did, when there is one.
     pub cache: Option<CacheStatus>,
@@ -99,9 +102,17 @@ impl Exchange {
             time: SystemTime::now(),
             started: Instant::now(),
             keep_alive: false,
+            body_unread: false,
             end: End::Served,
             cache: None,
         }
+    }
+
+    /// The request's body is left unread: the connection cannot carry
+    /// another request.
+    fn leave_body_unread(&mut self) {
+        self.keep_alive = false;
+        self.body_unread = true;
     }
 
     fn tried(&mut self, name: &str) {
@@ -399,7 +410,9 @@ fn backend_failed(
     body_pending: bool,
 ) -> Exchange {
     ex.end = End::BackendFault;
-    ex.keep_alive &= !body_pending;
+    if body_pending {
+        ex.leave_body_unread();
+    }
     send_error(client, &mut ex, status);
     ex
 }
@@ -782,7 +795,7 @@ fn attempt(
             // The backend stopped reading: it may have answered early (a
             // 413, say); its answer, if any, is read below.  The unread rest
             // of the body makes the client connection unusable.
-            Err(CopyError::Write(_)) => ex.keep_alive = false,
+            Err(CopyError::Write(_)) => ex.leave_body_unread(),
         }
     }
     let resp = read_final_head(client, &mut from_backend, ex.minor)?;

@@ -183,6 +183,41 @@ fn size_limits_414_431_413() {
     assert!(client.is_closed());
 }
 
+/// A client that writes its whole body before it reads (as a simple one
+/// does) still gets the answer when its body is refused before it is read:
+/// by pibl (413 over max_body) or by a backend answering early.  pibl
+/// reads and drops the rest before it closes, as nginx's lingering close.
+#[test]
+fn a_refused_body_is_drained_so_the_client_reads_the_answer() {
+    let early = RawBackend::start(
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno",
+    );
+    let proxy = Proxy::start_for(vec![early.addr.to_string()], "");
+    let limited = Proxy::start_for(vec![early.addr.to_string()], "max_body = 1000\n");
+    // More than the socket buffers on both sides hold, so the writes
+    // outlast pibl's answer.
+    let body = vec![b'x'; 32 << 20];
+    for (addr, status) in [(limited.addr, 413), (proxy.addr, 401)] {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let head = format!(
+            "POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        let written = stream.write_all(&body);
+        assert!(
+            written.is_ok(),
+            "{status}: the body was cut off: {written:?}"
+        );
+        let mut answer = Vec::new();
+        let read = stream.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(read.is_ok(), "{status}: {read:?}");
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+    }
+}
+
 /// Requests that must be refused, never forwarded: (bytes, status).
 const SMUGGLING: &[(&[u8], u16)] = &[
     (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
