@@ -380,6 +380,11 @@ pub fn forward_request(
     push_field(out, "X-Forwarded-Proto", b"http");
     push_field(out, "Via", &appended(&req.fields, "via", VIA));
     push_framing(out, framing);
+    // An empty body the client announced is announced again: some servers
+    // refuse a POST without a length (411), and RFC 9110 §8.6 asks for it.
+    if framing == Framing::Empty && values(&req.fields, "content-length").next().is_some() {
+        out.extend_from_slice(b"Content-Length: 0\r\n");
+    }
     if !keep_alive {
         out.extend_from_slice(b"Connection: close\r\n");
     }
@@ -620,6 +625,32 @@ mod tests {
             text,
             "POST /x HTTP/1.1\r\nHost: site\r\nAccept: */*\r\nX-Forwarded-For: 10.0.0.1, 127.0.0.2\r\nX-Forwarded-Proto: http\r\nVia: 1.0 old, 1.1 pibl\r\nContent-Length: 3\r\nConnection: close\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn forwarded_request_keeps_an_announced_empty_body() {
+        let forwarded = |text: &str| {
+            let r = req(text);
+            let mut out = Vec::new();
+            let framing = request_framing(&r).unwrap();
+            forward_request(
+                &r,
+                "/",
+                "127.0.0.2".parse().unwrap(),
+                "b:1",
+                framing,
+                true,
+                &mut out,
+            );
+            String::from_utf8(out).unwrap()
+        };
+        let posted = forwarded("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+        assert!(
+            posted.ends_with("Via: 1.1 pibl\r\nContent-Length: 0\r\n\r\n"),
+            "{posted}"
+        );
+        let got = forwarded("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(!got.contains("Content-Length"), "{got}");
     }
 
     #[test]
