@@ -84,6 +84,44 @@ pub fn relay_tapped<R: Read, W: Write>(
     Ok(sent)
 }
 
+/// A destination that passes on only the bytes at offsets `range` of what
+/// is written to it, and drops the rest: a 206's part of a whole body that
+/// flows past on its way into the cache.
+pub struct Window<W> {
+    inner: W,
+    range: std::ops::Range<u64>,
+    /// Offset of the next byte written.
+    at: u64,
+}
+
+impl<W: Write> Window<W> {
+    pub fn new(inner: W, range: std::ops::Range<u64>) -> Window<W> {
+        Window {
+            inner,
+            range,
+            at: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for Window<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let end = self.at + buf.len() as u64;
+        let from = self.range.start.clamp(self.at, end);
+        let to = self.range.end.clamp(self.at, end);
+        if from < to {
+            let slice = (from - self.at) as usize..(to - self.at) as usize;
+            self.inner.write_all(&buf[slice])?;
+        }
+        self.at = end;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// The destination of a copy, the optional tap beside it, and what is
 /// still to be written before the body.
 struct Out<'a, 'b, 'h, W> {
@@ -243,6 +281,19 @@ fn skip_trailers<R: Read>(src: &mut Reader<R>) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_passes_its_range_whatever_the_writes() {
+        let body: Vec<u8> = (0..100u8).collect();
+        for step in [1, 7, 30, 100] {
+            let mut out = Vec::new();
+            let mut window = Window::new(&mut out, 25..60);
+            for piece in body.chunks(step) {
+                assert_eq!(window.write(piece).unwrap(), piece.len());
+            }
+            assert_eq!(out, &body[25..60], "writes of {step}");
+        }
+    }
 
     fn run(input: &[u8], framing: Framing, encode: Encode) -> Result<(Vec<u8>, u64), CopyError> {
         // A small buffer, so bodies cross many refills.

@@ -594,12 +594,22 @@ fn fill_or_hit<'c>(
 }
 
 impl CachePlan<'_> {
-    /// The request to forward with the stale entry's validators added, when
-    /// there is one to revalidate.
-    fn conditional(&self, req: &RequestHead) -> Option<RequestHead> {
-        let entry = self.stale.as_ref()?;
+    /// The request to forward, when it is not the client's own: with the
+    /// stale entry's validators added, when there is one to revalidate;
+    /// without Range and If-Range when `whole` (`wants_whole`).
+    fn forwarded(&self, req: &RequestHead, whole: bool) -> Option<RequestHead> {
+        if self.stale.is_none() && !whole {
+            return None;
+        }
         let mut head = req.clone();
-        head.fields.extend(cache::validators(entry));
+        if let Some(entry) = &self.stale {
+            head.fields.extend(cache::validators(entry));
+        }
+        if whole {
+            head.fields.retain(|f| {
+                !f.name.eq_ignore_ascii_case("range") && !f.name.eq_ignore_ascii_case("if-range")
+            });
+        }
         Some(head)
     }
 
@@ -648,8 +658,9 @@ fn relay_to_backend(
     };
     let body_pending = kept.is_none() && req.framing != Framing::Empty;
     let balancer = &ctx.balancer;
-    let conditional = plan.as_ref().and_then(|p| p.conditional(req.head));
-    let forwarded_head = conditional.as_ref().unwrap_or(req.head);
+    let whole = wants_whole(req.head, ex.cache);
+    let forwarded = plan.as_ref().and_then(|p| p.forwarded(req.head, whole));
+    let forwarded_head = forwarded.as_ref().unwrap_or(req.head);
     // Only a request pibl could send again goes on a kept connection, and
     // only its connection is kept afterwards.
     let replayable = kept.is_some() && req.is_idempotent();
@@ -705,15 +716,11 @@ fn relay_to_backend(
                 }
                 let store = plan.as_mut().and_then(|p| p.store(req.head, &resp));
                 let keep = replayable.then_some(i);
-                return relay_response(
-                    client,
-                    resp,
-                    from_backend,
-                    &req.head.method,
-                    store,
-                    (pool, keep),
-                    ex,
-                );
+                let wanted = Wanted {
+                    method: &req.head.method,
+                    part: whole.then(|| part_of(req.head, &resp)).flatten(),
+                };
+                return relay_response(client, resp, from_backend, wanted, store, (pool, keep), ex);
             }
             Err(Attempt::ClientFault) => return ex,
             Err(Attempt::NotSent(why)) => balancer.record_failure(i, &why),
@@ -851,17 +858,49 @@ fn read_final_head(
     }
 }
 
+/// Should a GET that missed be forwarded without its Range, so that the
+/// whole response comes back to be stored?  Its range is then cut from the
+/// response as it passes (`part_of`), as nginx does with its cache: else
+/// a resource only ever fetched in ranges (a video, a resumed download)
+/// would come back as 206s, which are not stored, and never be cached.
+fn wants_whole(req: &RequestHead, status: Option<CacheStatus>) -> bool {
+    matches!(status, Some(CacheStatus::Miss | CacheStatus::Expired))
+        && req.method == "GET"
+        && http::values(&req.fields, "range").next().is_some()
+}
+
+/// The part of the whole response `resp` the client's Range asks for,
+/// and the whole's length, when there is one to send as a 206: one range,
+/// of a 200 whose length is known.
+fn part_of(req: &RequestHead, resp: &ResponseHead) -> Option<(std::ops::Range<u64>, u64)> {
+    let Ok(Framing::Length(len)) = http::response_framing("GET", resp) else {
+        return None;
+    };
+    match conditional::answer(req, resp, len) {
+        Answer::Part(range) => Some((range, len)),
+        _ => None,
+    }
+}
+
+/// What the client asked of a response: the method it is an answer to,
+/// and the part of its body to send, if only a part (a 206), with the
+/// whole's length.
+struct Wanted<'a> {
+    method: &'a str,
+    part: Option<(std::ops::Range<u64>, u64)>,
+}
+
 /// Relays the response whose head is `resp` to the client.
 fn relay_response(
     client: &Reader<&TcpStream>,
     resp: ResponseHead,
     mut from_backend: Reader<TcpStream>,
-    method: &str,
+    wanted: Wanted<'_>,
     mut store: Option<cache::Writer>,
     (pool, keep): (&mut Pool, Option<usize>),
     mut ex: Exchange,
 ) -> Exchange {
-    let framing = match http::response_framing(method, &resp) {
+    let framing = match http::response_framing(wanted.method, &resp) {
         Ok(framing) => framing,
         Err(why) => {
             let backend = ex.upstream.as_deref().unwrap_or("-");
@@ -882,14 +921,34 @@ fn relay_response(
     };
     ex.keep_alive &= to_client != Framing::UntilClose;
     let mut head = Vec::with_capacity(1024);
-    let x_cache = ex.cache.map(|c| [("X-Cache", c.as_str())]);
-    let extra: &[(&str, &str)] = x_cache.as_ref().map_or(&[], |x| x);
-    http::forward_response_with(&resp, to_client, persist_for(&ex), extra, &mut head);
-    ex.status = resp.status;
+    // X-Cache, and for a part its Content-Range (a part comes of a miss,
+    // so never without X-Cache).
+    let content_range = wanted
+        .part
+        .as_ref()
+        .map(|(part, len)| format!("bytes {}-{}/{len}", part.start, part.end - 1));
+    let extra = [
+        ("X-Cache", ex.cache.map_or("", |c| c.as_str())),
+        (
+            "Content-Range",
+            content_range.as_deref().unwrap_or_default(),
+        ),
+    ];
+    let extra = &extra[..usize::from(ex.cache.is_some()) + usize::from(content_range.is_some())];
+    let (shown, to_client) = match &wanted.part {
+        Some((part, _)) => (
+            Cow::Owned(restated(&resp, 206, &[])),
+            Framing::Length(part.end - part.start),
+        ),
+        None => (Cow::Borrowed(&resp), to_client),
+    };
+    http::forward_response_with(&shown, to_client, persist_for(&ex), extra, &mut head);
+    ex.status = shown.status;
     let mut out = *client.get_ref();
     let pipe = match framing {
         Framing::Length(n)
             if store.is_none()
+                && wanted.part.is_none()
                 && encode == Encode::Plain
                 && splice::worthwhile(n, from_backend.buffered().len()) =>
         {
@@ -897,14 +956,20 @@ fn relay_response(
         }
         _ => None,
     };
-    let copied = match (framing, pipe) {
-        (Framing::Length(n), Some(pipe)) => {
+    let tap = store.as_mut().map(|w| w as &mut dyn Write);
+    let copied = match (framing, pipe, &wanted.part) {
+        (Framing::Length(n), Some(pipe), _) => {
             splice::relay_length(&mut from_backend, out, &head, n, pipe)
         }
-        _ => {
-            let tap = store.as_mut().map(|w| w as &mut dyn Write);
-            body::relay_tapped(&mut from_backend, &mut out, &head, framing, encode, 0, tap)
-        }
+        // The head alone, then the body through a window onto the part.
+        (_, _, Some((part, _))) => send(client, &head)
+            .map_err(CopyError::Write)
+            .and_then(|()| {
+                let mut window = body::Window::new(out, part.clone());
+                body::relay_tapped(&mut from_backend, &mut window, &[], framing, encode, 0, tap)
+                    .map(|_| part.end - part.start)
+            }),
+        _ => body::relay_tapped(&mut from_backend, &mut out, &head, framing, encode, 0, tap),
     };
     match copied {
         Ok(n) => {

@@ -492,6 +492,56 @@ fn hits_answer_conditional_and_range_requests() {
     }
 }
 
+/// A GET with a Range that misses is forwarded without it, so the whole
+/// response comes back and is stored, and the client gets its range cut
+/// from it as it passes (as nginx's cache does): a resource only ever
+/// fetched in ranges is cached too.  One that may not be stored still
+/// gets its range.
+#[test]
+fn a_range_that_misses_fetches_the_whole_and_gets_its_part() {
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let size = body.len();
+    for (cache_control, second) in [("max-age=60", "HIT"), ("no-store", "MISS")] {
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nCache-Control: {cache_control}\r\nETag: \"v1\"\r\n\r\n"
+        );
+        let whole = [head.as_bytes(), &body].concat();
+        let backend = RawBackend::start_answering(move |_| whole.clone());
+        let proxy = cached(&backend, 60);
+        let mut client = Client::connect(proxy.addr);
+
+        let first = get_with(&mut client, "/v", "Range: bytes=1000-1999\r\n");
+        assert_eq!((first.status, first.header("x-cache")), (206, Some("MISS")));
+        assert_eq!(
+            first.header("content-range"),
+            Some(format!("bytes 1000-1999/{size}").as_str())
+        );
+        assert!(
+            first.body == body[1000..2000],
+            "{cache_control}: the part asked for"
+        );
+        let again = get_with(&mut client, "/v", "Range: bytes=-10\r\n");
+        assert_eq!((again.status, again.header("x-cache")), (206, Some(second)));
+        assert!(again.body == body[size - 10..]);
+        let changed = get_with(
+            &mut client,
+            "/w",
+            "Range: bytes=0-9\r\nIf-Range: \"v0\"\r\n",
+        );
+        assert_eq!(
+            (changed.status, changed.body.len()),
+            (200, size),
+            "If-Range names another version"
+        );
+        let seen = backend.seen.lock().unwrap().clone();
+        assert!(
+            seen.iter()
+                .all(|h| !h.to_ascii_lowercase().contains("range:")),
+            "forwarded whole: {seen:?}"
+        );
+    }
+}
+
 #[test]
 fn a_large_entry_is_sent_from_the_file_and_checked_by_its_size() {
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
