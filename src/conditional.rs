@@ -33,11 +33,7 @@ pub enum Answer {
 /// then its Range, against a stored response whose body is `len` bytes.
 pub fn answer(req: &RequestHead, stored: &ResponseHead, len: u64) -> Answer {
     // Most requests carry neither: one look at the names, and done.
-    let asks = |f: &http::Field| {
-        let name = f.name.as_bytes();
-        name.len() >= 5
-            && (name[..3].eq_ignore_ascii_case(b"if-") || f.name.eq_ignore_ascii_case("range"))
-    };
+    let asks = |f: &http::Field| is_condition(f) || f.name.eq_ignore_ascii_case("range");
     if stored.status != 200 || !req.fields.iter().any(asks) {
         return Answer::Whole;
     }
@@ -74,6 +70,13 @@ pub fn answer(req: &RequestHead, stored: &ResponseHead, len: u64) -> Answer {
         return Answer::Whole;
     }
     byte_range(range, len)
+}
+
+/// Is `field` a condition of the request's (If-Match, If-None-Match,
+/// If-Modified-Since, If-Unmodified-Since, If-Range)?
+pub fn is_condition(field: &http::Field) -> bool {
+    let name = field.name.as_bytes();
+    name.len() > 3 && name[..3].eq_ignore_ascii_case(b"if-")
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

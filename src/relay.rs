@@ -553,10 +553,7 @@ fn consult_cache<'c>(
 /// request's Vary values, and the client sent no conditions of its own
 /// (which pibl then passes on untouched).
 fn revalidatable(req: &RequestHead, entry: cache::Entry) -> Option<cache::Entry> {
-    let client_conditional = req
-        .fields
-        .iter()
-        .any(|f| f.name.len() > 3 && f.name[..3].eq_ignore_ascii_case("if-"));
+    let client_conditional = req.fields.iter().any(conditional::is_condition);
     let useful = !client_conditional
         && cache::matches_vary(req, &entry.head)
         && !cache::validators(&entry).is_empty();
