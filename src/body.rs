@@ -20,6 +20,10 @@ const MAX_TRAILERS: usize = 64;
 pub enum CopyError {
     /// Reading from the source, or its framing was invalid (InvalidData).
     Read(io::Error),
+    /// As `Read`, but before the head given to `relay_tapped` went out
+    /// with the first body bytes: the destination has seen nothing, and
+    /// may still be given an error answer instead.
+    HeadUnsent(io::Error),
     /// Writing to the destination.
     Write(io::Error),
 }
@@ -29,7 +33,7 @@ pub enum CopyError {
 impl From<CopyError> for io::Error {
     fn from(e: CopyError) -> io::Error {
         match e {
-            CopyError::Read(e) | CopyError::Write(e) => e,
+            CopyError::Read(e) | CopyError::HeadUnsent(e) | CopyError::Write(e) => e,
         }
     }
 }
@@ -59,7 +63,8 @@ pub fn relay<R: Read, W: Write>(
 /// `relay`, first writing `head` (a response head) together with the first
 /// body bytes, in one writev(2), and also writing every payload byte
 /// (decoded, unframed) to `tap`: how the cache keeps a copy of a body on
-/// its way to the client.
+/// its way to the client.  A read error before any body byte came is
+/// `HeadUnsent`: the head has not been written either.
 pub fn relay_tapped<R: Read, W: Write>(
     src: &mut Reader<R>,
     dst: &mut W,
@@ -71,11 +76,15 @@ pub fn relay_tapped<R: Read, W: Write>(
 ) -> Result<u64, CopyError> {
     let limit = if limit == 0 { u64::MAX } else { limit };
     let mut out = Out { dst, tap, head };
-    let sent = match framing {
-        Framing::Empty => 0,
-        Framing::Length(n) => copy_exact(src, &mut out, n, encode)?,
-        Framing::Chunked => copy_chunked(src, &mut out, encode, limit)?,
-        Framing::UntilClose => copy_until_close(src, &mut out, encode)?,
+    let copied = match framing {
+        Framing::Empty => Ok(0),
+        Framing::Length(n) => copy_exact(src, &mut out, n, encode),
+        Framing::Chunked => copy_chunked(src, &mut out, encode, limit),
+        Framing::UntilClose => copy_until_close(src, &mut out, encode),
+    };
+    let sent = match copied {
+        Err(CopyError::Read(e)) if !out.head.is_empty() => return Err(CopyError::HeadUnsent(e)),
+        copied => copied?,
     };
     if encode == Encode::Chunked && framing != Framing::Empty {
         out.send(&[b"0\r\n\r\n"])?;

@@ -788,7 +788,7 @@ fn attempt(
         };
         match copied {
             Ok(_) => {}
-            Err(CopyError::Read(e)) => {
+            Err(CopyError::Read(e) | CopyError::HeadUnsent(e)) => {
                 // The client's fault; the exchange ends here, and the
                 // caller must not blame the backend.
                 ex.keep_alive = false;
@@ -981,6 +981,19 @@ fn relay_response(
                 Some(i) if reusable => pool.put(i, from_backend),
                 _ => pool.discard(from_backend),
             }
+        }
+        Err(CopyError::HeadUnsent(e)) => {
+            // The backend failed before the body's first byte, so the
+            // client has seen nothing yet: it gets the error, as when the
+            // head itself is bad (nginx closes without a word here).
+            crate::diag!(
+                "backend {}: {}",
+                ex.upstream.as_deref().unwrap_or("-"),
+                describe("response body", &e)
+            );
+            pool.discard(from_backend);
+            let status = if is_timeout(&e) { 504 } else { 502 };
+            return backend_failed(client, ex, status, false);
         }
         Err(CopyError::Read(e)) => {
             // The head is out: all that is left is to cut the connection,

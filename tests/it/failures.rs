@@ -118,6 +118,15 @@ fn a_silent_backend_is_504_and_a_malformed_one_502() {
     let r = get(proxy.addr, "/slow?ms=5000");
     assert_eq!(r.status, 504);
     proxy.wait_stderr("response: timed out");
+    // Silent after its head, before the body's first byte: the client has
+    // seen nothing yet, so it gets the 504 too.
+    let mute = RawBackend::start_stalling(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
+    let proxy = Proxy::start_for(
+        vec![mute.addr.to_string()],
+        "backend_timeout = 0.5\nmax_fails = 100\n",
+    );
+    assert_eq!(get(proxy.addr, "/").status, 504);
+    proxy.wait_stderr("response body: timed out");
 
     for answer in [
         &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc"[..],
@@ -129,6 +138,9 @@ fn a_silent_backend_is_504_and_a_malformed_one_502() {
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\ncoded\r\n0\r\n\r\n",
         b"HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok",
+        // A head, then a body that fails before its first byte.
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
     ] {
         let answer: &'static [u8] = Box::leak(answer.to_vec().into_boxed_slice());
         let raw = RawBackend::start(answer);
