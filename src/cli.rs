@@ -37,7 +37,8 @@ pub struct Cli {
     pub check: bool,
 
     /// Keep responses in the cache for this many seconds (0: no cache)
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(0..=crate::config::MAX_SECONDS))]
     pub ttl: Option<u64>,
 
     /// Write the parent's pid to PATH once listening; removed on exit

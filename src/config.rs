@@ -31,6 +31,13 @@ pub const DEFAULT_MAX_WORKERS: i64 = 256;
 pub const DEFAULT_MAX_REQUESTS: i64 = 10_000;
 pub const DEFAULT_CACHE_MAX_ENTRY: i64 = 64 * 1024 * 1024;
 pub const DEFAULT_CACHE_MAX_SIZE: i64 = 1024 * 1024 * 1024;
+/// Longest time any setting may name, in seconds (about 31 years): far
+/// enough for "never", near enough that a deadline computed from it
+/// cannot overflow the clock.
+pub const MAX_SECONDS: u64 = 1_000_000_000;
+/// Shortest timeout or interval, in seconds: shorter ones would round to
+/// nothing, which socket timeouts refuse and intervals would spin on.
+const MIN_SECONDS: f64 = 0.001;
 
 /// One replica of the application, as written in the config and as resolved.
 #[derive(Debug, Clone, PartialEq)]
@@ -290,11 +297,10 @@ impl Config {
             DEFAULT_MAX_CLIENTS as i64,
             1,
         )?;
-        let shutdown_timeout = file.count(
+        let shutdown_timeout = file.whole_seconds(
             &raw.shutdown_timeout,
             "shutdown_timeout",
             DEFAULT_SHUTDOWN_TIMEOUT_SECS as i64,
-            0,
         )?;
         let log = file.log(raw.log.as_ref().unwrap_or(&RawLog::default()))?;
         let timeouts = file.timeouts(&raw)?;
@@ -339,6 +345,13 @@ struct LogConfig {
     syslog: Option<SyslogTarget>,
 }
 
+/// What `in_seconds_range` asks of a timeout or interval, for messages.
+const SECONDS_RANGE: &str = "must be from 0.001 to 1000000000 seconds";
+
+fn in_seconds_range(seconds: f64) -> bool {
+    (MIN_SECONDS..=MAX_SECONDS as f64).contains(&seconds)
+}
+
 /// The file being checked, so that every problem names its line.
 struct Checker<'a> {
     path: &'a str,
@@ -358,13 +371,25 @@ impl Checker<'_> {
     ) -> Result<Duration, Error> {
         match v {
             None => Ok(Duration::from_secs_f64(default)),
-            Some(v) if v.get_ref().is_finite() && *v.get_ref() > 0.0 && *v.get_ref() < 1e9 => {
-                Ok(Duration::from_secs_f64(*v.get_ref()))
-            }
-            Some(v) => Err(self.at(
+            Some(v) if in_seconds_range(*v.get_ref()) => Ok(Duration::from_secs_f64(*v.get_ref())),
+            Some(v) => Err(self.at(v.span(), format!("{name}: {SECONDS_RANGE}"))),
+        }
+    }
+
+    /// A whole number of seconds, 0 allowed.
+    fn whole_seconds(
+        &self,
+        v: &Option<Spanned<i64>>,
+        name: &str,
+        default: i64,
+    ) -> Result<u64, Error> {
+        let n = self.count(v, name, default, 0)?;
+        match v {
+            Some(v) if n > MAX_SECONDS => Err(self.at(
                 v.span(),
-                format!("{name}: must be a positive number of seconds"),
+                format!("{name}: must be at most {MAX_SECONDS} seconds"),
             )),
+            _ => Ok(n),
         }
     }
 
@@ -529,11 +554,8 @@ impl Checker<'_> {
             ));
         }
         let interval = h.get_ref().interval.unwrap_or(5.0);
-        if !(interval.is_finite() && interval > 0.0 && interval < 1e9) {
-            return Err(self.at(
-                h.span(),
-                "health_check: interval must be a positive number of seconds".into(),
-            ));
+        if !in_seconds_range(interval) {
+            return Err(self.at(h.span(), format!("health_check: interval {SECONDS_RANGE}")));
         }
         Ok(HealthCheck {
             path,
@@ -577,7 +599,7 @@ impl Checker<'_> {
     fn cache(&self, raw: &RawCache) -> Result<CacheConfig, Error> {
         Ok(CacheConfig {
             dir: self.file_name(&raw.dir, "dir", DEFAULT_CACHE_DIR)?,
-            ttl: Duration::from_secs(self.count(&raw.ttl, "ttl", 0, 0)?),
+            ttl: Duration::from_secs(self.whole_seconds(&raw.ttl, "ttl", 0)?),
             max_entry: self.count(&raw.max_entry, "max_entry", DEFAULT_CACHE_MAX_ENTRY, 0)?,
             max_size: self.count(&raw.max_size, "max_size", DEFAULT_CACHE_MAX_SIZE, 0)?,
         })
@@ -687,7 +709,7 @@ mod tests {
         );
         assert_eq!(
             err("backends = [\"127.0.0.1:1\"]\n[log]\nflush = 0\n"),
-            "t.conf:3: flush: must be a positive number of seconds"
+            "t.conf:3: flush: must be from 0.001 to 1000000000 seconds"
         );
         assert_eq!(
             err("backends = [\"127.0.0.1:1\"]\nsched_batch = \"yes\"\n"),
@@ -753,7 +775,24 @@ mod tests {
         );
         assert_eq!(
             err("backends = [\"127.0.0.1:1\"]\nsend_timeout = -1\n"),
-            "t.conf:2: send_timeout: must be a positive number of seconds"
+            "t.conf:2: send_timeout: must be from 0.001 to 1000000000 seconds"
+        );
+        // Too short to be a socket timeout, too long for the clock.
+        assert_eq!(
+            err("backends = [\"127.0.0.1:1\"]\nbackend_timeout = 1e-12\n"),
+            "t.conf:2: backend_timeout: must be from 0.001 to 1000000000 seconds"
+        );
+        assert_eq!(
+            err("backends = [\"127.0.0.1:1\"]\nhealth_check = { interval = 1e-9 }\n"),
+            "t.conf:2: health_check: interval must be from 0.001 to 1000000000 seconds"
+        );
+        assert_eq!(
+            err("backends = [\"127.0.0.1:1\"]\nshutdown_timeout = 9223372036854775807\n"),
+            "t.conf:2: shutdown_timeout: must be at most 1000000000 seconds"
+        );
+        assert_eq!(
+            err("backends = [\"127.0.0.1:1\"]\n[cache]\nttl = 1000000001\n"),
+            "t.conf:3: ttl: must be at most 1000000000 seconds"
         );
         assert_eq!(
             err("backends = [\"127.0.0.1:1\"]\nmax_headers = 0\n"),
