@@ -10,8 +10,11 @@ pub const MAX_FIELDS: usize = 256;
 /// Most fields accepted in a backend's response head; more is a 502.
 pub const MAX_RESPONSE_FIELDS: usize = 100;
 
-/// What pibl adds to `Via` (RFC 9110 §7.6.3).
-pub const VIA: &str = "1.1 pibl";
+/// What pibl adds to `Via` for a message received as HTTP/1.`minor`:
+/// the version it came in, and pibl's name (RFC 9110 §7.6.3).
+fn via(minor: u8) -> &'static str {
+    if minor == 0 { "1.0 pibl" } else { "1.1 pibl" }
+}
 
 #[derive(Debug, Clone)]
 pub struct Field {
@@ -378,7 +381,7 @@ pub fn forward_request(
         &appended(&req.fields, "x-forwarded-for", &client.to_string()),
     );
     push_field(out, "X-Forwarded-Proto", b"http");
-    push_field(out, "Via", &appended(&req.fields, "via", VIA));
+    push_field(out, "Via", &appended(&req.fields, "via", via(req.minor)));
     push_framing(out, framing);
     // An empty body the client announced is announced again: some servers
     // refuse a POST without a length (411), and RFC 9110 §8.6 asks for it.
@@ -438,7 +441,7 @@ pub fn forward_response_with(
             push_field(out, "Content-Length", n.to_string().as_bytes());
         }
     }
-    push_field(out, "Via", &appended(&resp.fields, "via", VIA));
+    push_field(out, "Via", &appended(&resp.fields, "via", via(resp.minor)));
     push_framing(out, framing);
     match persist {
         Persist::KeepAlive { http10: true } => out.extend_from_slice(b"Connection: keep-alive\r\n"),

@@ -184,6 +184,11 @@ fn hop_by_hop_fields_dropped_and_proxy_fields_added_to_requests() {
             "Via: 1.0 edge, 1.1 pibl",
         ]
     );
+    // Via names the version a request came in.
+    let mut old = Client::connect(proxy.addr);
+    old.send(b"GET /headers HTTP/1.0\r\nHost: app.example\r\n\r\n");
+    let seen = old.response("GET").text();
+    assert!(seen.lines().any(|l| l == "Via: 1.0 pibl"), "{seen}");
 }
 
 #[test]
@@ -206,6 +211,14 @@ fn hop_by_hop_fields_dropped_from_responses() {
     );
     // The backend closed its side; the client's connection is kept.
     assert_eq!(client.get("/").text(), "ok");
+
+    // Via names the version a response came in.
+    let old = RawBackend::start(b"HTTP/1.0 200 OK\r\nVia: 1.1 app\r\nContent-Length: 2\r\n\r\nok");
+    let proxy = Proxy::start_for(vec![old.addr.to_string()], "");
+    assert_eq!(
+        get(proxy.addr, "/").header("via"),
+        Some("1.1 app, 1.0 pibl")
+    );
 }
 
 #[test]
