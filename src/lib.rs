@@ -28,6 +28,7 @@ mod pool;
 mod prefork;
 mod privileges;
 mod relay;
+mod rlimit;
 mod sched;
 mod shm;
 mod signals;
@@ -90,6 +91,7 @@ fn serve(cli: &Cli) -> Result<(), Error> {
         eprintln!("pibl: {}: configuration ok", config.path);
         return Ok(());
     }
+    rlimit::raise_open_files(&config);
     // Fail now, with a clear message, rather than once per child.  This also
     // creates the file, so it can be handed to `user` below.
     AccessLog::open(&config.log_file, None).map_err(|e| {

@@ -449,6 +449,20 @@ enum Attempt {
     /// The client failed while its body was being relayed, and has been
     /// answered: the exchange is over, and no backend is to blame.
     ClientFault,
+    /// pibl itself could not make the connection (`is_local_shortage`):
+    /// nothing was sent, and the backend is not to blame.
+    Local(String),
+}
+
+/// Errors of pibl's own resources rather than of the backend: out of file
+/// descriptors, memory, buffers or local ports.  Counted against the
+/// backend, they would mark every backend down in turn while pibl is
+/// overloaded, turning a passing shortage into seconds of 502s.
+fn is_local_shortage(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
 }
 
 fn connect(addr: std::net::SocketAddr, config: &Config) -> io::Result<TcpStream> {
@@ -720,6 +734,13 @@ fn relay_to_backend(
                 return relay_response(client, resp, from_backend, wanted, store, (pool, keep), ex);
             }
             Err(Attempt::ClientFault) => return ex,
+            Err(Attempt::Local(why)) => {
+                // Not the backend's failure: the next is tried, and if
+                // all fail so, the client gets 503 (as from HAProxy):
+                // pibl is out of resources for now.
+                crate::diag!("backend {}: {why}", backend.name);
+                status = 503;
+            }
             Err(Attempt::NotSent(why)) => balancer.record_failure(i, &why),
             Err(Attempt::Sent(why, code)) => {
                 balancer.record_failure(i, &why);
@@ -753,9 +774,14 @@ fn attempt(
 ) -> Result<(ResponseHead, Reader<TcpStream>), Attempt> {
     let mut from_backend = match idle {
         Some(conn) => conn,
-        None => pool.wrap(
-            connect(addr, &ctx.config).map_err(|e| Attempt::NotSent(describe("connect", &e)))?,
-        ),
+        None => pool.wrap(connect(addr, &ctx.config).map_err(|e| {
+            let why = describe("connect", &e);
+            if is_local_shortage(&e) {
+                Attempt::Local(why)
+            } else {
+                Attempt::NotSent(why)
+            }
+        })?),
     };
     let upstream = from_backend.get_ref();
     let sent = match kept {

@@ -360,3 +360,52 @@ fn diagnostics_from_many_clients_at_once_are_whole_lines() {
     }
     assert!(seen >= 100, "{seen} refusals reported");
 }
+
+/// pibl out of file descriptors cannot connect to any backend: the client
+/// gets 503, no backend is blamed (marked down) for pibl's shortage, and
+/// all is well once descriptors are free again.
+#[test]
+fn running_out_of_descriptors_is_503_and_blames_no_backend() {
+    let backends = Backend::start_many(2);
+    let proxy = Proxy::start_with_ulimit(
+        ProxyOptions::new(&backends),
+        &["--model", "thread"],
+        "-n 64",
+    );
+    proxy.wait_stderr("open files limit (64)");
+    // Connections that began a request, one thread and descriptor each,
+    // until pibl has none left to accept with.
+    let mut waiting: Vec<Client> = (0..80)
+        .map(|_| {
+            let mut client = Client::connect(proxy.addr);
+            client.send(b"GET / HTTP/1.1\r\n");
+            client
+        })
+        .collect();
+    proxy.wait_stderr("accept: Too many open files");
+    let first = &mut waiting[0];
+    first.send(b"Host: t\r\n\r\n");
+    assert_eq!(first.response("GET").status, 503);
+    let stderr = proxy.stderr.snapshot();
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.contains("connect: Too many open files")),
+        "{stderr:#?}"
+    );
+    assert!(
+        !stderr.iter().any(|l| l.contains("marked down")),
+        "{stderr:#?}"
+    );
+
+    // Every connection closed and logged (400: a head cut short), its
+    // descriptors free: the next request is served.
+    drop(waiting);
+    let log = proxy.wait_log(80);
+    assert_eq!(
+        log.iter().filter(|l| l.contains("\" 400 ")).count(),
+        79,
+        "{log:#?}"
+    );
+    assert_eq!(get(proxy.addr, "/").status, 200);
+}

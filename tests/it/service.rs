@@ -443,3 +443,31 @@ fn every_flag_in_help_is_in_the_man_page() {
         }
     }
 }
+
+/// Started with a soft open-files limit below the hard one (a shell's
+/// usual 1024), pibl raises it to the hard one, quietly.
+#[test]
+fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
+    let backends = Backend::start_many(1);
+    let proxy = Proxy::start_with_ulimit(ProxyOptions::new(&backends), &[], "-Sn 64");
+    let limits = fs::read_to_string(format!("/proc/{}/limits", proxy.pid())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let (soft, hard) = (open_files[0], open_files[1]);
+    assert_eq!(soft, hard);
+    assert_ne!(soft, "64");
+    assert_eq!(get(proxy.addr, "/").status, 200);
+    assert!(
+        !proxy
+            .stderr
+            .snapshot()
+            .iter()
+            .any(|l| l.contains("open files")),
+        "{:?}",
+        proxy.stderr.snapshot()
+    );
+}

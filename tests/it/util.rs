@@ -107,7 +107,13 @@ pub struct Collected {
 
 impl Lines {
     pub fn collect(source: impl Read + Send + 'static) -> Lines {
+        Lines::collect_after(Vec::new(), source)
+    }
+
+    /// `collect`, with `earlier` lines already read from `source`.
+    pub fn collect_after(earlier: Vec<String>, source: impl Read + Send + 'static) -> Lines {
         let lines = Lines::default();
+        lines.0.0.lock().unwrap().lines = earlier;
         let sink = lines.clone();
         thread::spawn(move || {
             let (lock, cond) = &*sink.0;
@@ -156,20 +162,26 @@ impl Lines {
 
 /// Reads the first stderr line, which names the bound address after
 /// "listening on ", and hands the rest of stderr to a collector.
+/// The address in pibl's "listening on" line; the lines before it (a
+/// warning, say) stay in what is collected.
 fn read_listen_line(stderr: ChildStderr) -> (SocketAddr, Lines) {
     let mut reader = BufReader::new(stderr);
-    let mut first = String::new();
-    reader.read_line(&mut first).unwrap();
-    let addr = first
-        .split("listening on ")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no address in {first:?}"))
-        .split([',', ' ', '\n'])
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    (addr, Lines::collect(reader))
+    let mut before = Vec::new();
+    let addr = loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "pibl ended before listening: {before:?}");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest
+                .split([',', ' ', '\n'])
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+        }
+        before.push(line.trim_end().to_string());
+    };
+    (addr, Lines::collect_after(before, reader))
 }
 
 /// A demo replica (`pibl backend`) on an ephemeral loopback port.
@@ -252,6 +264,18 @@ impl Proxy {
     /// A proxy in `dir` (perhaps one an earlier proxy used), with more
     /// command-line arguments.
     pub fn start_in(dir: TempDir, options: ProxyOptions, args: &[&str]) -> Proxy {
+        Proxy::spawn(dir, options, args, Command::new(PIBL))
+    }
+
+    /// A proxy started with sh's `ulimit {limit}` (`-n 64`: at most 64
+    /// open files, soft and hard limit alike).
+    pub fn start_with_ulimit(options: ProxyOptions, args: &[&str], limit: &str) -> Proxy {
+        let mut sh = Command::new("sh");
+        sh.args(["-c", &format!("ulimit {limit} && exec \"$0\" \"$@\""), PIBL]);
+        Proxy::spawn(TempDir::new(), options, args, sh)
+    }
+
+    fn spawn(dir: TempDir, options: ProxyOptions, args: &[&str], mut command: Command) -> Proxy {
         fs::write(dir.path().join("pibl.conf"), options.config_text()).unwrap();
         let model = model();
         let model_args = if args.contains(&"--model") {
@@ -259,7 +283,7 @@ impl Proxy {
         } else {
             vec!["--model", model.as_str()]
         };
-        let mut child = Command::new(PIBL)
+        let mut child = command
             .args(["--port", "0"])
             .args(model_args)
             .args(args)
