@@ -754,8 +754,8 @@ impl Cache {
         // The header for now, with the body's length still 0; `commit`
         // writes it again, same size, once the length is known.
         let header = writer.header();
-        if write_all_vectored(&mut writer.file, &[&header, &writer.head]).is_err() {
-            writer.failed = true;
+        if let Err(e) = write_all_vectored(&mut writer.file, &[&header, &writer.head]) {
+            writer.fail(&e);
         }
         Some(writer)
     }
@@ -765,7 +765,9 @@ impl Cache {
     fn temporary(&self, key: &str) -> Option<(File, PathBuf)> {
         let path = self.path_of(key).with_file_name(unique_name(TEMP_PREFIX));
         let open = || OpenOptions::new().create_new(true).write(true).open(&path);
-        let file = in_subdir(&path, open).ok()?;
+        let file = in_subdir(&path, open)
+            .map_err(|e| cannot_store(key, &e))
+            .ok()?;
         let _ = fs2::FileExt::try_lock_exclusive(&file);
         Some((file, path))
     }
@@ -1143,14 +1145,23 @@ impl Writer {
         )
     }
 
+    /// Gives the entry up for an I/O error, said once: a full disk, say.
+    /// The response it copies goes on.
+    fn fail(&mut self, e: &io::Error) {
+        if !self.failed {
+            cannot_store(&self.key, e);
+            self.failed = true;
+        }
+    }
+
     /// Makes the entry visible, if all of the body was written.
     pub fn commit(mut self) {
         if self.failed {
             return;
         }
         let header = self.header();
-        if self.file.write_all_at(&header, 0).is_err() {
-            return;
+        if let Err(e) = self.file.write_all_at(&header, 0) {
+            return cannot_store(&self.key, &e);
         }
         // The janitor reads expiry and last use from the file's times
         // alone: mtime is when the entry expires, atime when it was used.
@@ -1160,16 +1171,31 @@ impl Writer {
         let _ = self.file.set_times(times);
         // Still under this file's exclusive lock, which goes when the
         // writer is dropped, just after.
-        self.renamed = fs::rename(&self.temp, &self.target).is_ok();
+        match fs::rename(&self.temp, &self.target) {
+            Ok(()) => self.renamed = true,
+            Err(e) => cannot_store(&self.key, &e),
+        }
     }
+}
+
+/// Says that an entry could not be written, as nginx's "write() to cache
+/// file failed": the response still goes to the client, uncached.
+fn cannot_store(key: &str, e: &io::Error) {
+    crate::diag!(
+        "cache: cannot store {key}: {}",
+        crate::error::describe_io(e)
+    );
 }
 
 impl Write for Writer {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if !self.failed {
             self.body_len += data.len() as u64;
-            if self.body_len > self.limit || self.file.write_all(data).is_err() {
+            if self.body_len > self.limit {
+                // Larger than max_entry: passed through, as configured.
                 self.failed = true;
+            } else if let Err(e) = self.file.write_all(data) {
+                self.fail(&e);
             }
         }
         // The cache never fails the response it copies.

@@ -84,6 +84,11 @@ fn set_disposition(signal: Signal, handler: SigHandler) {
 /// which a parent process may have left blocked (a blocked mask survives
 /// fork and exec).
 pub fn install_parent() -> nix::Result<SigSet> {
+    // A file grown past RLIMIT_FSIZE (ulimit -f) raises SIGXFSZ, which
+    // would kill the child mid-response.  Ignored, as PostgreSQL's
+    // postmaster ignores it, the write fails with EFBIG instead: a cache
+    // entry is given up, the response goes on.  Inherited by every child.
+    set_disposition(Signal::SIGXFSZ, SigHandler::SigIgn);
     let mut wait_mask = set_of(&PARENT_SIGNALS).thread_swap_mask(SigmaskHow::SIG_BLOCK)?;
     for signal in PARENT_SIGNALS {
         wait_mask.remove(signal);

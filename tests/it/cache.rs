@@ -828,3 +828,25 @@ fn a_body_over_max_entry_streams_through_uncached() {
     // The temporary copy goes as soon as the response is out.
     wait_until("no temporary file", || cache_files(&proxy.dir).is_empty());
 }
+
+/// An entry the file system refuses — here past the file-size limit
+/// (ulimit -f), which without care also kills the writer with SIGXFSZ — is
+/// given up and said; the response goes on whole, and uncached.
+#[test]
+fn an_entry_the_file_system_refuses_is_given_up_and_the_response_goes_on() {
+    let backends = Backend::start_many(1);
+    let options = ProxyOptions {
+        extra: "[cache]\nttl = 60\n".into(),
+        ..ProxyOptions::new(&backends)
+    };
+    let proxy = Proxy::start_with_ulimit(options, &[], "-f 400");
+    for _ in 0..2 {
+        let r = get(proxy.addr, "/big?kb=1024");
+        assert_eq!(
+            (r.status, r.body.len(), r.header("x-cache")),
+            (200, 1 << 20, Some("MISS"))
+        );
+    }
+    let said = proxy.wait_stderr("cache: cannot store");
+    assert!(said.ends_with("/big?kb=1024: File too large"), "{said}");
+}
