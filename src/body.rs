@@ -14,6 +14,10 @@ use crate::wire::{Reader, invalid, write_all_vectored};
 const MAX_CHUNK_LINE: usize = 4096;
 /// Most trailer fields read (and dropped) after the last chunk.
 const MAX_TRAILERS: usize = 64;
+/// Bytes of small writes held to go out together in a chunked copy:
+/// chunk-size lines, CRLFs and small chunks, which one by one cost a
+/// system call each (three for each chunk passed on).
+const HOLD: usize = 8192;
 
 /// Which side a body copy failed on.
 #[derive(Debug)]
@@ -75,7 +79,18 @@ pub fn relay_tapped<R: Read, W: Write>(
     tap: Option<&mut dyn Write>,
 ) -> Result<u64, CopyError> {
     let limit = if limit == 0 { u64::MAX } else { limit };
-    let mut out = Out { dst, tap, head };
+    // Other copies move the reader's buffer whole, and hold nothing.
+    let holds = framing == Framing::Chunked || encode == Encode::Chunked;
+    let mut out = Out {
+        dst,
+        tap,
+        head,
+        held: if holds {
+            Vec::with_capacity(HOLD)
+        } else {
+            Vec::new()
+        },
+    };
     let copied = match framing {
         Framing::Empty => Ok(0),
         Framing::Length(n) => copy_exact(src, &mut out, n, encode),
@@ -89,7 +104,7 @@ pub fn relay_tapped<R: Read, W: Write>(
     if encode == Encode::Chunked && framing != Framing::Empty {
         out.send(&[b"0\r\n\r\n"])?;
     }
-    out.send(&[])?;
+    out.flush()?;
     Ok(sent)
 }
 
@@ -131,24 +146,68 @@ impl<W: Write> Write for Window<W> {
     }
 }
 
-/// The destination of a copy, the optional tap beside it, and what is
-/// still to be written before the body.
+/// The destination of a copy, the optional tap beside it, what is still
+/// to be written before the body, and, in a chunked copy, small writes
+/// held to go with the next (`HOLD`).  Whatever is held goes out before
+/// the copy waits for its source (`flush_before_waiting`), so holding
+/// never delays a byte.
 struct Out<'a, 'b, 'h, W> {
     dst: &'a mut W,
     tap: Option<&'b mut dyn Write>,
     head: &'h [u8],
+    /// Its capacity is what may be held: none outside chunked copies.
+    held: Vec<u8>,
 }
 
 impl<W: Write> Out<'_, '_, '_, W> {
-    /// Writes `parts` (at most four), after the head if it is not out yet.
+    /// Writes `parts` (at most four), after the head if it is not out yet
+    /// and what is held; or holds them, if they fit.
     fn send(&mut self, parts: &[&[u8]]) -> Result<(), CopyError> {
-        if self.head.is_empty() {
-            return write_all_vectored(self.dst, parts).map_err(CopyError::Write);
+        let size: usize = parts.iter().map(|p| p.len()).sum();
+        if self.held.len() + size <= self.held.capacity() {
+            parts
+                .iter()
+                .for_each(|part| self.held.extend_from_slice(part));
+            return Ok(());
         }
-        let mut all: [&[u8]; 5] = [self.head, &[], &[], &[], &[]];
-        all[1..=parts.len()].copy_from_slice(parts);
+        let mut all: [&[u8]; 6] = [self.head, &self.held, &[], &[], &[], &[]];
+        all[2..2 + parts.len()].copy_from_slice(parts);
+        write_all_vectored(self.dst, &all[..2 + parts.len()]).map_err(CopyError::Write)?;
         self.head = &[];
-        write_all_vectored(self.dst, &all[..=parts.len()]).map_err(CopyError::Write)
+        self.held.clear();
+        Ok(())
+    }
+
+    /// Writes the head, if it is not out yet, and what is held.
+    fn flush(&mut self) -> Result<(), CopyError> {
+        if self.head.is_empty() && self.held.is_empty() {
+            return Ok(());
+        }
+        write_all_vectored(self.dst, &[self.head, &self.held]).map_err(CopyError::Write)?;
+        self.head = &[];
+        self.held.clear();
+        Ok(())
+    }
+
+    /// Flushes what is held when reading `src` for what comes next —
+    /// `line`, or any bytes — might wait: held bytes go out as soon as the
+    /// source has nothing more to go with them.  A head with no body byte
+    /// yet keeps waiting for one, as in every copy: so that a body that
+    /// fails before its first byte can still be answered (`HeadUnsent`).
+    fn flush_before_waiting<R: Read>(
+        &mut self,
+        src: &Reader<R>,
+        line: bool,
+    ) -> Result<(), CopyError> {
+        let ready = if line {
+            src.buffered().contains(&b'\n')
+        } else {
+            !src.buffered().is_empty()
+        };
+        if ready || self.held.is_empty() {
+            return Ok(());
+        }
+        self.flush()
     }
 }
 
@@ -189,6 +248,7 @@ fn copy_exact<R: Read, W: Write>(
 ) -> Result<u64, CopyError> {
     let mut left = len;
     while left > 0 {
+        dst.flush_before_waiting(src, false)?;
         if !src.fill_some().map_err(CopyError::Read)? {
             return Err(CopyError::Read(io::ErrorKind::UnexpectedEof.into()));
         }
@@ -209,7 +269,10 @@ fn copy_until_close<R: Read, W: Write>(
     encode: Encode,
 ) -> Result<u64, CopyError> {
     let mut total = 0u64;
-    while src.fill_some().map_err(CopyError::Read)? {
+    while {
+        dst.flush_before_waiting(src, false)?;
+        src.fill_some().map_err(CopyError::Read)?
+    } {
         let n = src.buffered().len();
         emit(dst, src.buffered(), encode)?;
         src.consume(n);
@@ -226,6 +289,7 @@ fn copy_chunked<R: Read, W: Write>(
 ) -> Result<u64, CopyError> {
     let mut total = 0u64;
     loop {
+        dst.flush_before_waiting(src, true)?;
         let line = src.line(MAX_CHUNK_LINE).map_err(CopyError::Read)?;
         let size = parse_chunk_size(&src.buffered()[..line - 2]).map_err(CopyError::Read)?;
         src.consume(line);
@@ -236,7 +300,7 @@ fn copy_chunked<R: Read, W: Write>(
             )));
         }
         if size == 0 {
-            skip_trailers(src).map_err(CopyError::Read)?;
+            skip_trailers(src, dst)?;
             return Ok(total);
         }
         if encode == Encode::Chunked {
@@ -244,6 +308,7 @@ fn copy_chunked<R: Read, W: Write>(
             dst.send(&[chunk_size_line(size, &mut line)])?;
         }
         copy_exact(src, dst, size, Encode::Plain)?;
+        dst.flush_before_waiting(src, true)?;
         let end = src.line(2).map_err(CopyError::Read)?;
         if end != 2 {
             return Err(CopyError::Read(invalid("chunk data longer than its size")));
@@ -276,15 +341,19 @@ pub fn parse_chunk_size(line: &[u8]) -> io::Result<u64> {
 
 /// Reads the trailer section up to its empty line; pibl forwards no
 /// trailer fields.
-fn skip_trailers<R: Read>(src: &mut Reader<R>) -> io::Result<()> {
+fn skip_trailers<R: Read, W: Write>(
+    src: &mut Reader<R>,
+    dst: &mut Out<'_, '_, '_, W>,
+) -> Result<(), CopyError> {
     for _ in 0..=MAX_TRAILERS {
-        let line = src.line(MAX_CHUNK_LINE)?;
+        dst.flush_before_waiting(src, true)?;
+        let line = src.line(MAX_CHUNK_LINE).map_err(CopyError::Read)?;
         src.consume(line);
         if line == 2 {
             return Ok(());
         }
     }
-    Err(invalid("too many trailer fields"))
+    Err(CopyError::Read(invalid("too many trailer fields")))
 }
 
 #[cfg(test)]
@@ -369,6 +438,81 @@ mod tests {
             relay_tapped(&mut src, &mut out, b"HEAD", framing, encode, 0, None).unwrap();
             assert_eq!(out.0[0], first, "{framing:?}");
         }
+    }
+
+    #[test]
+    fn small_chunks_go_out_together() {
+        let mut input = b"1\r\nx\r\n".repeat(1000);
+        input.extend_from_slice(b"0\r\n\r\n");
+        let mut src = Reader::with_capacity(&input[..], 1 << 16);
+        let mut out = Writes(Vec::new());
+        relay_tapped(
+            &mut src,
+            &mut out,
+            b"HEAD",
+            Framing::Chunked,
+            Encode::Chunked,
+            0,
+            None,
+        )
+        .unwrap();
+        // A write for each read (the reader's window grows from 4 KiB),
+        // not three for each chunk.
+        assert!(out.0.len() <= 3, "{} writes", out.0.len());
+        assert_eq!(out.0.concat(), [&b"HEAD"[..], &input].concat());
+    }
+
+    /// Gives one piece per read, and notes how many bytes had been
+    /// written when each read was asked for.
+    struct Pieces<'a> {
+        pieces: std::collections::VecDeque<&'a [u8]>,
+        written: std::rc::Rc<std::cell::Cell<usize>>,
+        seen: Vec<usize>,
+    }
+    impl Read for Pieces<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.seen.push(self.written.get());
+            let piece = self.pieces.pop_front().unwrap_or_default();
+            buf[..piece.len()].copy_from_slice(piece);
+            Ok(piece.len())
+        }
+    }
+    struct Counted(std::rc::Rc<std::cell::Cell<usize>>);
+    impl Write for Counted {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.set(self.0.get() + b.len());
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn what_is_held_goes_out_before_the_source_is_waited_for() {
+        let written = std::rc::Rc::new(std::cell::Cell::new(0));
+        let pieces = [&b"5\r\nhello\r\n"[..], b"5\r\nworld\r\n", b"0\r\n\r\n"];
+        let source = Pieces {
+            pieces: pieces.into_iter().collect(),
+            written: written.clone(),
+            seen: Vec::new(),
+        };
+        let mut src = Reader::with_capacity(source, 64);
+        let mut out = Counted(written.clone());
+        relay_tapped(
+            &mut src,
+            &mut out,
+            b"HEAD",
+            Framing::Chunked,
+            Encode::Plain,
+            0,
+            None,
+        )
+        .unwrap();
+        // Before the second read "HEADhello" was out, before the third
+        // "world" too; the end needed no more reads.
+        assert_eq!(src.get_ref().seen, [0, 9, 14]);
+        assert_eq!(written.get(), 14);
     }
 
     #[test]
