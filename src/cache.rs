@@ -63,6 +63,8 @@ const MAGIC: &str = "pibl-cache 1\n";
 const TEMP_PREFIX: &str = ".tmp-";
 const FILL_PREFIX: &str = ".fill-";
 const EVICT_PREFIX: &str = ".evict-";
+/// A mark that a URL's last response was not storable (`note_pass`).
+const PASS_PREFIX: &str = ".pass-";
 /// Age past which a temporary file no one holds locked is debris, left by
 /// a process that died (or, for a fill lock, a miss that stored nothing).
 const DEBRIS_AGE: Duration = Duration::from_secs(60);
@@ -582,8 +584,13 @@ impl Cache {
     /// is stored; `Fill::Waited` when another process was fetching it and
     /// has finished (or `FILL_WAIT` passed), so a second look may now hit.
     /// This is nginx's `proxy_cache_lock`: 100 clients asking at once for
-    /// one uncached URL cause one fetch, not 100.
+    /// one uncached URL cause one fetch, not 100.  `Fill::Pass` when the
+    /// URL's last response could not be stored (`note_pass`): a dynamic
+    /// page, say, which the lock would have fetched one request at a time.
     pub fn fill(&self, key: &str) -> Fill {
+        if self.passes(key) {
+            return Fill::Pass;
+        }
         let path = self.name_of(key, FILL_PREFIX);
         let open = || {
             OpenOptions::new()
@@ -608,6 +615,33 @@ impl Cache {
             }
         }
         Fill::Waited
+    }
+
+    /// Notes that the response fetched for `key` under its fill lock could
+    /// not be stored, so that misses of the URL skip the lock for a while
+    /// (Varnish's "hit-for-miss").  Their responses are still offered to
+    /// the cache: one that can be stored is.
+    pub fn note_pass(&self, key: &str) {
+        let path = self.name_of(key, PASS_PREFIX);
+        let create = || {
+            OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .open(&path)
+        };
+        if let Ok(file) = in_subdir(&path, create) {
+            let _ = file.set_modified(SystemTime::now());
+        }
+    }
+
+    /// Whether a mark made by `note_pass` for `key` is younger than the
+    /// TTL and `DEBRIS_AGE` (after which the janitor removes it).
+    fn passes(&self, key: &str) -> bool {
+        let lasts = self.ttl.min(DEBRIS_AGE);
+        fs::metadata(self.name_of(key, PASS_PREFIX))
+            .and_then(|m| m.modified())
+            .is_ok_and(|made| made + lasts > SystemTime::now())
     }
 
     /// After a 304 for a stale entry: a new lifetime from the stored head
@@ -817,7 +851,7 @@ fn is_hex(name: &str, len: usize) -> bool {
 
 /// A temporary file's name (an entry's never starts with a dot).
 fn is_temporary(name: &str) -> bool {
-    [TEMP_PREFIX, FILL_PREFIX, EVICT_PREFIX]
+    [TEMP_PREFIX, FILL_PREFIX, EVICT_PREFIX, PASS_PREFIX]
         .iter()
         .any(|p| name.starts_with(p))
 }
@@ -930,6 +964,8 @@ const FILL_POLL: Duration = Duration::from_millis(5);
 pub enum Fill {
     Fetch(FillLock),
     Waited,
+    /// Fetch without the lock: the URL's responses are not being stored.
+    Pass,
 }
 
 /// Held by the one process fetching a URL for the cache; released when

@@ -587,6 +587,7 @@ fn fill_or_hit<'c>(
     ex.cache = Some(status);
     let fill = match cache.fill(&key) {
         cache::Fill::Fetch(lock) => Some(lock),
+        cache::Fill::Pass => None,
         cache::Fill::Waited => match cache.lookup(&key) {
             Lookup::Fresh(entry) if cache::matches_vary(req.head, &entry.head) => {
                 return Err(Box::new(entry));
@@ -640,10 +641,26 @@ impl CachePlan<'_> {
         if unsafe_method && resp.status < 400 {
             self.cache.remove(&self.key);
         }
-        let lifetime = self.cache.lifetime(req, resp)?;
+        let Some(lifetime) = self.cache.lifetime(req, resp) else {
+            self.not_storable(req);
+            return None;
+        };
         let vary = cache::vary_values(req, resp);
         self.cache
             .begin(&self.key, resp, lifetime, vary, self.fill.take())
+    }
+
+    /// The response is not to be stored: the fill lock, if this exchange
+    /// holds it, goes now rather than once the body is relayed, and for a
+    /// GET the URL is noted, so that its next misses do not wait for one
+    /// another (`Cache::fill`).
+    fn not_storable(&mut self, req: &RequestHead) {
+        if let Some(lock) = self.fill.take() {
+            if req.method == "GET" {
+                self.cache.note_pass(&self.key);
+            }
+            drop(lock);
+        }
     }
 }
 

@@ -850,3 +850,68 @@ fn an_entry_the_file_system_refuses_is_given_up_and_the_response_goes_on() {
     let said = proxy.wait_stderr("cache: cannot store");
     assert!(said.ends_with("/big?kb=1024: File too large"), "{said}");
 }
+
+/// Misses of a URL whose responses cannot be stored do not wait for one
+/// another: once its first response proved unstorable, concurrent
+/// requests reach the backend together.  The backend answers "together"
+/// once it holds the three at once, and "alone" if it waited 3 s in vain,
+/// as it would for requests sent one at a time.
+#[test]
+fn misses_of_an_unstorable_url_go_to_the_backend_together() {
+    use std::sync::{Arc, Condvar, Mutex};
+    let arrived = Arc::new((Mutex::new(0usize), Condvar::new()));
+    let backend = RawBackend::start_answering(move |_| {
+        let (count, cond) = &*arrived;
+        let mut n = count.lock().unwrap();
+        *n += 1;
+        cond.notify_all();
+        // The first request is answered at once; the next three together.
+        let wanted = if *n == 1 { 1 } else { 4 };
+        let (_n, wait) = cond
+            .wait_timeout_while(n, std::time::Duration::from_secs(3), |n| *n < wanted)
+            .unwrap();
+        let body = if wait.timed_out() {
+            "alone"
+        } else {
+            "together"
+        };
+        format!(
+            "HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    });
+    let proxy = cached(&backend, 60);
+    assert_eq!(get(proxy.addr, "/dynamic").text(), "together");
+    let answers: Vec<String> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| get(proxy.addr, "/dynamic").text()))
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert_eq!(answers, ["together"; 3]);
+}
+
+/// A URL noted as unstorable is still stored once a response of it can be.
+#[test]
+fn a_url_whose_response_becomes_storable_is_stored() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let answered = AtomicUsize::new(0);
+    let backend = RawBackend::start_answering(move |_| {
+        if answered.fetch_add(1, Ordering::SeqCst) == 0 {
+            b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 3\r\n\r\nold".to_vec()
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nnew".to_vec()
+        }
+    });
+    let proxy = cached(&backend, 60);
+    assert_eq!(get(proxy.addr, "/page").text(), "old");
+    assert_eq!(get(proxy.addr, "/page").text(), "new");
+    wait_entries(&proxy.dir, 1);
+    let hit = get(proxy.addr, "/page");
+    assert_eq!(
+        (hit.text(), hit.header("x-cache")),
+        ("new".into(), Some("HIT"))
+    );
+    assert_eq!(hits(&backend), 2);
+}
