@@ -617,6 +617,14 @@ impl Cache {
         Fill::Waited
     }
 
+    /// Whether `resp` says it is longer than `max_entry`: not to be stored,
+    /// known before its body is read.
+    pub fn too_large(&self, resp: &ResponseHead) -> bool {
+        http::value(&resp.fields, "content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|len| len > self.max_entry)
+    }
+
     /// Notes that the response fetched for `key` under its fill lock could
     /// not be stored, so that misses of the URL skip the lock for a while
     /// (Varnish's "hit-for-miss").  Their responses are still offered to

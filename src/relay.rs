@@ -641,7 +641,8 @@ impl CachePlan<'_> {
         if unsafe_method && resp.status < 400 {
             self.cache.remove(&self.key);
         }
-        let Some(lifetime) = self.cache.lifetime(req, resp) else {
+        let lifetime = self.cache.lifetime(req, resp);
+        let Some(lifetime) = lifetime.filter(|_| !self.cache.too_large(resp)) else {
             self.not_storable(req);
             return None;
         };
