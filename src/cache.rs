@@ -606,7 +606,8 @@ impl Cache {
             return Fill::Fetch(FillLock { file, path });
         }
         // The holder renames the file into place as the entry (or removes
-        // it) before it lets go: the lock is free once the entry is.
+        // it) before it lets go, or lets go as soon as it knows it will not
+        // store the response: the lock is free once the entry is.
         let deadline = std::time::Instant::now() + FILL_WAIT;
         while std::time::Instant::now() < deadline {
             std::thread::sleep(FILL_POLL);
@@ -631,14 +632,7 @@ impl Cache {
     /// the cache: one that can be stored is.
     pub fn note_pass(&self, key: &str) {
         let path = self.name_of(key, PASS_PREFIX);
-        let create = || {
-            OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .open(&path)
-        };
-        if let Ok(file) = in_subdir(&path, create) {
+        if let Ok(file) = in_subdir(&path, || File::create(&path)) {
             let _ = file.set_modified(SystemTime::now());
         }
     }
