@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 
+use crate::config::Timeouts;
 use crate::diag;
 use crate::log::{self, AccessLog, Entry};
 use crate::pool::Pool;
@@ -30,6 +31,26 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 /// lingering_timeout.
 const LINGER_TIME: Duration = Duration::from_secs(30);
 const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sets on `listener` the options every connection needs: TCP_NODELAY,
+/// and the read and write timeouts of a request body and of a client that
+/// stopped reading (the head and the wait between requests have deadlines
+/// of their own).  Linux copies a listening socket's options into each
+/// socket accept(2) returns, so three setsockopt(2) calls at each start and
+/// reload stand for three on every connection.
+pub fn set_inherited_options(listener: &TcpListener, timeouts: &Timeouts) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    use nix::sys::time::{TimeVal, TimeValLike};
+    let timeval = |d: Duration| TimeVal::microseconds(d.as_micros() as i64);
+    setsockopt(listener, sockopt::TcpNoDelay, &true)?;
+    setsockopt(
+        listener,
+        sockopt::ReceiveTimeout,
+        &timeval(timeouts.client_body),
+    )?;
+    setsockopt(listener, sockopt::SendTimeout, &timeval(timeouts.send))?;
+    Ok(())
+}
 
 /// accept(2) once, with the peer's address (no getpeername(2) after it).
 /// Once: std's `accept` tries again after EINTR, and a prefork worker must
@@ -126,17 +147,9 @@ impl Worker {
         ctx: &Context,
         stop: StopWatch,
     ) -> End {
+        // TCP_NODELAY and the socket's timeouts come from the listener
+        // (`set_inherited_options`).
         let timeouts = &ctx.config.timeouts;
-        // Reads time out as a body stalls; the head has its own deadline,
-        // and the wait between requests its own timeout (below).
-        let setup = stream
-            .set_nodelay(true)
-            .and_then(|()| stream.set_read_timeout(Some(timeouts.client_body)))
-            .and_then(|()| stream.set_write_timeout(Some(timeouts.send)));
-        if let Err(e) = setup {
-            diag!("client {peer}: {}", crate::error::describe_io(&e));
-            return End::ClientFault;
-        }
         let mut reader = Reader::with_capacity(stream, BUFFER_SIZE);
         let mut worst = End::Served;
         // The first request is awaited as long as a head may take; later

@@ -95,6 +95,7 @@ pub fn flush_std() {
 }
 
 pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<(), Error> {
+    set_inherited_options(&listener, &ctx.config)?;
     if ctx.config.model == Model::Thread {
         return crate::thread::run(listener, ctx, reloader);
     }
@@ -420,6 +421,7 @@ pub fn reload_context(
         } else {
             None
         };
+        set_inherited_options(rebound.as_ref().unwrap_or(listener), &config)?;
         Ok((crate::build_context(config)?, rebound))
     });
     let (ctx, rebound) = match prepared {
@@ -434,6 +436,12 @@ pub fn reload_context(
     }
     crate::log::set_diag_syslog(ctx.config.syslog.clone());
     Some(ctx)
+}
+
+/// `connection::set_inherited_options` for `config`, at start or reload.
+fn set_inherited_options(listener: &TcpListener, config: &Config) -> Result<(), Error> {
+    crate::connection::set_inherited_options(listener, &config.timeouts)
+        .map_err(|e| Error::os("cannot set the listening socket's options", e))
 }
 
 /// Says that `ctx` serves new connections from now on.  Called once the

@@ -471,3 +471,15 @@ fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
         proxy.stderr.snapshot()
     );
 }
+
+/// A reload's timeouts reach the connections accepted after it: they are
+/// options of the listening socket, which each connection inherits.
+#[test]
+fn a_reload_gives_new_connections_its_timeouts() {
+    let a = Backend::start("a");
+    let proxy = Proxy::start_with(options(&[&a], "client_body_timeout = 60\n"));
+    proxy.reload(&options(&[&a], "client_body_timeout = 0.5\n"));
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"POST /sink HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc");
+    assert_eq!(client.response("POST").status, 408);
+}
