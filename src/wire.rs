@@ -9,6 +9,7 @@
 //! each page not touched is a page fault not taken.
 
 use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
 
 /// The first stretch of a buffer that reads may use; it doubles each
 /// time a read fills what there is, up to the capacity, so a long body is
@@ -82,6 +83,14 @@ impl<R: Read> Reader<R> {
     /// Reads once more from the stream, after what is buffered.  Returns the
     /// number of new bytes: 0 means end of stream.
     pub fn fill(&mut self) -> io::Result<usize> {
+        self.fill_by(|inner, buf| inner.read(buf))
+    }
+
+    /// `fill`, reading with `read` rather than the stream's own `read`.
+    fn fill_by(
+        &mut self,
+        mut read: impl FnMut(&mut R, &mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
         let capacity = self.buf.capacity();
         if (self.end == self.buf.len() || self.widen) && self.buf.len() < capacity {
             let grown = (self.buf.len() * 2).max(FIRST_WINDOW).min(capacity);
@@ -95,7 +104,7 @@ impl<R: Read> Reader<R> {
             return Err(io::Error::other("read buffer full"));
         }
         loop {
-            match self.inner.read(&mut self.buf[self.end..]) {
+            match read(&mut self.inner, &mut self.buf[self.end..]) {
                 Ok(n) => {
                     self.end += n;
                     self.widen = n > 0 && self.end == self.buf.len();
@@ -137,6 +146,17 @@ impl<R: Read> Reader<R> {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
+    }
+}
+
+impl<R: Read + AsFd> Reader<R> {
+    /// `fill` without waiting: a WouldBlock error when the socket has
+    /// nothing yet.
+    pub fn fill_now(&mut self) -> io::Result<usize> {
+        use nix::sys::socket::{MsgFlags, recv};
+        self.fill_by(|inner, buf| {
+            recv(inner.as_fd().as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)
+        })
     }
 }
 
