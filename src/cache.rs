@@ -631,10 +631,7 @@ impl Cache {
     /// (Varnish's "hit-for-miss").  Their responses are still offered to
     /// the cache: one that can be stored is.
     pub fn note_pass(&self, key: &str) {
-        let path = self.name_of(key, PASS_PREFIX);
-        if let Ok(file) = in_subdir(&path, || File::create(&path)) {
-            let _ = file.set_modified(SystemTime::now());
-        }
+        mark_pass(&self.name_of(key, PASS_PREFIX));
     }
 
     /// Whether a mark made by `note_pass` for `key` is younger than the
@@ -785,7 +782,7 @@ impl Cache {
             body_len: 0,
             limit: self.max_entry,
             failed: false,
-            renamed: false,
+            gone: false,
         };
         // The header for now, with the body's length still 0; `commit`
         // writes it again, same size, once the length is known.
@@ -843,6 +840,13 @@ fn emptied(file: File) -> Option<File> {
         file.set_len(0).ok()?;
     }
     Some(file)
+}
+
+/// Makes (or renews) the pass mark at `path` (`Cache::note_pass`).
+fn mark_pass(path: &Path) {
+    if let Ok(file) = in_subdir(path, || File::create(path)) {
+        let _ = file.set_modified(SystemTime::now());
+    }
 }
 
 /// Whether `name` is `len` hex digits: an entry's name (16, as an older
@@ -1169,7 +1173,10 @@ pub struct Writer {
     body_len: u64,
     limit: u64,
     failed: bool,
-    renamed: bool,
+    /// The file is no longer at `temp`: renamed into place, or removed
+    /// early (`give_up_early`).  Its name is not removed again: another
+    /// writer may have made a new file there since.
+    gone: bool,
 }
 
 impl Writer {
@@ -1192,6 +1199,23 @@ impl Writer {
         }
     }
 
+    /// For a body found longer than `max_entry` as it is copied (a
+    /// chunked one: a stated length is judged at the head): the URL is
+    /// marked as not stored and the file goes with its lock now, not once
+    /// the rest of the body has been relayed, so that clients waiting on
+    /// the fill lock fetch for themselves meanwhile (`Cache::fill`).
+    fn give_up_early(&mut self) {
+        let name = self
+            .target
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        mark_pass(&self.target.with_file_name(format!("{PASS_PREFIX}{name}")));
+        let _ = fs::remove_file(&self.temp);
+        self.gone = true;
+        let _ = fs2::FileExt::unlock(&self.file);
+    }
+
     /// Makes the entry visible, if all of the body was written.
     pub fn commit(mut self) {
         if self.failed {
@@ -1210,7 +1234,7 @@ impl Writer {
         // Still under this file's exclusive lock, which goes when the
         // writer is dropped, just after.
         match fs::rename(&self.temp, &self.target) {
-            Ok(()) => self.renamed = true,
+            Ok(()) => self.gone = true,
             Err(e) => cannot_store(&self.key, &e),
         }
     }
@@ -1232,6 +1256,7 @@ impl Write for Writer {
             if self.body_len > self.limit {
                 // Larger than max_entry: passed through, as configured.
                 self.failed = true;
+                self.give_up_early();
             } else if let Err(e) = self.file.write_all(data) {
                 self.fail(&e);
             }
@@ -1248,7 +1273,7 @@ impl Write for Writer {
 impl Drop for Writer {
     /// Whatever was not renamed into place goes, before its lock does.
     fn drop(&mut self) {
-        if !self.renamed {
+        if !self.gone {
             let _ = fs::remove_file(&self.temp);
         }
     }

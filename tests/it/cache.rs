@@ -923,3 +923,70 @@ fn a_url_whose_response_becomes_storable_is_stored() {
     );
     assert_eq!(hits(&backend), 2);
 }
+
+/// A chunked response found longer than `max_entry` as it is copied lets
+/// the URL's fill lock go there and then: a second client reaches the
+/// backend while the first response is still on its way.  The backend
+/// holds the end of the first body until the second request comes, and
+/// says "together" then, "alone" if it waited 3 s in vain.
+#[test]
+fn a_chunked_body_over_max_entry_lets_the_fill_lock_go_at_once() {
+    use std::io::{BufRead, Read, Write};
+    use std::sync::{Arc, Condvar, Mutex};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let second_came = Arc::new((Mutex::new(false), Condvar::new()));
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            let second_came = Arc::clone(&second_came);
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let start = format!(
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+                     2000\r\n{}\r\n",
+                    "x".repeat(0x2000)
+                );
+                let _ = stream.write_all(start.as_bytes());
+                let (came, cond) = &*second_came;
+                let end = if n == 0 {
+                    let wait = std::time::Duration::from_secs(3);
+                    let (_came, waited) = cond
+                        .wait_timeout_while(came.lock().unwrap(), wait, |came| !*came)
+                        .unwrap();
+                    if waited.timed_out() {
+                        "alone"
+                    } else {
+                        "together"
+                    }
+                } else {
+                    *came.lock().unwrap() = true;
+                    cond.notify_all();
+                    "second"
+                };
+                let _ =
+                    stream.write_all(format!("{:x}\r\n{end}\r\n0\r\n\r\n", end.len()).as_bytes());
+            });
+        }
+    });
+    let proxy = Proxy::start_with(ProxyOptions {
+        backends: vec![addr.to_string()],
+        extra: "[cache]\nttl = 60\nmax_entry = 4096\n".into(),
+    });
+    let mut first = Client::connect(proxy.addr);
+    first.send(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n");
+    assert_eq!(first.head().status, 200);
+    // Body bytes have come: pibl has copied past max_entry.
+    assert!(!first.reader.fill_buf().unwrap().is_empty());
+    let second = get(proxy.addr, "/stream");
+    assert!(second.text().ends_with("second"));
+    assert!(
+        String::from_utf8(first.read_chunked())
+            .unwrap()
+            .ends_with("together")
+    );
+}

@@ -625,7 +625,8 @@ impl Client {
         resp
     }
 
-    fn read_chunked(&mut self) -> Vec<u8> {
+    /// Reads a chunked body, after `head`.
+    pub fn read_chunked(&mut self) -> Vec<u8> {
         let mut body = Vec::new();
         loop {
             let mut line = String::new();
