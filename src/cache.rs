@@ -621,9 +621,7 @@ impl Cache {
     /// Whether `resp` says it is longer than `max_entry`: not to be stored,
     /// known before its body is read.
     pub fn too_large(&self, resp: &ResponseHead) -> bool {
-        http::value(&resp.fields, "content-length")
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .is_some_and(|len| len > self.max_entry)
+        http::content_length(&resp.fields).is_ok_and(|len| len.is_some_and(|n| n > self.max_entry))
     }
 
     /// Notes that the response fetched for `key` under its fill lock could
@@ -775,6 +773,7 @@ impl Cache {
             file,
             temp,
             target: self.path_of(key),
+            pass_mark: self.name_of(key, PASS_PREFIX),
             key: key.to_string(),
             stored,
             expires: stored + lifetime.as_secs().max(1),
@@ -1173,6 +1172,8 @@ pub struct Writer {
     body_len: u64,
     limit: u64,
     failed: bool,
+    /// Where `give_up_early` marks the URL as not stored (`note_pass`).
+    pass_mark: PathBuf,
     /// The file is no longer at `temp`: renamed into place, or removed
     /// early (`give_up_early`).  Its name is not removed again: another
     /// writer may have made a new file there since.
@@ -1205,12 +1206,7 @@ impl Writer {
     /// the rest of the body has been relayed, so that clients waiting on
     /// the fill lock fetch for themselves meanwhile (`Cache::fill`).
     fn give_up_early(&mut self) {
-        let name = self
-            .target
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy();
-        mark_pass(&self.target.with_file_name(format!("{PASS_PREFIX}{name}")));
+        mark_pass(&self.pass_mark);
         let _ = fs::remove_file(&self.temp);
         self.gone = true;
         let _ = fs2::FileExt::unlock(&self.file);

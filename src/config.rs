@@ -345,8 +345,10 @@ struct LogConfig {
     syslog: Option<SyslogTarget>,
 }
 
-/// What `in_seconds_range` asks of a timeout or interval, for messages.
-const SECONDS_RANGE: &str = "must be from 0.001 to 1000000000 seconds";
+/// The problem with `what`, a timeout or interval out of `in_seconds_range`.
+fn out_of_seconds_range(what: &str) -> String {
+    format!("{what} must be from {MIN_SECONDS} to {MAX_SECONDS} seconds")
+}
 
 fn in_seconds_range(seconds: f64) -> bool {
     (MIN_SECONDS..=MAX_SECONDS as f64).contains(&seconds)
@@ -372,7 +374,7 @@ impl Checker<'_> {
         match v {
             None => Ok(Duration::from_secs_f64(default)),
             Some(v) if in_seconds_range(*v.get_ref()) => Ok(Duration::from_secs_f64(*v.get_ref())),
-            Some(v) => Err(self.at(v.span(), format!("{name}: {SECONDS_RANGE}"))),
+            Some(v) => Err(self.at(v.span(), out_of_seconds_range(&format!("{name}:")))),
         }
     }
 
@@ -555,7 +557,7 @@ impl Checker<'_> {
         }
         let interval = h.get_ref().interval.unwrap_or(5.0);
         if !in_seconds_range(interval) {
-            return Err(self.at(h.span(), format!("health_check: interval {SECONDS_RANGE}")));
+            return Err(self.at(h.span(), out_of_seconds_range("health_check: interval")));
         }
         Ok(HealthCheck {
             path,

@@ -192,7 +192,7 @@ pub fn tokens(fields: &[Field], name: &str) -> Vec<String> {
 
 /// The single Content-Length, or a reason to refuse the message: several
 /// differing values, or one that is not a decimal number (RFC 9112 §6.3).
-fn content_length(fields: &[Field]) -> Result<Option<u64>, &'static str> {
+pub fn content_length(fields: &[Field]) -> Result<Option<u64>, &'static str> {
     let mut found: Option<u64> = None;
     for value in values(fields, "content-length") {
         for item in value.split(|&b| b == b',') {
