@@ -109,6 +109,14 @@ fn linger(stream: &TcpStream) {
     }
 }
 
+fn say_log_unopened(ctx: &Context, e: &io::Error) {
+    diag!(
+        "cannot open log file {}: {}",
+        ctx.config.log_file.display(),
+        crate::error::describe_io(e)
+    );
+}
+
 /// What serving connections needs beyond the context, kept by whatever
 /// serves them: a prefork worker keeps its backend connections from one
 /// client to the next.
@@ -120,17 +128,31 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// A worker.  A log file it cannot open is said, and its lines go to
+    /// standard output alone — unless pibl is out of descriptors or
+    /// memory, which passes: that is the caller's to wait out.
+    pub fn open(ctx: &Context) -> io::Result<Worker> {
+        let log = match AccessLog::open(&ctx.config.log_file, ctx.config.syslog.as_ref()) {
+            Ok(log) => Some(log.buffered(ctx.config.log_buffer, ctx.config.log_flush)),
+            Err(e) if crate::error::is_out_of_resources(&e) => return Err(e),
+            Err(e) => {
+                say_log_unopened(ctx, &e);
+                None
+            }
+        };
+        Ok(Worker::with_log(ctx, log))
+    }
+
+    /// A worker even when short of descriptors: the log file unopened is
+    /// said, and its lines go to standard output alone.
     pub fn new(ctx: &Context) -> Worker {
-        let log = AccessLog::open(&ctx.config.log_file, ctx.config.syslog.as_ref())
-            .map_err(|e| {
-                diag!(
-                    "cannot open log file {}: {}",
-                    ctx.config.log_file.display(),
-                    crate::error::describe_io(&e)
-                )
-            })
-            .ok()
-            .map(|log| log.buffered(ctx.config.log_buffer, ctx.config.log_flush));
+        Worker::open(ctx).unwrap_or_else(|e| {
+            say_log_unopened(ctx, &e);
+            Worker::with_log(ctx, None)
+        })
+    }
+
+    fn with_log(ctx: &Context, log: Option<AccessLog>) -> Worker {
         Worker {
             log,
             pool: Pool::new(ctx.balancer.len(), BUFFER_SIZE),

@@ -93,3 +93,12 @@ pub fn describe_io(e: &io::Error) -> String {
         None => text,
     }
 }
+
+/// Whether `e` is pibl's own shortage of descriptors, memory or buffers,
+/// which passes, rather than a fault of what it was working with.
+pub fn is_out_of_resources(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

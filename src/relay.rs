@@ -459,10 +459,7 @@ enum Attempt {
 /// backend, they would mark every backend down in turn while pibl is
 /// overloaded, turning a passing shortage into seconds of 502s.
 fn is_local_shortage(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
-    )
+    crate::error::is_out_of_resources(e) || e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
 }
 
 fn connect(addr: std::net::SocketAddr, config: &Config) -> io::Result<TcpStream> {

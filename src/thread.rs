@@ -132,6 +132,9 @@ struct Shared {
     stop: (OwnedFd, OwnedFd),
     /// Set while the main thread waits for the threads to end.
     awaited: AtomicBool,
+    /// Until when no thread is started, after one could not be: each
+    /// connection accepted with no spare left would try again, and say so.
+    no_start_until: Mutex<Option<Instant>>,
     /// The write end of the pipe the main thread polls.
     done: OwnedFd,
 }
@@ -170,30 +173,39 @@ impl Shared {
         if reserved.is_err() {
             return true;
         }
+        let mut no_start_until = self
+            .no_start_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if no_start_until.is_some_and(|until| Instant::now() < until) {
+            self.threads.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
         self.idle.fetch_add(1, Ordering::SeqCst);
-        let shared = Arc::clone(self);
-        let started = thread::Builder::new()
-            // Named a spare from its first instant: ps(1) and the tests
-            // never count it as serving a connection before it does.
-            .name(SPARE_THREAD.to_string_lossy().into())
-            .stack_size(STACK_SIZE)
-            .spawn(move || {
-                // Made first, so dropped last: after the thread's worker,
-                // whose log writes its held lines as it goes.
-                let _exit = ThreadExit(Arc::clone(&shared));
-                match ConnThread::new(Arc::clone(&shared)) {
-                    Ok(conn_thread) => conn_thread.run(),
-                    Err(e) => {
-                        shared.idle.fetch_sub(1, Ordering::SeqCst);
-                        diag!("cannot start a connection thread: {}", describe_io(&e));
-                    }
-                }
-            });
+        // Its descriptors are opened here, not in the thread: out of them,
+        // the caller learns it and pauses, where a thread failing each
+        // time it starts would have the main thread start the next at once.
+        let started = ConnThread::new(Arc::clone(self)).and_then(|conn_thread| {
+            thread::Builder::new()
+                // Named a spare from its first instant: ps(1) and the tests
+                // never count it as serving a connection before it does.
+                .name(SPARE_THREAD.to_string_lossy().into())
+                .stack_size(STACK_SIZE)
+                .spawn(move || {
+                    // Made first, so dropped last: after the thread's
+                    // worker, whose log writes its held lines as it goes.
+                    let _exit = ThreadExit(Arc::clone(&conn_thread.shared));
+                    conn_thread.run();
+                })
+        });
         if let Err(e) = started {
-            // The closure was dropped unrun.
             self.idle.fetch_sub(1, Ordering::SeqCst);
             self.threads.fetch_sub(1, Ordering::SeqCst);
-            diag!("cannot start a thread: {}", describe_io(&e));
+            *no_start_until = Some(Instant::now() + SPARE_RETRY);
+            diag!(
+                "cannot start a connection thread: {}; pausing",
+                describe_io(&e)
+            );
             return false;
         }
         true
@@ -257,11 +269,8 @@ struct ConnThread {
 impl ConnThread {
     fn new(shared: Arc<Shared>) -> io::Result<ConnThread> {
         let (ctx, generation) = shared.take_current();
-        // Set here, not inherited: the thread that started this one may
-        // have an older configuration.
-        crate::sched::apply(ctx.config.sched_batch);
         let epoll = spare_epoll(&shared, &generation)?;
-        let worker = Worker::new(&ctx);
+        let worker = Worker::open(&ctx)?;
         Ok(ConnThread {
             shared,
             generation,
@@ -276,13 +285,22 @@ impl ConnThread {
     /// configuration may name other backends and another log.
     fn renew(&mut self) -> io::Result<()> {
         *self = ConnThread::new(Arc::clone(&self.shared))?;
+        self.apply_sched();
         Ok(())
+    }
+
+    /// The scheduling policy of this thread's configuration: set in the
+    /// thread, not inherited, for the thread that started it may have had
+    /// an older one.
+    fn apply_sched(&self) {
+        crate::sched::apply(self.ctx.config.sched_batch);
     }
 
     /// Serves connection after connection, until pibl stops, the thread
     /// has been a spare long enough, or a connection's serving panicked
     /// (the hook has said what happened; the worker's state is suspect).
     fn run(mut self) {
+        self.apply_sched();
         // Started as a spare, counted as one already.
         let mut next = self.wait_for_client();
         while let Some((stream, peer)) = next {
@@ -421,6 +439,7 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
             stopping: AtomicBool::new(false),
             stop: pipe()?,
             awaited: AtomicBool::new(false),
+            no_start_until: Mutex::new(None),
             done: done_write,
         }),
         wait_mask,

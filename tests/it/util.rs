@@ -270,8 +270,14 @@ impl Proxy {
     /// A proxy started with sh's `ulimit {limit}` (`-n 64`: at most 64
     /// open files, soft and hard limit alike).
     pub fn start_with_ulimit(options: ProxyOptions, args: &[&str], limit: &str) -> Proxy {
+        Proxy::start_after(options, args, &format!("ulimit {limit}"))
+    }
+
+    /// A proxy started by sh once `setup`, a shell command, has run in
+    /// that shell (`exec 7</dev/null`: pibl starts with one more file).
+    pub fn start_after(options: ProxyOptions, args: &[&str], setup: &str) -> Proxy {
         let mut sh = Command::new("sh");
-        sh.args(["-c", &format!("ulimit {limit} && exec \"$0\" \"$@\""), PIBL]);
+        sh.args(["-c", &format!("{setup} && exec \"$0\" \"$@\""), PIBL]);
         Proxy::spawn(TempDir::new(), options, args, sh)
     }
 
