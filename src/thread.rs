@@ -310,11 +310,17 @@ impl ConnThread {
         // Started as a spare, counted as one already.
         let mut next = self.wait_for_client();
         while let Some((stream, peer)) = next {
+            // Short of descriptors for the new configuration's epoll set
+            // and log, the connection in hand is served with the old one
+            // rather than dropped unanswered; the thread tries again
+            // before its next, and ends if it still cannot.
             if self.generation.is_retired()
                 && let Err(e) = self.renew()
             {
-                diag!("dropping connection from {peer}: {}", describe_io(&e));
-                return;
+                diag!(
+                    "connection from {peer} served with the configuration before the reload: {}",
+                    describe_io(&e)
+                );
             }
             self.shared.count.fetch_add(1, Ordering::SeqCst);
             if self.shared.idle.load(Ordering::SeqCst) == 0 && !self.shared.start_thread() {
