@@ -164,6 +164,13 @@ impl Shared {
     /// Starts a connection thread, a spare from the start, if fewer than
     /// `max_clients` run.  False when one was wanted and could not start.
     fn start_thread(self: &Arc<Self>) -> bool {
+        let mut no_start_until = self
+            .no_start_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if no_start_until.is_some_and(|until| Instant::now() < until) {
+            return false;
+        }
         let max = self.max_threads.load(Ordering::SeqCst);
         let reserved = self
             .threads
@@ -172,14 +179,6 @@ impl Shared {
             });
         if reserved.is_err() {
             return true;
-        }
-        let mut no_start_until = self
-            .no_start_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if no_start_until.is_some_and(|until| Instant::now() < until) {
-            self.threads.fetch_sub(1, Ordering::SeqCst);
-            return false;
         }
         self.idle.fetch_add(1, Ordering::SeqCst);
         // Its descriptors are opened here, not in the thread: out of them,
@@ -344,10 +343,7 @@ impl ConnThread {
     /// it is gone, with its descriptors.
     fn wait_for_client(&mut self) -> Option<Conn> {
         let conn = self.accept_next();
-        match conn {
-            Some(_) => self.name(false),
-            None => self.name(true),
-        }
+        self.name(conn.is_none());
         conn
     }
 
