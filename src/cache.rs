@@ -1237,10 +1237,14 @@ impl Writer {
 }
 
 /// Says that an entry could not be written, as nginx's "write() to cache
-/// file failed": the response still goes to the client, uncached.
+/// file failed", once a minute at most (a full disk fails every store):
+/// the response still goes to the client, uncached.
 fn cannot_store(key: &str, e: &io::Error) {
+    if !crate::log::worth_saying(crate::log::Recurring::CacheStore) {
+        return;
+    }
     crate::diag!(
-        "cache: cannot store {key}: {}",
+        "cache: cannot store {key}: {} (said once a minute at most)",
         crate::error::describe_io(e)
     );
 }

@@ -20,12 +20,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::clock;
 use crate::config::SyslogTarget;
+use crate::shm::Hush;
 
 /// One exchange, as the access log records it.
 pub struct Entry<'a> {
@@ -229,12 +230,61 @@ impl Drop for AccessLog {
     }
 }
 
-/// Says on standard error that the log file could not be written; the
-/// exchange it records goes on regardless.
+/// Says on standard error that the log file could not be written, once a
+/// minute at most; the exchange it records goes on regardless, and its
+/// line still goes to standard output.
 pub fn report(written: io::Result<()>) {
-    if let Err(e) = written {
-        crate::diag!("cannot write log file: {}", crate::error::describe_io(&e));
+    if let Err(e) = written
+        && worth_saying(Recurring::LogWrite)
+    {
+        crate::diag!(
+            "cannot write log file: {} (said once a minute at most)",
+            crate::error::describe_io(&e)
+        );
     }
+}
+
+/// Failures that, once they begin, tend to recur with every request — a
+/// full disk fails every access-log line and every cache store — and are
+/// said once a minute at most, across all of pibl's processes: a line a
+/// request would bury everything else said (and fill the journal).  nginx
+/// says a failing access-log write once a minute.
+#[derive(Clone, Copy)]
+pub enum Recurring {
+    LogWrite = 0,
+    CacheStore = 1,
+}
+
+const RECURRING_QUIET: u64 = 60_000;
+
+/// The parent's shared record of what was said when, inherited by every
+/// child and seen by every thread; unset only in unit tests, which then
+/// say everything.
+static HUSH: OnceLock<&'static Hush> = OnceLock::new();
+
+/// Maps the shared record `worth_saying` consults; once, before the first
+/// process or thread that serves is started.
+pub fn share_hush() -> Result<(), crate::error::Error> {
+    let hush = crate::shm::map::<Hush>()?;
+    let _ = HUSH.set(hush);
+    Ok(())
+}
+
+/// Whether a failure of kind `what` is to be said now: unless one was said
+/// in the last minute by any process.  Of several meeting it at once, one
+/// says it.
+pub fn worth_saying(what: Recurring) -> bool {
+    let Some(hush) = HUSH.get() else {
+        return true;
+    };
+    let slot = &hush.last_said_ms[what as usize];
+    let now = crate::shm::now_ms().max(1);
+    let last = slot.load(Ordering::Relaxed);
+    if last != 0 && now.saturating_sub(last) < RECURRING_QUIET {
+        return false;
+    }
+    slot.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok()
 }
 
 /// Where diagnostics also go, besides standard error.  Set by the parent at

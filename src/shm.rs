@@ -31,6 +31,8 @@ pub unsafe trait Shareable {}
 unsafe impl Shareable for SharedState {}
 // SAFETY: atomics only; zero is "every slot free".
 unsafe impl Shareable for Scoreboard {}
+// SAFETY: atomics only; zero is "never said".
+unsafe impl Shareable for Hush {}
 
 /// One prefork worker's slot: what the parent counts to size the pool.
 #[repr(C)]
@@ -98,6 +100,13 @@ pub struct SharedState {
     /// Requests dispatched so far; the next backend is this modulo the count.
     pub next_backend: AtomicUsize,
     pub backends: [BackendHealth; MAX_BACKENDS],
+}
+
+/// When each kind of failure that can recur with every request was last
+/// said (`now_ms`), by any of pibl's processes: see `log::worth_saying`.
+#[repr(C)]
+pub struct Hush {
+    pub last_said_ms: [AtomicU64; 2],
 }
 
 /// Milliseconds on CLOCK_MONOTONIC: one clock for every process on the

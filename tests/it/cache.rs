@@ -847,7 +847,7 @@ fn an_entry_the_file_system_refuses_is_given_up_and_the_response_goes_on() {
         extra: "[cache]\nttl = 60\n".into(),
         ..ProxyOptions::new(&backends)
     };
-    let proxy = Proxy::start_with_ulimit(options, &[], "-f 400");
+    let mut proxy = Proxy::start_with_ulimit(options, &[], "-f 400");
     for _ in 0..2 {
         let r = get(proxy.addr, "/big?kb=1024");
         assert_eq!(
@@ -856,7 +856,16 @@ fn an_entry_the_file_system_refuses_is_given_up_and_the_response_goes_on() {
         );
     }
     let said = proxy.wait_stderr("cache: cannot store");
-    assert!(said.ends_with("/big?kb=1024: File too large"), "{said}");
+    assert!(
+        said.ends_with("/big?kb=1024: File too large (said once a minute at most)"),
+        "{said}"
+    );
+    // Both failed, and were said once: a full disk fails every store.
+    proxy.process.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(proxy.process.wait_exit().success());
+    let stderr = proxy.stderr.wait_end();
+    let times = stderr.iter().filter(|l| l.contains("cannot store")).count();
+    assert_eq!(times, 1, "{stderr:#?}");
 }
 
 /// Misses of a URL whose responses cannot be stored do not wait for one

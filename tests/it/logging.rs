@@ -160,3 +160,29 @@ fn held_lines_are_written_when_pibl_stops() {
     assert!(proxy.process.wait_exit().success());
     assert_eq!(proxy.log_lines().len(), 5);
 }
+
+/// A log file the file system refuses (here past the file-size limit,
+/// ulimit -f) is said once, not once a line: on a full disk under load, a
+/// diagnostic per request would bury everything else said.  Every line
+/// still goes to standard output.
+#[test]
+fn a_log_file_that_cannot_be_written_is_said_once_not_per_line() {
+    let backends = Backend::start_many(1);
+    // 512 bytes: a few lines, then every write fails.
+    let mut proxy = Proxy::start_with_ulimit(ProxyOptions::new(&backends), &[], "-f 1");
+    for _ in 0..20 {
+        assert_eq!(get(proxy.addr, "/whoami").status, 200);
+    }
+    assert_eq!(proxy.stdout.wait_for(20).len(), 20);
+    let written = proxy.log_lines().len();
+    assert!(written < 20, "{written} lines fit under 512 bytes");
+    proxy.process.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(proxy.process.wait_exit().success());
+    let stderr = proxy.stderr.wait_end();
+    let said: Vec<_> = stderr
+        .iter()
+        .filter(|l| l.contains("cannot write log file"))
+        .collect();
+    assert_eq!(said.len(), 1, "{stderr:#?}");
+    assert!(said[0].contains("File too large"), "{said:?}");
+}
