@@ -258,13 +258,18 @@ fn thread_spares_serve_later_clients_over_kept_backend_connections() {
         &["--model", "thread"],
     );
     let peers: HashSet<String> = (0..20).map(|_| get(proxy.addr, "/peer").text()).collect();
+    // One a thread, and threads are few: see below.
     assert!(
-        peers.len() <= 5,
+        peers.len() <= 8,
         "{} backend connections for 20 clients",
         peers.len()
     );
-    let threads = proxy.tasks_named("pibl conn") + proxy.tasks_named("pibl spare");
-    assert!(threads <= 5, "{threads} threads: spares were not reused");
+    // A thread is started when the one taking a connection finds no other
+    // spare; the one that served the client before may not be back yet
+    // (under load, not for a few connections running), so a few more than
+    // two — but not one a client.
+    let threads = proxy.tasks_named_any(&["pibl conn", "pibl spare"]);
+    assert!(threads <= 8, "{threads} threads: spares were not reused");
     proxy.wait_settled();
     assert!(
         proxy.tasks_named("pibl spare") >= 1,

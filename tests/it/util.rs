@@ -388,13 +388,24 @@ impl Proxy {
     /// How many tasks of the proxy are called `name`: its threads and its
     /// children (pibl names its helpers, prefork workers and threads).
     pub fn tasks_named(&self, name: &str) -> usize {
-        let children = self
-            .children()
-            .0
-            .into_iter()
-            .filter(|pid| comm_of(&format!("/proc/{pid}")) == name)
-            .count();
-        threads_named(self.pid(), name).len() + children
+        self.tasks_named_any(&[name])
+    }
+
+    /// How many tasks of the proxy are called any of `names`, each task's
+    /// name read once: a thread renamed between two counts by name would
+    /// be counted twice, or not at all.
+    pub fn tasks_named_any(&self, names: &[&str]) -> usize {
+        let named = |dir: String| names.contains(&comm_of(&dir).as_str());
+        let children = self.children().0.into_iter();
+        let children = children.filter(|pid| named(format!("/proc/{pid}"))).count();
+        let threads = fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .map(|dir| {
+                let dirs = dir.flatten();
+                dirs.filter(|t| named(t.path().display().to_string()))
+                    .count()
+            })
+            .unwrap_or(0);
+        threads + children
     }
 
     /// The connections being served now, as the model shows them: live
