@@ -1046,7 +1046,7 @@ fn read_some_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 /// one flock(2) fewer per hit) and let go otherwise.
 fn read_entry_any(file: File, key: &str) -> io::Result<(Header, Option<Entry>)> {
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-    fs2::FileExt::lock_shared(&file)?;
+    crate::signals::restarting(|| fs2::FileExt::lock_shared(&file))?;
     let mut prefix = vec![0u8; FIRST_READ];
     let n = read_some_at(&file, &mut prefix, 0)?;
     prefix.truncate(n);

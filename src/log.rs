@@ -213,7 +213,7 @@ impl AccessLog {
 /// flock(2), and prints them on standard output while still holding the
 /// lock, so neither copy is ever interleaved with another process's lines.
 fn append(file: &File, lines: &[u8]) -> io::Result<()> {
-    fs2::FileExt::lock_exclusive(file)?;
+    crate::signals::restarting(|| fs2::FileExt::lock_exclusive(file))?;
     let written = { file }.write_all(lines);
     // stdout may be closed or a full pipe; the file is the record.
     let mut out = io::stdout().lock();

@@ -9,6 +9,7 @@
 //! idle client connection, so SIGTERM stops it between requests and never in
 //! the middle of one.
 
+use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -220,6 +221,22 @@ pub fn wait_idle(fd: BorrowedFd<'_>, timeout: Duration, watch: StopWatch) -> Idl
             Ok(_) => return Idle::Ready,
             Err(Errno::EINTR) => continue,
             Err(_) => return Idle::Ready, // let the read report it
+        }
+    }
+}
+
+/// Calls `call` again for as long as a signal interrupts it.  For the
+/// waits pibl does not mean a signal to end, such as flock(2)'s for the log
+/// file: the stop signals' handlers have no SA_RESTART, so that they do
+/// end the waits meant to be ended (between requests, in accept), and a
+/// second stop signal — Ctrl-C at a terminal signals every process of the
+/// group, and the parent passes the stop on too — would otherwise make a
+/// stopping worker give up the log lines it holds.
+pub fn restarting<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            done => return done,
         }
     }
 }

@@ -4,6 +4,8 @@
 use std::collections::HashSet;
 use std::thread;
 
+use nix::sys::signal::Signal;
+
 use crate::util::*;
 
 /// The fields of a line, split as the README documents them.
@@ -185,4 +187,61 @@ fn a_log_file_that_cannot_be_written_is_said_once_not_per_line() {
         .collect();
     assert_eq!(said.len(), 1, "{stderr:#?}");
     assert!(said[0].contains("File too large"), "{said:?}");
+}
+
+/// Whether task `pid` waits in flock(2) now.
+fn in_flock(pid: i32) -> bool {
+    let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+    syscall.split(' ').next() == Some(&libc::SYS_flock.to_string())
+}
+
+/// Whether process `pid` has a signal not yet delivered (its handler not
+/// yet run).
+fn signal_pending(pid: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().any(|line| {
+        let pending = line
+            .strip_prefix("SigPnd:")
+            .or(line.strip_prefix("ShdPnd:"));
+        pending.is_some_and(|mask| !mask.trim().trim_start_matches('0').is_empty())
+    })
+}
+
+/// A prefork worker told to stop writes its held lines under the log's
+/// lock; a second stop signal while it waits for the lock (Ctrl-C at a
+/// terminal signals every process of the group, and the parent passes the
+/// stop on too) must not make it give them up.
+#[test]
+fn a_second_stop_signal_while_waiting_for_the_log_lock_loses_no_line() {
+    let backends = Backend::start_many(1);
+    let mut options = ProxyOptions::new(&backends);
+    options.extra = "[log]\nbuffer = 65536\nflush = 600\n".into();
+    let mut proxy = Proxy::start_in(TempDir::new(), options, &["--model", "prefork"]);
+    assert_eq!(get(proxy.addr, "/whoami").status, 200);
+    // Held by the worker that served it, until the worker lets go of its
+    // log; meanwhile the lock is held here, as another writer would.
+    let log = std::fs::File::open(proxy.dir.path().join("pibl.log")).unwrap();
+    fs2::FileExt::lock_exclusive(&log).unwrap();
+    assert!(proxy.log_lines().is_empty(), "held, not written at once");
+    proxy.process.signal(Signal::SIGTERM);
+    let mut waiting = Vec::new();
+    wait_until("a worker to wait for the log's lock", || {
+        waiting = proxy
+            .children()
+            .0
+            .into_iter()
+            .filter(|&p| in_flock(p))
+            .collect();
+        !waiting.is_empty()
+    });
+    for &pid in &waiting {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGINT).unwrap();
+    }
+    // Let go only once the signal has interrupted the wait.
+    wait_until("the workers to take the signal", || {
+        !waiting.iter().any(|&pid| signal_pending(pid))
+    });
+    fs2::FileExt::unlock(&log).unwrap();
+    assert!(proxy.process.wait_exit().success());
+    assert_eq!(proxy.log_lines().len(), 1, "{:?}", proxy.stderr.wait_end());
 }
