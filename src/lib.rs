@@ -110,6 +110,7 @@ fn serve(cli: &Cli) -> Result<(), Error> {
     privileges::drop_root(&ctx.config, &writable)?;
     crate::log::set_diag_syslog(ctx.config.syslog.clone());
     crate::log::share_hush()?;
+    crate::signals::share_stop()?;
     http::prepare();
     let reloader = parent::Reloader {
         path: cli.config.clone(),

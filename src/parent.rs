@@ -280,12 +280,12 @@ impl Parent {
             return;
         };
         self.ctx = ctx;
-        say_reloaded(&self.listener, &self.ctx);
-        self.stop_helpers();
-        self.start_helpers();
         if let Some(pool) = &mut self.prefork {
             pool.retire_all();
         }
+        say_reloaded(&self.listener, &self.ctx);
+        self.stop_helpers();
+        self.start_helpers();
     }
 
     /// Collects every exited child without blocking: a helper is started
@@ -438,6 +438,19 @@ pub fn reload_context(
     Some(ctx)
 }
 
+/// Says that pibl stops, as nginx's "gracefully shutting down": once the
+/// connections know it (`signals::winding_down`).
+pub fn say_stopping(timeout: Duration) {
+    if timeout.is_zero() {
+        notice!("stopping now");
+    } else {
+        notice!(
+            "stopping: connections close after the response in hand, within {} s",
+            timeout.as_secs_f64()
+        );
+    }
+}
+
 /// `connection::set_inherited_options` for `config`, at start or reload.
 fn set_inherited_options(listener: &TcpListener, config: &Config) -> Result<(), Error> {
     crate::connection::set_inherited_options(listener, &config.timeouts)
@@ -477,6 +490,8 @@ fn signal_all(children: &HashSet<Pid>, signal: Signal) {
 /// Asks every child to finish the request in flight and waits for them,
 /// at most `timeout` (a second SIGQUIT cuts it short); then kills the rest.
 fn stop_children(children: &mut HashSet<Pid>, timeout: Duration, wait_mask: &SigSet) {
+    signals::announce_stop();
+    say_stopping(timeout);
     signal_all(children, Signal::SIGTERM);
     let deadline = Instant::now() + timeout;
     forget_reaped(children);

@@ -179,7 +179,8 @@ impl Prefork {
         gate: Option<&ForkGate>,
     ) {
         let Some(slot) = self.free_slot() else { return };
-        let record = &self.board.slots[slot];
+        let board: &'static Scoreboard = self.board;
+        let record = &board.slots[slot];
         record.state.store(SLOT_STARTING, Ordering::Relaxed);
         record.served.store(0, Ordering::Relaxed);
         record.retire.store(false, Ordering::Relaxed);
@@ -248,12 +249,13 @@ impl Prefork {
 fn work(
     listener: &TcpListener,
     ctx: &Context,
-    slot: &WorkerSlot,
+    slot: &'static WorkerSlot,
     parent: u32,
     parent_mask: &SigSet,
 ) -> ! {
     let limits = &ctx.config.prefork;
     let idle_mask = signals::install_child(parent_mask);
+    signals::watch_retirement(&slot.retire);
     crate::sched::apply(ctx.config.sched_batch);
     // A worker outliving its parent would hold the port and serve with
     // no one to replace it: the kernel stops it, even after a SIGKILL of

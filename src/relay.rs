@@ -391,7 +391,10 @@ fn head_len(response: &[u8]) -> usize {
         .map_or(0, |i| i + 4)
 }
 
-fn persist_for(ex: &Exchange) -> Persist {
+/// Whether the response keeps the connection, and so what it says; not
+/// once pibl winds the connection down (`signals::winding_down`).
+fn persist_for(ex: &mut Exchange) -> Persist {
+    ex.keep_alive &= !crate::signals::winding_down();
     if ex.keep_alive {
         Persist::KeepAlive {
             http10: ex.minor == 0,
@@ -980,7 +983,7 @@ fn relay_response(
         ),
         None => (Cow::Borrowed(&resp), to_client),
     };
-    http::forward_response_with(&shown, to_client, persist_for(&ex), extra, &mut head);
+    http::forward_response_with(&shown, to_client, persist_for(&mut ex), extra, &mut head);
     ex.status = shown.status;
     let mut out = *client.get_ref();
     let pipe = match framing {
@@ -1110,7 +1113,7 @@ fn serve_hit(
     };
     let mut bytes = Vec::with_capacity(1024);
     let extra = &extra[..fields];
-    http::forward_response_with(&head, framing, persist_for(&ex), extra, &mut bytes);
+    http::forward_response_with(&head, framing, persist_for(&mut ex), extra, &mut bytes);
     ex.status = head.status;
     let part = if req.head.method == "HEAD" {
         0..0

@@ -33,6 +33,8 @@ unsafe impl Shareable for SharedState {}
 unsafe impl Shareable for Scoreboard {}
 // SAFETY: atomics only; zero is "never said".
 unsafe impl Shareable for Hush {}
+// SAFETY: atomics only; zero is "not stopping".
+unsafe impl Shareable for Stopping {}
 
 /// One prefork worker's slot: what the parent counts to size the pool.
 #[repr(C)]
@@ -107,6 +109,14 @@ pub struct SharedState {
 #[repr(C)]
 pub struct Hush {
     pub last_said_ms: [AtomicU64; 2],
+}
+
+/// Set by the parent once it is told to stop, before it passes the stop on
+/// to its children: see `signals::winding_down`.  Mapped once, at start,
+/// so that children of every configuration see it.
+#[repr(C)]
+pub struct Stopping {
+    pub asked: AtomicBool,
 }
 
 /// Milliseconds on CLOCK_MONOTONIC: one clock for every process on the

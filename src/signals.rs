@@ -11,6 +11,7 @@
 
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -239,4 +240,42 @@ pub fn restarting<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
             done => return done,
         }
     }
+}
+
+/// The parent's stop, as its children see it (`shm::Stopping`).
+static STOPPING: OnceLock<&'static crate::shm::Stopping> = OnceLock::new();
+/// A prefork worker's own stop: its slot's `retire`, set at a reload.
+static RETIRED: OnceLock<&'static AtomicBool> = OnceLock::new();
+
+/// Maps the record of the parent's stop; once, before the first process
+/// or thread that serves is started.
+pub fn share_stop() -> Result<(), crate::error::Error> {
+    let _ = STOPPING.set(crate::shm::map::<crate::shm::Stopping>()?);
+    Ok(())
+}
+
+/// In the parent, told to stop: says so to every child, before the signal
+/// that a serving child keeps blocked until its response is out.
+pub fn announce_stop() {
+    if let Some(stopping) = STOPPING.get() {
+        stopping.asked.store(true, Ordering::SeqCst);
+    }
+}
+
+/// In a prefork worker: `retire`, once set, winds its connection down.
+pub fn watch_retirement(retire: &'static AtomicBool) {
+    let _ = RETIRED.set(retire);
+}
+
+/// Whether the connection in hand is to end after the response being
+/// made: pibl stops, or (prefork) a reload retired this worker.  The
+/// response then says `Connection: close`, as HAProxy's do once it is
+/// stopping, and the client takes its next request to a new connection;
+/// closed without a word after a keep-alive response, the connection might
+/// meet that request on its way and leave it unanswered.
+pub fn winding_down() -> bool {
+    let flag = |f: &AtomicBool| f.load(Ordering::Relaxed);
+    is_set(&GOT_SIGTERM)
+        || STOPPING.get().is_some_and(|s| flag(&s.asked))
+        || RETIRED.get().is_some_and(|r| flag(r))
 }

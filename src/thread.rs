@@ -588,6 +588,7 @@ impl Server {
         } else {
             self.shared.current().ctx.config.shutdown_timeout
         };
+        crate::parent::say_stopping(timeout);
         let deadline = Instant::now() + timeout;
         self.shared.awaited.store(true, Ordering::SeqCst);
         // Every connection thread, not only every connection: a thread

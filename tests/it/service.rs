@@ -6,6 +6,7 @@ use std::io::Read;
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, mpsc};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -70,6 +71,77 @@ fn request_in_flight(extra: &str) -> (Proxy, Client) {
 }
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+/// A backend that holds each answer until the test lets it go: `arrived`
+/// gives one message per request received, each message on `go` lets one
+/// answer go.
+struct GatedBackend {
+    backend: RawBackend,
+    arrived: mpsc::Receiver<()>,
+    go: mpsc::Sender<()>,
+}
+
+impl GatedBackend {
+    fn start() -> GatedBackend {
+        let (arrived_tx, arrived) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel();
+        let (arrived_tx, go_rx) = (Mutex::new(arrived_tx), Mutex::new(go_rx));
+        let backend = RawBackend::start_answering(move |_| {
+            let _ = arrived_tx.lock().unwrap().send(());
+            let _ = go_rx.lock().unwrap().recv();
+            OK.to_vec()
+        });
+        GatedBackend {
+            backend,
+            arrived,
+            go,
+        }
+    }
+}
+
+/// A keep-alive client whose request pibl relays when it is told to stop
+/// (or, `reload`, when a reload retires its prefork worker) gets its
+/// response with `Connection: close`, and the connection then closes: it
+/// knows to take its next request elsewhere, where a connection closed
+/// after a keep-alive response may meet that request on its way.
+fn winding_down_closes_after_the_response(args: &[&str], tell: impl Fn(&Proxy), told: &str) {
+    let gated = GatedBackend::start();
+    let options = ProxyOptions {
+        backends: vec![gated.backend.addr.to_string()],
+        extra: String::new(),
+    };
+    let mut proxy = Proxy::start_in(TempDir::new(), options, args);
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n");
+    gated.arrived.recv().unwrap();
+    tell(&proxy);
+    proxy.wait_stderr(told);
+    gated.go.send(()).unwrap();
+    let response = client.response("GET");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(client.is_closed());
+    if told.starts_with("stopping") {
+        assert_eq!(proxy.process.wait_exit().code(), Some(0));
+    } else {
+        // The new workers serve on.
+        gated.go.send(()).unwrap();
+        assert_eq!(get(proxy.addr, "/second").status, 200);
+    }
+}
+
+#[test]
+fn a_response_made_as_pibl_stops_says_connection_close() {
+    let stop = |proxy: &Proxy| proxy.process.signal(Signal::SIGTERM);
+    winding_down_closes_after_the_response(&[], stop, "stopping: connections close");
+}
+
+#[test]
+fn a_response_made_as_a_reload_retires_its_worker_says_connection_close() {
+    let reload = |proxy: &Proxy| proxy.process.signal(Signal::SIGHUP);
+    let args = ["--model", "prefork"];
+    winding_down_closes_after_the_response(&args, reload, "configuration reloaded");
+}
 
 #[test]
 fn shutdown_timeout_bounds_the_wait_for_stragglers() {
