@@ -56,15 +56,11 @@ impl Balancer {
     /// `None` when there is none.
     pub fn pick(&self, tried: &[usize]) -> Option<usize> {
         let now = now_ms();
-        let n = self.backends.len();
-        for _ in 0..n {
-            // Relaxed is enough: the counter orders nothing but itself.
-            let i = self.shared.next_backend.fetch_add(1, Ordering::Relaxed) % n;
-            if !tried.contains(&i) && self.is_up(i, now) {
-                return Some(i);
-            }
-        }
-        None
+        // Relaxed is enough: the counter orders nothing but itself.
+        let draw = || self.shared.next_backend.fetch_add(1, Ordering::Relaxed);
+        first_usable(draw, self.backends.len(), |i| {
+            !tried.contains(&i) && self.is_up(i, now)
+        })
     }
 
     /// Counts a failure of backend `i`, marking it down at `max_fails`.
@@ -118,5 +114,64 @@ impl Balancer {
 
     pub fn len(&self) -> usize {
         self.backends.len()
+    }
+}
+
+/// Of `n` backends, the first `usable` one the rotation `draw` lands on,
+/// in at most `n` draws; failing that, the first usable one after the last
+/// draw.  The draws alone are not enough: other processes draw from the
+/// same counter meanwhile, and a child's `n` draws can all land on the one
+/// backend that is down (1, 4, 7 of 3), which answered "no backend is up"
+/// with two up — a few hundred 502s a second while one of three was down.
+fn first_usable(
+    mut draw: impl FnMut() -> usize,
+    n: usize,
+    usable: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let mut last = 0;
+    for _ in 0..n {
+        last = draw() % n;
+        if usable(last) {
+            return Some(last);
+        }
+    }
+    (1..n).map(|k| (last + k) % n).find(|&i| usable(i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_usable;
+
+    /// Draws from a counter that others advance too: each draw skips
+    /// `others` values.
+    fn drawing(start: usize, others: usize) -> impl FnMut() -> usize {
+        let mut next = start;
+        move || {
+            let drawn = next;
+            next += 1 + others;
+            drawn
+        }
+    }
+
+    #[test]
+    fn with_the_counter_to_itself_the_rotation_decides() {
+        let up = |i: usize| i != 1;
+        assert_eq!(first_usable(drawing(0, 0), 3, up), Some(0));
+        assert_eq!(first_usable(drawing(1, 0), 3, up), Some(2), "1 is skipped");
+        assert_eq!(first_usable(drawing(2, 0), 3, up), Some(2));
+    }
+
+    #[test]
+    fn draws_that_all_meet_the_down_backend_still_find_an_up_one() {
+        // Two other draws between each of ours: 1, 4, 7 are all backend 1.
+        assert_eq!(first_usable(drawing(1, 2), 3, |i| i != 1), Some(2));
+        // One of two up, an odd number of draws between ours.
+        assert_eq!(first_usable(drawing(0, 1), 2, |i| i == 1), Some(1));
+    }
+
+    #[test]
+    fn none_when_none_is_usable() {
+        assert_eq!(first_usable(drawing(0, 0), 3, |_| false), None);
+        assert_eq!(first_usable(drawing(5, 7), 1, |_| false), None);
     }
 }
