@@ -34,6 +34,7 @@ mod shm;
 mod signals;
 mod splice;
 mod thread;
+mod upload;
 pub mod wire;
 
 use std::process::ExitCode;

@@ -27,6 +27,7 @@ use crate::config::Config;
 use crate::http::{self, Framing, Parsed, Persist, Reject, RequestHead, ResponseHead};
 use crate::pool::Pool;
 use crate::splice;
+use crate::upload::Upload;
 use crate::wire::{self, Reader};
 
 /// Size of the buffer on each side; bodies pass through it.
@@ -818,18 +819,22 @@ fn attempt(
             Framing::Length(n) if splice::worthwhile(n, client.buffered().len()) => pool.pipe(),
             _ => None,
         };
+        // Dropped, blocking again, before the answer is read.
+        let upload = Upload::begin(upstream)
+            .map_err(|e| Attempt::Sent(describe("sending the request", &e), 502))?;
         let copied = match (req.framing, pipe) {
             (Framing::Length(n), Some(pipe)) => {
                 splice::relay_length(client, upstream, &[], n, pipe)
             }
             _ => body::relay(
                 client,
-                &mut &*upstream,
+                &mut upload.sink(),
                 req.framing,
                 encode,
                 ctx.config.limits.max_body,
             ),
         };
+        drop(upload);
         match copied {
             Ok(_) => {}
             Err(CopyError::Read(e) | CopyError::HeadUnsent(e)) => {

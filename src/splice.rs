@@ -14,6 +14,7 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 
 use crate::body::CopyError;
+use crate::upload::{self, Sending};
 use crate::wire::{Reader, write_all_vectored};
 
 /// Bodies shorter than this (after what the reader already holds) are
@@ -61,7 +62,7 @@ impl Pipe {
 
     /// Moves exactly `len` bytes from `src` to `dst`.  The sockets' time
     /// limits (SO_RCVTIMEO, SO_SNDTIMEO) apply as they do to read and write.
-    fn copy(&mut self, src: impl AsFd, dst: impl AsFd, len: u64) -> Result<(), CopyError> {
+    fn copy(&mut self, src: impl AsFd, dst: &TcpStream, len: u64) -> Result<(), CopyError> {
         let mut left = len;
         while left > 0 {
             let want = usize::try_from(left)
@@ -91,8 +92,17 @@ impl Pipe {
                 } else {
                     SpliceFFlags::SPLICE_F_MOVE
                 };
-                let n = retry(|| splice(&self.read, None, &dst, None, self.held, flags))
-                    .map_err(CopyError::Write)?;
+                let n = match retry(|| splice(&self.read, None, dst, None, self.held, flags)) {
+                    // A request body to a backend (`upload`): room, or an
+                    // early answer.
+                    Err(e)
+                        if e.kind() == io::ErrorKind::WouldBlock && upload::is_nonblocking(dst) =>
+                    {
+                        upload::wait_to_send(dst).map_err(CopyError::Write)?;
+                        continue;
+                    }
+                    sent => sent.map_err(CopyError::Write)?,
+                };
                 if n == 0 {
                     return Err(CopyError::Write(io::ErrorKind::WriteZero.into()));
                 }
@@ -134,7 +144,8 @@ pub fn relay_length<R: Read + AsFd>(
         .buffered()
         .len()
         .min(usize::try_from(len).unwrap_or(usize::MAX));
-    write_all_vectored(&mut { dst }, &[head, &src.buffered()[..take]]).map_err(CopyError::Write)?;
+    write_all_vectored(&mut Sending(dst), &[head, &src.buffered()[..take]])
+        .map_err(CopyError::Write)?;
     src.consume(take);
     pipe.copy(src.get_ref().as_fd(), dst, len - take as u64)?;
     Ok(len)

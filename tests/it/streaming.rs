@@ -227,3 +227,82 @@ fn a_spliced_body_cut_short_by_the_backend_cuts_the_client_connection() {
     );
     assert_eq!(proxy.wait_log(1).len(), 1);
 }
+
+/// A backend that refuses every upload at its head with a 413 and reads no
+/// more of it, keeping the connection open; it hangs up when dropped.
+struct RefusingBackend {
+    addr: std::net::SocketAddr,
+    _hang_up: std::sync::mpsc::Sender<()>,
+}
+
+impl RefusingBackend {
+    fn start() -> RefusingBackend {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (hang_up, hung_up) = std::sync::mpsc::channel::<()>();
+        thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let answer = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n\r\ntoo large";
+            stream.write_all(answer).unwrap();
+            let _ = hung_up.recv();
+        });
+        RefusingBackend {
+            addr,
+            _hang_up: hang_up,
+        }
+    }
+}
+
+/// The backend's early answer reaches the client at once, not after
+/// `backend_timeout` (here past the test's patience) spent waiting for the
+/// backend to take the rest of the body; the client's connection, its
+/// body unread, closes after it.
+fn an_early_answer_is_relayed_at_once(chunked: bool) {
+    let backend = RefusingBackend::start();
+    let proxy = Proxy::start_for(vec![backend.addr.to_string()], "backend_timeout = 600\n");
+    let mut client = Client::connect(proxy.addr);
+    let framing = if chunked {
+        "Transfer-Encoding: chunked".to_string()
+    } else {
+        format!("Content-Length: {SIZE}")
+    };
+    client.send(format!("POST /upload HTTP/1.1\r\nHost: t\r\n{framing}\r\n\r\n").as_bytes());
+    // More than the socket buffers between client, pibl and backend hold.
+    let mut stream = client.stream().try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let block = vec![b'x'; 1 << 16];
+        for _ in 0..SIZE / block.len() as u64 {
+            let sent = if chunked {
+                stream
+                    .write_all(format!("{:x}\r\n", block.len()).as_bytes())
+                    .and_then(|()| stream.write_all(&block))
+                    .and_then(|()| stream.write_all(b"\r\n"))
+            } else {
+                stream.write_all(&block)
+            };
+            if sent.is_err() {
+                break;
+            }
+        }
+    });
+    let r = client.response("POST");
+    assert_eq!(r.status, 413);
+    assert_eq!(r.text(), "too large");
+    assert_eq!(r.header("connection"), Some("close"));
+    writer.join().unwrap();
+}
+
+#[test]
+fn an_early_answer_to_an_upload_is_relayed_at_once() {
+    an_early_answer_is_relayed_at_once(false);
+}
+
+#[test]
+fn an_early_answer_to_a_chunked_upload_is_relayed_at_once() {
+    an_early_answer_is_relayed_at_once(true);
+}
