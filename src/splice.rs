@@ -10,7 +10,6 @@ use std::io::{self, Read};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, OwnedFd};
 
-use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 
 use crate::body::CopyError;
@@ -95,12 +94,7 @@ impl Pipe {
                 let n = match retry(|| splice(&self.read, None, dst, None, self.held, flags)) {
                     // A request body to a backend (`upload`): room, or an
                     // early answer.
-                    Err(e)
-                        if e.kind() == io::ErrorKind::WouldBlock && upload::is_nonblocking(dst) =>
-                    {
-                        upload::wait_to_send(dst).map_err(CopyError::Write)?;
-                        continue;
-                    }
+                    Err(e) if upload::waited(dst, &e).map_err(CopyError::Write)? => continue,
                     sent => sent.map_err(CopyError::Write)?,
                 };
                 if n == 0 {
@@ -115,12 +109,7 @@ impl Pipe {
 
 /// Retries a splice(2) interrupted by a signal, as std's I/O does.
 fn retry(mut call: impl FnMut() -> nix::Result<usize>) -> io::Result<usize> {
-    loop {
-        match call() {
-            Err(Errno::EINTR) => {}
-            other => return other.map_err(io::Error::from),
-        }
-    }
+    crate::signals::restarting(|| call().map_err(io::Error::from))
 }
 
 /// Whether a body of `len` bytes, of which the reader already holds

@@ -18,7 +18,6 @@ use std::io::{self, IoSlice, Write};
 use std::net::TcpStream;
 use std::os::fd::AsFd;
 
-use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
@@ -51,22 +50,11 @@ impl Drop for Upload<'_> {
 /// past an early answer.  On a blocking socket, a plain write.
 pub struct Sending<'a>(pub &'a TcpStream);
 
-impl Sending<'_> {
-    /// Whether a write that failed with `e` is to wait and go again.
-    fn waits(&self, e: &io::Error) -> io::Result<bool> {
-        if e.kind() == io::ErrorKind::WouldBlock && is_nonblocking(self.0) {
-            wait_to_send(self.0)?;
-            return Ok(true);
-        }
-        Ok(false)
-    }
-}
-
 impl Write for Sending<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         loop {
             match (&*self.0).write(buf) {
-                Err(e) if self.waits(&e)? => {}
+                Err(e) if waited(self.0, &e)? => {}
                 done => return done,
             }
         }
@@ -75,7 +63,7 @@ impl Write for Sending<'_> {
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         loop {
             match (&*self.0).write_vectored(bufs) {
-                Err(e) if self.waits(&e)? => {}
+                Err(e) if waited(self.0, &e)? => {}
                 done => return done,
             }
         }
@@ -86,9 +74,18 @@ impl Write for Sending<'_> {
     }
 }
 
-/// Whether `stream` is non-blocking: a write to it that could not go on is
-/// to wait in `wait_to_send` (a blocking one's EAGAIN is its timeout).
-pub fn is_nonblocking(stream: &TcpStream) -> bool {
+/// After a write to `stream` failed with `e`: whether it is to go again,
+/// having waited for room (`wait_to_send`).  Only on a non-blocking socket:
+/// a blocking one's EAGAIN is its send timeout.
+pub fn waited(stream: &TcpStream, e: &io::Error) -> io::Result<bool> {
+    if e.kind() == io::ErrorKind::WouldBlock && is_nonblocking(stream) {
+        wait_to_send(stream)?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+fn is_nonblocking(stream: &TcpStream) -> bool {
     fcntl(stream.as_fd(), FcntlArg::F_GETFL)
         .is_ok_and(|flags| OFlag::from_bits_truncate(flags).contains(OFlag::O_NONBLOCK))
 }
@@ -96,7 +93,7 @@ pub fn is_nonblocking(stream: &TcpStream) -> bool {
 /// Waits until the backend at `stream` can take more of the body, at most
 /// the socket's send timeout (a TimedOut error then, as a blocking write's).
 /// An error too when the backend has answered and takes no more.
-pub fn wait_to_send(stream: &TcpStream) -> io::Result<()> {
+fn wait_to_send(stream: &TcpStream) -> io::Result<()> {
     let timeout = match stream.write_timeout()? {
         Some(limit) => PollTimeout::try_from(limit).unwrap_or(PollTimeout::MAX),
         None => PollTimeout::NONE,
@@ -105,13 +102,9 @@ pub fn wait_to_send(stream: &TcpStream) -> io::Result<()> {
         stream.as_fd(),
         PollFlags::POLLOUT | PollFlags::POLLIN,
     )];
-    loop {
-        match poll(&mut fds, timeout) {
-            Ok(0) => return Err(io::ErrorKind::TimedOut.into()),
-            Ok(_) => break,
-            Err(Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
+    let ready = crate::signals::restarting(|| poll(&mut fds, timeout).map_err(io::Error::from))?;
+    if ready == 0 {
+        return Err(io::ErrorKind::TimedOut.into());
     }
     let ready = fds[0].revents().unwrap_or(PollFlags::empty());
     if ready.contains(PollFlags::POLLOUT) {
