@@ -99,32 +99,46 @@ fn fnv1a(state: u64, data: &[u8]) -> u64 {
     })
 }
 
-fn upload(chunked: bool) {
-    let backends = Backend::start_many(1);
-    let proxy = Proxy::start(&backends);
-    let sampler = RssSampler::start(proxy.pid());
-    let mut client = Client::connect(proxy.addr);
+/// Sends the head of a POST to `path` of a SIZE-byte body, chunked or not.
+fn post_head(client: &mut Client, path: &str, chunked: bool) {
     let framing = if chunked {
         "Transfer-Encoding: chunked".to_string()
     } else {
         format!("Content-Length: {SIZE}")
     };
-    client.send(format!("POST /sink HTTP/1.1\r\nHost: t\r\n{framing}\r\n\r\n").as_bytes());
+    client.send(format!("POST {path} HTTP/1.1\r\nHost: t\r\n{framing}\r\n\r\n").as_bytes());
+}
+
+/// Sends `block` as the next part of a body: a chunk of its own if
+/// `chunked`.
+fn send_block(
+    stream: &mut std::net::TcpStream,
+    block: &[u8],
+    chunked: bool,
+) -> std::io::Result<()> {
+    if chunked {
+        stream.write_all(format!("{:x}\r\n", block.len()).as_bytes())?;
+    }
+    stream.write_all(block)?;
+    if chunked {
+        stream.write_all(b"\r\n")?;
+    }
+    Ok(())
+}
+
+fn upload(chunked: bool) {
+    let backends = Backend::start_many(1);
+    let proxy = Proxy::start(&backends);
+    let sampler = RssSampler::start(proxy.pid());
+    let mut client = Client::connect(proxy.addr);
+    post_head(&mut client, "/sink", chunked);
     let block: Vec<u8> = (0..1 << 16)
         .map(|i: u32| (i.wrapping_mul(7) % 253) as u8)
         .collect();
     let mut stream = client.stream().try_clone().unwrap();
     let mut hash = 0xcbf2_9ce4_8422_2325u64;
     for _ in 0..SIZE / block.len() as u64 {
-        if chunked {
-            stream
-                .write_all(format!("{:x}\r\n", block.len()).as_bytes())
-                .unwrap();
-        }
-        stream.write_all(&block).unwrap();
-        if chunked {
-            stream.write_all(b"\r\n").unwrap();
-        }
+        send_block(&mut stream, &block, chunked).unwrap();
         hash = fnv1a(hash, &block);
     }
     if chunked {
@@ -266,26 +280,13 @@ fn an_early_answer_is_relayed_at_once(chunked: bool) {
     let backend = RefusingBackend::start();
     let proxy = Proxy::start_for(vec![backend.addr.to_string()], "backend_timeout = 600\n");
     let mut client = Client::connect(proxy.addr);
-    let framing = if chunked {
-        "Transfer-Encoding: chunked".to_string()
-    } else {
-        format!("Content-Length: {SIZE}")
-    };
-    client.send(format!("POST /upload HTTP/1.1\r\nHost: t\r\n{framing}\r\n\r\n").as_bytes());
+    post_head(&mut client, "/upload", chunked);
     // More than the socket buffers between client, pibl and backend hold.
     let mut stream = client.stream().try_clone().unwrap();
     let writer = thread::spawn(move || {
         let block = vec![b'x'; 1 << 16];
         for _ in 0..SIZE / block.len() as u64 {
-            let sent = if chunked {
-                stream
-                    .write_all(format!("{:x}\r\n", block.len()).as_bytes())
-                    .and_then(|()| stream.write_all(&block))
-                    .and_then(|()| stream.write_all(b"\r\n"))
-            } else {
-                stream.write_all(&block)
-            };
-            if sent.is_err() {
+            if send_block(&mut stream, &block, chunked).is_err() {
                 break;
             }
         }
