@@ -395,17 +395,10 @@ impl Proxy {
     /// name read once: a thread renamed between two counts by name would
     /// be counted twice, or not at all.
     pub fn tasks_named_any(&self, names: &[&str]) -> usize {
-        let named = |dir: String| names.contains(&comm_of(&dir).as_str());
         let children = self.children().0.into_iter();
-        let children = children.filter(|pid| named(format!("/proc/{pid}"))).count();
-        let threads = fs::read_dir(format!("/proc/{}/task", self.pid()))
-            .map(|dir| {
-                let dirs = dir.flatten();
-                dirs.filter(|t| named(t.path().display().to_string()))
-                    .count()
-            })
-            .unwrap_or(0);
-        threads + children
+        let children =
+            children.filter(|pid| names.contains(&comm_of(&format!("/proc/{pid}")).as_str()));
+        threads_named_any(self.pid(), names).len() + children.count()
     }
 
     /// The connections being served now, as the model shows them: live
@@ -472,10 +465,16 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 /// The ids of the threads of process `pid` called `name` (none once it
 /// is gone).
 pub fn threads_named(pid: i32, name: &str) -> Vec<i32> {
+    threads_named_any(pid, &[name])
+}
+
+/// The thread ids of process `pid` whose name is any of `names`, each
+/// thread's name read once.
+fn threads_named_any(pid: i32, names: &[&str]) -> Vec<i32> {
     fs::read_dir(format!("/proc/{pid}/task"))
         .map(|dir| {
             dir.flatten()
-                .filter(|t| comm_of(&t.path().display().to_string()) == name)
+                .filter(|t| names.contains(&comm_of(&t.path().display().to_string()).as_str()))
                 .filter_map(|t| t.file_name().to_str()?.parse().ok())
                 .collect()
         })
