@@ -370,8 +370,8 @@ impl Cache {
             }
         }
         for entry in self.files()? {
-            if is_temporary(&entry.file_name().to_string_lossy()) && !is_held(&entry.path()) {
-                let _ = fs::remove_file(entry.path());
+            if is_temporary(&entry.file_name().to_string_lossy()) {
+                remove_unless_held(&entry.path());
             }
         }
         Ok(())
@@ -558,8 +558,8 @@ impl Cache {
                 .metadata()
                 .and_then(|m| m.modified())
                 .is_ok_and(|m| m + DEBRIS_AGE < now);
-            if old && is_temporary(&name) && !is_held(&file.path()) {
-                let _ = fs::remove_file(file.path());
+            if old && is_temporary(&name) {
+                remove_unless_held(&file.path());
             }
             return Judged::Other;
         }
@@ -603,7 +603,15 @@ impl Cache {
             return Fill::Waited;
         };
         if fs2::FileExt::try_lock_exclusive(&file).is_ok() {
-            return Fill::Fetch(FillLock { file, path });
+            if is_at(&file, &path) {
+                return Fill::Fetch(FillLock { file, path });
+            }
+            // The holder renamed the file into place as the entry (or
+            // removed it) between this open and this lock: the lock won
+            // is that of a file no longer the fill lock, perhaps the new
+            // entry itself, which must not be emptied and written over.
+            // The fetch is done; a second look may hit.
+            return Fill::Waited;
         }
         // The holder renames the file into place as the entry (or removes
         // it) before it lets go, or lets go as soon as it knows it will not
@@ -861,10 +869,28 @@ fn is_temporary(name: &str) -> bool {
         .any(|p| name.starts_with(p))
 }
 
-/// Whether a process holds a lock on the file at `path`: a temporary file
-/// being written, or a fill lock being held.
-fn is_held(path: &Path) -> bool {
-    File::open(path).is_ok_and(|f| fs2::FileExt::try_lock_exclusive(&f).is_err())
+/// Removes the temporary file or fill lock at `path` unless a process
+/// holds its lock (it is being written, or a miss is being fetched).  The
+/// file goes while this holds the lock, so that a process opening it
+/// meanwhile finds, once it has the lock, that it is no longer there
+/// (`is_at`).
+fn remove_unless_held(path: &Path) {
+    if let Ok(file) = File::open(path)
+        && fs2::FileExt::try_lock_exclusive(&file).is_ok()
+        && is_at(&file, path)
+    {
+        let _ = fs::remove_file(path);
+    }
+}
+
+/// Whether `file` is still the file at `path`: a lock file may be renamed
+/// or removed between its opening and its locking.
+fn is_at(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(open), Ok(named)) = (file.metadata(), fs::metadata(path)) else {
+        return false;
+    };
+    (open.dev(), open.ino()) == (named.dev(), named.ino())
 }
 
 /// Renames `aside` back to `path` unless a file has taken that name.
@@ -1212,14 +1238,16 @@ impl Writer {
         let _ = fs2::FileExt::unlock(&self.file);
     }
 
-    /// Makes the entry visible, if all of the body was written.
-    pub fn commit(mut self) {
+    /// Makes the entry visible, if all of the body was written; says
+    /// whether it did.
+    pub fn commit(mut self) -> bool {
         if self.failed {
-            return;
+            return false;
         }
         let header = self.header();
         if let Err(e) = self.file.write_all_at(&header, 0) {
-            return cannot_store(&self.key, &e);
+            cannot_store(&self.key, &e);
+            return false;
         }
         // The janitor reads expiry and last use from the file's times
         // alone: mtime is when the entry expires, atime when it was used.
@@ -1233,6 +1261,7 @@ impl Writer {
             Ok(()) => self.gone = true,
             Err(e) => cannot_store(&self.key, &e),
         }
+        self.gone
     }
 }
 
@@ -1372,6 +1401,11 @@ mod tests {
         let Fill::Fetch(lock) = cache.fill(key) else {
             panic!("no one else holds the fill lock");
         };
+        begin_storing(cache, key, lock)
+    }
+
+    /// Begins storing a response of two bytes for `key` under `lock`.
+    fn begin_storing(cache: &Cache, key: &str, lock: FillLock) -> Writer {
         let resp = ResponseHead {
             minor: 1,
             status: 200,
@@ -1433,6 +1467,40 @@ mod tests {
             panic!("stored");
         };
         assert_eq!((entry.body_len, entry.head.status), (2, 200));
+        let _ = fs::remove_dir_all(&cache.dir);
+    }
+
+    #[test]
+    fn misses_racing_for_one_url_each_store_under_a_lock_of_their_own() {
+        // One process renaming its fill lock into place as the entry while
+        // another opens the fill lock's name: the second must not take the
+        // entry's file for a fill lock of its own, empty it and write over
+        // it (each takes a fresh one, or waits).
+        let key = "http://test/race";
+        let cache = cache_with_entry("http://test/other");
+        let (stored, lost) = (AtomicU32::new(0), AtomicU32::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    let cache = cache.for_thread();
+                    for _ in 0..400 {
+                        if let Fill::Fetch(lock) = cache.fill(key) {
+                            let mut writer = begin_storing(&cache, key, lock);
+                            writer.write_all(b"hi").unwrap();
+                            let counter = if writer.commit() { &stored } else { &lost };
+                            counter.fetch_add(1, Ordering::Relaxed);
+                            cache.remove(key);
+                        }
+                    }
+                });
+            }
+        });
+        let (stored, lost) = (stored.into_inner(), lost.into_inner());
+        assert!(stored > 0);
+        assert_eq!(
+            lost, 0,
+            "stores that found their file gone ({stored} stored)"
+        );
         let _ = fs::remove_dir_all(&cache.dir);
     }
 
