@@ -7,6 +7,8 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
+use nix::time::{ClockId, clock_gettime};
+
 use crate::diag;
 use crate::relay::Context;
 
@@ -18,6 +20,9 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// sweep of hundreds of thousands of entries takes a second of CPU, and
 /// the janitor must leave the CPUs to the children serving clients.
 const REST_FACTOR: u32 = 9;
+/// Evictions are said at most this often, summed: a cache in use sits at
+/// max_size and evicts on every sweep, which is no news each second.
+const SAY_EVERY: Duration = Duration::from_secs(60);
 
 /// Runs in the helper (a process, or a thread in the thread model) until
 /// `keep_going` says no (a process: until SIGTERM).
@@ -25,21 +30,55 @@ pub fn run(ctx: &Context, keep_going: &dyn Fn() -> bool) {
     let Some(cache) = &ctx.cache else {
         return;
     };
+    let mut unsaid = Evictions::default();
     while keep_going() {
-        let started = Instant::now();
+        let started = cpu_time();
         match cache.sweep(ctx.config.cache.max_size) {
-            Ok((_, 0)) => {}
             Ok((_, evicted)) => {
-                diag!("cache over max_size: {evicted} least recently used entries removed")
+                if let Some(n) = unsaid.add(evicted, Instant::now()) {
+                    diag!(
+                        "cache over max_size: {n} least recently used entries removed \
+                         (said once a minute at most)"
+                    )
+                }
             }
             Err(e) => diag!("cache sweep: {}", crate::error::describe_io(&e)),
         }
-        thread::sleep(rest_after(started.elapsed()));
+        thread::sleep(rest_after(cpu_time().saturating_sub(started)));
     }
 }
 
-/// The pause after a sweep that took `sweep`: a second, or long enough
-/// that sweeping takes at most a tenth of one CPU.
+/// Entries evicted since evictions were last said.
+#[derive(Default)]
+struct Evictions {
+    count: usize,
+    said: Option<Instant>,
+}
+
+impl Evictions {
+    /// Adds a sweep's evictions; the sum to say now, if any, at most once
+    /// every `SAY_EVERY`.
+    fn add(&mut self, evicted: usize, now: Instant) -> Option<usize> {
+        self.count += evicted;
+        let due = self.said.is_none_or(|said| now >= said + SAY_EVERY);
+        if self.count == 0 || !due {
+            return None;
+        }
+        self.said = Some(now);
+        Some(std::mem::take(&mut self.count))
+    }
+}
+
+/// The CPU time this thread has used.  A sweep is judged by it, not by
+/// the time it took: on a busy machine the janitor waits its turn among
+/// many runnable children, and a rest reckoned from that wait would let
+/// the cache outgrow max_size for many seconds.
+fn cpu_time() -> Duration {
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(Duration::ZERO, Duration::from)
+}
+
+/// The pause after a sweep that used `sweep` of CPU time: a second, or
+/// long enough that sweeping takes at most a tenth of one CPU.
 fn rest_after(sweep: Duration) -> Duration {
     SWEEP_INTERVAL.max(sweep * REST_FACTOR)
 }
@@ -55,5 +94,19 @@ mod tests {
             rest_after(Duration::from_millis(500)),
             Duration::from_millis(4500)
         );
+    }
+
+    #[test]
+    fn evictions_are_said_at_once_then_summed_once_a_minute() {
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let mut unsaid = Evictions::default();
+        assert_eq!(unsaid.add(0, at(0)), None, "nothing to say");
+        assert_eq!(unsaid.add(3, at(1)), Some(3), "the first at once");
+        assert_eq!(unsaid.add(4, at(2)), None);
+        assert_eq!(unsaid.add(5, at(60)), None);
+        assert_eq!(unsaid.add(0, at(61)), Some(9), "a minute on, summed");
+        assert_eq!(unsaid.add(0, at(200)), None, "nothing since");
+        assert_eq!(unsaid.add(1, at(201)), Some(1));
     }
 }
