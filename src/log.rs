@@ -253,7 +253,12 @@ pub fn report(written: io::Result<()>) {
 pub enum Recurring {
     LogWrite = 0,
     CacheStore = 1,
+    /// Every connection the configuration allows being served.
+    Full = 2,
 }
+
+/// How many kinds of `Recurring` there are: the length of `Hush`'s record.
+pub const RECURRING_KINDS: usize = 3;
 
 const RECURRING_QUIET: u64 = 60_000;
 

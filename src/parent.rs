@@ -216,6 +216,9 @@ impl Parent {
         match unsafe { fork() } {
             Ok(ForkResult::Parent { child }) => {
                 self.children.insert(child);
+                if self.children.len() == self.ctx.config.max_clients {
+                    say_full("max_clients", self.ctx.config.max_clients);
+                }
             }
             Ok(ForkResult::Child) => {
                 // The child never returns here, so the listener's owner never
@@ -465,6 +468,19 @@ pub fn say_reloaded(listener: &TcpListener, ctx: &Context) {
         listener.local_addr().map_or("?".into(), |a| a.to_string()),
         backend_count(ctx)
     );
+}
+
+/// Says that as many connections are being served as `setting` allows
+/// (`max`), so that further ones wait in the listen queue — as Apache's
+/// "server reached MaxRequestWorkers setting".  Once a minute at most: a
+/// server that is full stays so for a while.
+pub fn say_full(setting: &str, max: usize) {
+    if crate::log::worth_saying(crate::log::Recurring::Full) {
+        diag!(
+            "{setting} ({max}) reached: new connections wait in the listen queue; \
+             consider raising {setting} (said once a minute at most)"
+        );
+    }
 }
 
 /// The model is chosen at start: a reload keeps it, and says so if the

@@ -130,6 +130,9 @@ impl Prefork {
         // the spares: a burst is met at once, not over doublings 10 ms apart.
         let waiting = waiting_connections(listener);
         let need = (limits.min_spare + waiting).saturating_sub(idle.len());
+        if waiting > idle.len() && room == 0 {
+            crate::parent::say_full("prefork.max_workers", limits.max_workers);
+        }
         if need > 0 && room > 0 {
             let want = need.max(self.spawn_rate).min(room);
             // A lone worker has no batch to wait for.

@@ -108,7 +108,7 @@ pub struct SharedState {
 /// said (`now_ms`), by any of pibl's processes: see `log::worth_saying`.
 #[repr(C)]
 pub struct Hush {
-    pub last_said_ms: [AtomicU64; 2],
+    pub last_said_ms: [AtomicU64; crate::log::RECURRING_KINDS],
 }
 
 /// Set by the parent once it is told to stop, before it passes the stop on

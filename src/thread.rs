@@ -178,6 +178,7 @@ impl Shared {
                 (n < max).then_some(n + 1)
             });
         if reserved.is_err() {
+            crate::parent::say_full("max_clients", max);
             return true;
         }
         self.idle.fetch_add(1, Ordering::SeqCst);

@@ -110,6 +110,13 @@ fn max_clients_caps_live_children() {
     let waited = third.reader.get_mut().read(&mut byte);
     assert!(waited.is_err(), "served beyond max_clients: {waited:?}");
     assert_eq!(proxy.serving(), 2);
+    // And says so, naming what to raise, as Apache does.
+    let setting = match model().as_str() {
+        "prefork" => "prefork.max_workers",
+        _ => "max_clients",
+    };
+    let said = proxy.wait_stderr("reached: new connections wait in the listen queue");
+    assert!(said.contains(&format!("{setting} (2) reached")), "{said}");
     // One leaves; the third is served.
     drop(first);
     third.stream().set_read_timeout(Some(PATIENCE)).unwrap();
