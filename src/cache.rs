@@ -1278,6 +1278,25 @@ fn cannot_store(key: &str, e: &io::Error) {
     );
 }
 
+/// A writer as the only destination of a body (a HEAD fetched as a GET):
+/// writing fails once the entry is given up, so that the rest of the body
+/// is not read for nothing.
+pub struct StoreOnly<'a>(pub &'a mut Writer);
+
+impl Write for StoreOnly<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.0.write(data)?;
+        if self.0.failed {
+            return Err(io::Error::other("not stored"));
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Write for Writer {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if !self.failed {

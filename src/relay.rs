@@ -607,18 +607,33 @@ fn fill_or_hit<'c>(
 }
 
 impl CachePlan<'_> {
-    /// The request to forward, when it is not the client's own: with the
-    /// stale entry's validators added, when there is one to revalidate;
-    /// without Range and If-Range when `whole` (`wants_whole`).
+    /// Whether `req` is a HEAD this exchange fetches as a GET, to store
+    /// the response, as nginx's `proxy_cache_convert_head`: one holding
+    /// the URL's fill lock (not one of a URL whose responses are not
+    /// stored).  The client gets the head; the body goes to the cache.
+    fn fetches_head_as_get(&self, req: &RequestHead) -> bool {
+        req.method == "HEAD" && self.fill.is_some()
+    }
+
+    /// The request to forward, when it is not the client's own: a GET for
+    /// a HEAD fetched as one; with the stale entry's validators added,
+    /// when there is one to revalidate and the request is a GET (a HEAD
+    /// made conditional could only be answered with the 304 meant for
+    /// pibl); without Range and If-Range when `whole` (`wants_whole`).
     fn forwarded(&self, req: &RequestHead, whole: bool) -> Option<RequestHead> {
-        if self.stale.is_none() && !whole {
+        let as_get = self.fetches_head_as_get(req);
+        let revalidate = self.stale.is_some() && (req.method == "GET" || as_get);
+        if !revalidate && !whole && !as_get {
             return None;
         }
         let mut head = req.clone();
-        if let Some(entry) = &self.stale {
+        if as_get {
+            head.method = "GET".into();
+        }
+        if let Some(entry) = self.stale.as_ref().filter(|_| revalidate) {
             head.fields.extend(cache::validators(entry));
         }
-        if whole {
+        if whole || as_get {
             head.fields.retain(|f| {
                 !f.name.eq_ignore_ascii_case("range") && !f.name.eq_ignore_ascii_case("if-range")
             });
@@ -691,6 +706,7 @@ fn relay_to_backend(
     let whole = wants_whole(req.head, ex.cache);
     let forwarded = plan.as_ref().and_then(|p| p.forwarded(req.head, whole));
     let forwarded_head = forwarded.as_ref().unwrap_or(req.head);
+    let head_only = forwarded_head.method != req.head.method;
     // Only a request pibl could send again goes on a kept connection, and
     // only its connection is kept afterwards.
     let replayable = kept.is_some() && req.is_idempotent();
@@ -741,14 +757,20 @@ fn relay_to_backend(
         match result {
             Ok((resp, from_backend)) => {
                 balancer.record_success(i);
-                if let Some(entry) = plan.as_mut().and_then(|p| p.revalidated(req.head, &resp)) {
+                // Judged as the request that was sent: a HEAD fetched as a
+                // GET is stored, and refreshed, as a GET.
+                let sent = forwarded_head;
+                if let Some(entry) = plan.as_mut().and_then(|p| p.revalidated(sent, &resp)) {
                     return serve_hit(client, entry, req, ex, CacheStatus::Revalidated);
                 }
-                let store = plan.as_mut().and_then(|p| p.store(req.head, &resp));
+                let store = plan.as_mut().and_then(|p| p.store(sent, &resp));
                 let keep = replayable.then_some(i);
                 let wanted = Wanted {
-                    method: &req.head.method,
-                    part: whole.then(|| part_of(req.head, &resp)).flatten(),
+                    method: &sent.method,
+                    head_only,
+                    part: (whole && !head_only)
+                        .then(|| part_of(req.head, &resp))
+                        .flatten(),
                 };
                 return relay_response(client, resp, from_backend, wanted, store, (pool, keep), ex);
             }
@@ -928,11 +950,12 @@ fn part_of(req: &RequestHead, resp: &ResponseHead) -> Option<(std::ops::Range<u6
     }
 }
 
-/// What the client asked of a response: the method it is an answer to,
-/// and the part of its body to send, if only a part (a 206), with the
-/// whole's length.
+/// What the client asked of a response: the method it is an answer to;
+/// whether it wants the head alone (a HEAD fetched as a GET); the part
+/// of its body to send, if only a part (a 206), with the whole's length.
 struct Wanted<'a> {
     method: &'a str,
+    head_only: bool,
     part: Option<(std::ops::Range<u64>, u64)>,
 }
 
@@ -965,6 +988,11 @@ fn relay_response(
         }
         Framing::Chunked | Framing::UntilClose => (Framing::UntilClose, Encode::Plain),
     };
+    let to_client = if wanted.head_only {
+        Framing::Empty
+    } else {
+        to_client
+    };
     ex.keep_alive &= to_client != Framing::UntilClose;
     let mut head = Vec::with_capacity(1024);
     // X-Cache, and for a part its Content-Range (a part comes of a miss,
@@ -990,6 +1018,17 @@ fn relay_response(
     };
     http::forward_response_with(&shown, to_client, persist_for(&mut ex), extra, &mut head);
     ex.status = shown.status;
+    if wanted.head_only {
+        return send_head_and_store(
+            client,
+            &head,
+            (&resp, from_backend, framing),
+            store,
+            pool,
+            keep,
+            ex,
+        );
+    }
     let mut out = *client.get_ref();
     let pipe = match framing {
         Framing::Length(n)
@@ -1023,13 +1062,7 @@ fn relay_response(
             if let Some(writer) = store {
                 writer.commit();
             }
-            let reusable = framing != Framing::UntilClose
-                && http::backend_keeps_alive(&resp)
-                && from_backend.buffered().is_empty();
-            match keep {
-                Some(i) if reusable => pool.put(i, from_backend),
-                _ => pool.discard(from_backend),
-            }
+            give_back(pool, keep, from_backend, &resp, framing);
         }
         Err(CopyError::HeadUnsent(e)) => {
             // The backend failed before the body's first byte, so the
@@ -1059,6 +1092,67 @@ fn relay_response(
             ex.end = End::ClientFault;
             ex.keep_alive = false;
         }
+    }
+    ex
+}
+
+/// Keeps the backend connection that carried `resp`, whose body has
+/// been read to its end, for the next request to backend `keep` — if it
+/// can carry another.
+fn give_back(
+    pool: &mut Pool,
+    keep: Option<usize>,
+    from_backend: Reader<TcpStream>,
+    resp: &ResponseHead,
+    framing: Framing,
+) {
+    let reusable = framing != Framing::UntilClose
+        && http::backend_keeps_alive(resp)
+        && from_backend.buffered().is_empty();
+    match keep {
+        Some(i) if reusable => pool.put(i, from_backend),
+        _ => pool.discard(from_backend),
+    }
+}
+
+/// A HEAD fetched as a GET: the client gets `head`; the body goes to the
+/// cache alone.  When it is not to be stored (or stops being, past
+/// `max_entry`) the rest is not read for nothing: the backend connection
+/// goes instead.
+fn send_head_and_store(
+    client: &Reader<&TcpStream>,
+    head: &[u8],
+    (resp, mut from_backend, framing): (&ResponseHead, Reader<TcpStream>, Framing),
+    store: Option<cache::Writer>,
+    pool: &mut Pool,
+    keep: Option<usize>,
+    mut ex: Exchange,
+) -> Exchange {
+    if send(client, head).is_err() {
+        ex.end = End::ClientFault;
+        ex.keep_alive = false;
+        pool.discard(from_backend);
+        return ex;
+    }
+    let Some(mut writer) = store else {
+        pool.discard(from_backend);
+        return ex;
+    };
+    let mut only = cache::StoreOnly(&mut writer);
+    match body::relay(&mut from_backend, &mut only, framing, Encode::Plain, 0) {
+        Ok(_) => {
+            writer.commit();
+            give_back(pool, keep, from_backend, resp, framing);
+        }
+        Err(CopyError::Read(e) | CopyError::HeadUnsent(e)) => {
+            crate::diag!(
+                "backend {}: {}; not stored",
+                ex.upstream.as_deref().unwrap_or("-"),
+                describe("response body", &e)
+            );
+            pool.discard(from_backend);
+        }
+        Err(CopyError::Write(_)) => pool.discard(from_backend),
     }
     ex
 }

@@ -808,6 +808,118 @@ fn a_stale_entry_with_a_validator_is_revalidated_with_a_304() {
     assert_eq!(hits(&backend), 2);
 }
 
+/// What a backend answers a GET (with a body) or a HEAD (the same head),
+/// with `fields` added and `body` five bytes long.
+fn by_method(head: &str, fields: &str) -> Vec<u8> {
+    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n{fields}\r\n");
+    let mut bytes = answer.into_bytes();
+    if head.starts_with("GET ") {
+        bytes.extend_from_slice(b"hello");
+    }
+    bytes
+}
+
+/// As nginx (`proxy_cache_convert_head`): a HEAD that misses is fetched as
+/// a GET and stored, so the GETs after it hit; the client gets the head.
+#[test]
+fn a_head_that_misses_is_fetched_as_a_get_and_stored() {
+    let backend = RawBackend::start_answering(|head| by_method(head, "ETag: \"v1\"\r\n"));
+    let proxy = cached(&backend, 60);
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"HEAD /h HTTP/1.1\r\nHost: test\r\nRange: bytes=0-1\r\n\r\n");
+    let head = client.response("HEAD");
+    assert_eq!(
+        (
+            head.status,
+            head.header("content-length"),
+            head.header("x-cache")
+        ),
+        (200, Some("5"), Some("MISS"))
+    );
+    assert!(head.body.is_empty());
+    wait_entries(&proxy.dir, 1);
+    let r = client.get("/h");
+    assert_eq!(
+        (r.header("x-cache"), r.text().as_str()),
+        (Some("HIT"), "hello"),
+        "the HEAD sent no body, and its GET filled the cache"
+    );
+    let seen = backend.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].starts_with("GET /h HTTP/1.1\r\n"), "{}", seen[0]);
+    assert!(!seen[0].contains("Range"), "a HEAD's Range means nothing");
+    assert_eq!(
+        proxy
+            .wait_log(2)
+            .iter()
+            .map(|l| l.split('"').nth(1).unwrap().to_string())
+            .collect::<Vec<_>>(),
+        ["HEAD /h HTTP/1.1", "GET /h HTTP/1.1"]
+    );
+}
+
+/// A response that may not be stored is not read for a HEAD (the
+/// backend connection goes instead), and the URL's next HEADs go to the
+/// backend as HEADs.
+#[test]
+fn a_head_of_an_unstorable_url_is_not_fetched_as_a_get_again() {
+    let backend =
+        RawBackend::start_answering(|head| by_method(head, "Cache-Control: no-store\r\n"));
+    let proxy = cached(&backend, 60);
+    let mut client = Client::connect(proxy.addr);
+    for _ in 0..2 {
+        client.send(b"HEAD /n HTTP/1.1\r\nHost: test\r\n\r\n");
+        let head = client.response("HEAD");
+        assert_eq!(
+            (head.status, head.header("content-length")),
+            (200, Some("5"))
+        );
+    }
+    assert_eq!(client.get("/n").text(), "hello");
+    let seen = backend.seen.lock().unwrap().clone();
+    let methods: Vec<&str> = seen.iter().map(|h| h.split(' ').next().unwrap()).collect();
+    assert_eq!(methods, ["GET", "HEAD", "GET"]);
+    assert!(entries(&proxy.dir).is_empty());
+}
+
+/// A HEAD on an expired entry revalidates it as a GET would: the client,
+/// which sent no condition, gets a 200's head, never the 304.
+#[test]
+fn a_head_on_a_stale_entry_revalidates_it() {
+    let backend = RawBackend::start_answering(|head| {
+        if head.contains("\r\nIf-None-Match: \"v1\"\r\n") {
+            b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nCache-Control: max-age=60\r\n\r\n"
+                .to_vec()
+        } else {
+            by_method(head, "ETag: \"v1\"\r\nCache-Control: max-age=1\r\n")
+        }
+    });
+    let proxy = cached(&backend, 3600);
+    let mut client = Client::connect(proxy.addr);
+    assert_eq!(client.get("/s").header("x-cache"), Some("MISS"));
+    wait_entries(&proxy.dir, 1);
+    let entry = entries(&proxy.dir).remove(0);
+    wait_until("the entry to expire", || {
+        fs::metadata(&entry).unwrap().modified().unwrap()
+            < std::time::SystemTime::now() - std::time::Duration::from_secs(1)
+    });
+    client.send(b"HEAD /s HTTP/1.1\r\nHost: test\r\n\r\n");
+    let head = client.response("HEAD");
+    assert_eq!(
+        (
+            head.status,
+            head.header("x-cache"),
+            head.header("content-length")
+        ),
+        (200, Some("REVALIDATED"), Some("5"))
+    );
+    let seen = backend.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert!(seen[1].starts_with("GET /s "), "{}", seen[1]);
+    assert_eq!(client.get("/s").header("x-cache"), Some("HIT"));
+    assert_eq!(hits(&backend), 2);
+}
+
 #[test]
 fn a_body_over_max_entry_streams_through_uncached() {
     let backend = RawBackend::start(OK);
