@@ -281,6 +281,13 @@ fn check_request(req: &mut RequestHead, max_body: u64) -> Result<(String, Framin
             });
         }
     }
+    if req.target.contains('#') {
+        // A fragment is the client's own business (RFC 9110 §4.2.5) and has
+        // no place in a request-target: a backend or cache keying on the
+        // target would take "/a#x" for another resource than "/a".
+        // HAProxy refuses it too.
+        return Err(bad("fragment in the request target"));
+    }
     let target = if req.target.starts_with('/') || (req.target == "*" && req.method == "OPTIONS") {
         req.target.clone()
     } else if req.method == "CONNECT" {

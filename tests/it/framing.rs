@@ -239,8 +239,10 @@ fn absolute_form_target_becomes_origin_form_with_its_host() {
 fn bad_requests_get_4xx_and_others_keep_being_served() {
     let backends = Backend::start_many(1);
     let proxy = Proxy::start(&backends);
-    let cases: [(&[u8], u16); 7] = [
+    let cases: [(&[u8], u16); 9] = [
         (b"GARBAGE\r\n\r\n", 400),
+        (b"GET /whoami#top HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET http://a/whoami#top HTTP/1.1\r\nHost: a\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
         (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
