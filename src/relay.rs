@@ -241,6 +241,14 @@ pub fn exchange(
     let mut ex = Exchange::new();
     let mut req = match head {
         Ok(None) => return None,
+        // Reset with not a byte of a request sent (a browser dropping a
+        // kept connection, wrk at its end): nothing to answer or log, as
+        // for a close, where nginx and HAProxy log nothing either.
+        Err(HeadError::Io(e))
+            if e.kind() == io::ErrorKind::ConnectionReset && client.buffered().is_empty() =>
+        {
+            return None;
+        }
         Ok(Some(req)) => req,
         Err(HeadError::Reject(r)) => return Some(refuse(client, ex, r.status)),
         Err(HeadError::Io(e)) => return Some(refuse(client, ex, client_read_status(&e))),

@@ -245,3 +245,37 @@ fn a_second_stop_signal_while_waiting_for_the_log_lock_loses_no_line() {
     assert!(proxy.process.wait_exit().success());
     assert_eq!(proxy.log_lines().len(), 1, "{:?}", proxy.stderr.wait_end());
 }
+
+/// A client that resets its kept connection between requests (as wrk does
+/// at its end, or a browser dropping one) asked nothing: no line is logged
+/// for it, as nginx and HAProxy log none.
+#[test]
+fn a_connection_reset_between_requests_logs_no_line() {
+    let backends = Backend::start_many(1);
+    let mut options = ProxyOptions::new(&backends);
+    // One connection served at a time: the second is served only once the
+    // first is done with, so its line comes after any the first made.
+    options.extra = match model().as_str() {
+        "prefork" => "[prefork]\nmax_workers = 1\nmin_spare = 1\nmax_spare = 1\n",
+        _ => "max_clients = 1\n",
+    }
+    .into();
+    let proxy = Proxy::start_with(options);
+    let mut first = Client::connect(proxy.addr);
+    assert_eq!(first.get("/whoami").status, 200);
+    let linger = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    nix::sys::socket::setsockopt(first.stream(), nix::sys::socket::sockopt::Linger, &linger)
+        .unwrap();
+    drop(first); // closed with a reset
+    assert_eq!(get(proxy.addr, "/whoami").status, 200);
+    let lines = proxy.wait_log(2);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("\"GET /whoami HTTP/1.1\" 200 ")),
+        "{lines:#?}"
+    );
+}
