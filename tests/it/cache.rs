@@ -775,26 +775,38 @@ fn a_hundred_clients_at_once_cause_one_fetch() {
     assert_eq!(hit, 99, "the others were served the stored answer");
 }
 
-#[test]
-fn a_stale_entry_with_a_validator_is_revalidated_with_a_304() {
-    let backend = RawBackend::start_answering(|head| {
+/// A backend whose responses live a second and carry `ETag: "v1"`, and
+/// which answers a request naming that version with a 304 giving a
+/// minute more.
+fn revalidating_backend() -> RawBackend {
+    RawBackend::start_answering(|head| {
         if head.contains("\r\nIf-None-Match: \"v1\"\r\n") {
             b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nCache-Control: max-age=60\r\n\r\n"
                 .to_vec()
         } else {
-            b"HTTP/1.1 200 OK\r\nETag: \"v1\"\r\nCache-Control: max-age=1\r\nContent-Length: 5\r\n\r\nhello".to_vec()
+            by_method(head, "ETag: \"v1\"\r\nCache-Control: max-age=1\r\n")
         }
-    });
-    let proxy = cached(&backend, 3600);
-    let mut client = Client::connect(proxy.addr);
-    assert_eq!(client.get("/r").header("x-cache"), Some("MISS"));
-    wait_entries(&proxy.dir, 1);
-    // An entry's mtime is its expiry time.
-    let entry = entries(&proxy.dir).remove(0);
+    })
+}
+
+/// Waits until the one entry in the cache of the proxy run in `dir` is
+/// stored and has expired (an entry's mtime is its expiry time).
+fn wait_expired(dir: &TempDir) {
+    wait_entries(dir, 1);
+    let entry = entries(dir).remove(0);
     wait_until("the entry to expire", || {
         fs::metadata(&entry).unwrap().modified().unwrap()
             < std::time::SystemTime::now() - std::time::Duration::from_secs(1)
     });
+}
+
+#[test]
+fn a_stale_entry_with_a_validator_is_revalidated_with_a_304() {
+    let backend = revalidating_backend();
+    let proxy = cached(&backend, 3600);
+    let mut client = Client::connect(proxy.addr);
+    assert_eq!(client.get("/r").header("x-cache"), Some("MISS"));
+    wait_expired(&proxy.dir);
     let r = client.get("/r");
     assert_eq!(
         (r.status, r.header("x-cache"), r.text().as_str()),
@@ -886,23 +898,11 @@ fn a_head_of_an_unstorable_url_is_not_fetched_as_a_get_again() {
 /// which sent no condition, gets a 200's head, never the 304.
 #[test]
 fn a_head_on_a_stale_entry_revalidates_it() {
-    let backend = RawBackend::start_answering(|head| {
-        if head.contains("\r\nIf-None-Match: \"v1\"\r\n") {
-            b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nCache-Control: max-age=60\r\n\r\n"
-                .to_vec()
-        } else {
-            by_method(head, "ETag: \"v1\"\r\nCache-Control: max-age=1\r\n")
-        }
-    });
+    let backend = revalidating_backend();
     let proxy = cached(&backend, 3600);
     let mut client = Client::connect(proxy.addr);
     assert_eq!(client.get("/s").header("x-cache"), Some("MISS"));
-    wait_entries(&proxy.dir, 1);
-    let entry = entries(&proxy.dir).remove(0);
-    wait_until("the entry to expire", || {
-        fs::metadata(&entry).unwrap().modified().unwrap()
-            < std::time::SystemTime::now() - std::time::Duration::from_secs(1)
-    });
+    wait_expired(&proxy.dir);
     client.send(b"HEAD /s HTTP/1.1\r\nHost: test\r\n\r\n");
     let head = client.response("HEAD");
     assert_eq!(

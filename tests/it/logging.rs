@@ -255,11 +255,7 @@ fn a_connection_reset_between_requests_logs_no_line() {
     let mut options = ProxyOptions::new(&backends);
     // One connection served at a time: the second is served only once the
     // first is done with, so its line comes after any the first made.
-    options.extra = match model().as_str() {
-        "prefork" => "[prefork]\nmax_workers = 1\nmin_spare = 1\nmax_spare = 1\n",
-        _ => "max_clients = 1\n",
-    }
-    .into();
+    options.extra = serving_at_most(1);
     let proxy = Proxy::start_with(options);
     let mut first = Client::connect(proxy.addr);
     assert_eq!(first.get("/whoami").status, 200);

@@ -87,11 +87,7 @@ fn max_clients_caps_live_children() {
     let backends = Backend::start_many(1);
     let mut options = ProxyOptions::new(&backends);
     // In the prefork model, the pool's bound is max_workers.
-    options.extra = match model().as_str() {
-        "prefork" => "[prefork]\nmax_workers = 2\nmin_spare = 1\nmax_spare = 2\n",
-        _ => "max_clients = 2\n",
-    }
-    .into();
+    options.extra = serving_at_most(2);
     let proxy = Proxy::start_with(options);
 
     let mut first = Client::connect(proxy.addr);

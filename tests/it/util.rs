@@ -447,6 +447,15 @@ impl Proxy {
     }
 }
 
+/// Configuration that lets the model serve at most `n` connections at
+/// once: `max_clients`, or in the prefork model a pool of `n` workers.
+pub fn serving_at_most(n: usize) -> String {
+    match model().as_str() {
+        "prefork" => format!("[prefork]\nmax_workers = {n}\nmin_spare = 1\nmax_spare = {n}\n"),
+        _ => format!("max_clients = {n}\n"),
+    }
+}
+
 /// The concurrency model the proxies of this run use: `PIBL_MODEL`, so
 /// that tests/run.sh runs the suite once per model; fork by default.
 pub fn model() -> String {
