@@ -20,11 +20,12 @@ use crate::diag;
 use crate::log::{self, AccessLog, Entry};
 use crate::pool::Pool;
 use crate::relay::{self, BUFFER_SIZE, Context, End, Exchange};
-use crate::signals::{self, GOT_SIGTERM, Idle, StopWatch};
+use crate::signals::{self, Idle, StopWatch};
 use crate::wire::Reader;
 
-/// How long a connection accepted as pibl stops is given to send its
-/// first request (which is normally on its way already).
+/// How long a connection idle as pibl stops (or as its prefork worker is
+/// retired by a reload) is given to send its next request: one accepted
+/// just then has its first on the way, and a busy client its next.
 const STOP_GRACE: Duration = Duration::from_secs(1);
 /// A lingering close (`linger`) reads for at most this long in all, and
 /// gives up after this long without a byte: nginx's lingering_time and
@@ -186,9 +187,13 @@ impl Worker {
             if reader.buffered().is_empty() && !arrived {
                 match self.wait_for_request(stream, idle_timeout, stop) {
                     Idle::Ready => {}
-                    // Accepted just as pibl stops, a connection still gets
-                    // an answer to the request it has already sent.
-                    Idle::Stop if first && signals::wait_readable(stream.as_fd(), STOP_GRACE) => {}
+                    // A client may be sending its next request just as pibl
+                    // stops: closing at once would meet it on its way, and
+                    // the client would see a reset, not an answer (the race
+                    // of RFC 9112 §9.5).  It gets the grace to send it, and
+                    // an answer with `Connection: close`; an idle one is
+                    // closed after the grace.
+                    Idle::Stop if signals::wait_readable(stream.as_fd(), STOP_GRACE) => {}
                     _ => break,
                 }
             }
@@ -209,9 +214,10 @@ impl Worker {
                 }
                 break;
             }
-            if signals::is_set(&GOT_SIGTERM) {
-                break;
-            }
+            // Told to stop meanwhile, the connection goes on to the wait
+            // for its next request, which says so at once and gives the
+            // client the grace to send it (a pipelined one is there
+            // already); the answer says `Connection: close`.
         }
         worst
     }

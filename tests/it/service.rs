@@ -143,6 +143,37 @@ fn a_response_made_as_a_reload_retires_its_worker_says_connection_close() {
     winding_down_closes_after_the_response(&args, reload, "configuration reloaded");
 }
 
+/// A keep-alive client idle when pibl is told to stop (or, `reload`, when a
+/// reload retires its prefork worker) that sends its next request just
+/// then is answered, with `Connection: close`, rather than meeting a
+/// connection closed under it.
+fn asking_just_as_told_is_answered(args: &[&str], tell: impl Fn(&Proxy), told: &str) {
+    let backend = Backend::start("a");
+    let options = ProxyOptions::new(std::slice::from_ref(&backend));
+    let proxy = Proxy::start_in(TempDir::new(), options, args);
+    let mut client = Client::connect(proxy.addr);
+    assert_eq!(client.get("/whoami").status, 200);
+    tell(&proxy);
+    proxy.wait_stderr(told);
+    let response = client.get("/whoami");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(client.is_closed());
+}
+
+#[test]
+fn a_kept_connection_asking_as_pibl_stops_is_answered() {
+    let stop = |proxy: &Proxy| proxy.process.signal(Signal::SIGTERM);
+    asking_just_as_told_is_answered(&[], stop, "stopping: connections close");
+}
+
+#[test]
+fn a_kept_connection_asking_as_a_reload_retires_its_worker_is_answered() {
+    let reload = |proxy: &Proxy| proxy.process.signal(Signal::SIGHUP);
+    let args = ["--model", "prefork"];
+    asking_just_as_told_is_answered(&args, reload, "configuration reloaded");
+}
+
 #[test]
 fn shutdown_timeout_bounds_the_wait_for_stragglers() {
     let (mut proxy, mut client) = request_in_flight("shutdown_timeout = 1\n");
