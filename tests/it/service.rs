@@ -130,17 +130,26 @@ fn winding_down_closes_after_the_response(args: &[&str], tell: impl Fn(&Proxy), 
     }
 }
 
+/// Tells pibl to stop, or to reload; what it says when it has been told;
+/// the arguments that run the prefork model, whose reload retires workers.
+fn stop(proxy: &Proxy) {
+    proxy.process.signal(Signal::SIGTERM);
+}
+fn reload(proxy: &Proxy) {
+    proxy.process.signal(Signal::SIGHUP);
+}
+const STOPPING: &str = "stopping: connections close";
+const RELOADED: &str = "configuration reloaded";
+const PREFORK: [&str; 2] = ["--model", "prefork"];
+
 #[test]
 fn a_response_made_as_pibl_stops_says_connection_close() {
-    let stop = |proxy: &Proxy| proxy.process.signal(Signal::SIGTERM);
-    winding_down_closes_after_the_response(&[], stop, "stopping: connections close");
+    winding_down_closes_after_the_response(&[], stop, STOPPING);
 }
 
 #[test]
 fn a_response_made_as_a_reload_retires_its_worker_says_connection_close() {
-    let reload = |proxy: &Proxy| proxy.process.signal(Signal::SIGHUP);
-    let args = ["--model", "prefork"];
-    winding_down_closes_after_the_response(&args, reload, "configuration reloaded");
+    winding_down_closes_after_the_response(&PREFORK, reload, RELOADED);
 }
 
 /// A keep-alive client idle when pibl is told to stop (or, `reload`, when a
@@ -163,15 +172,12 @@ fn asking_just_as_told_is_answered(args: &[&str], tell: impl Fn(&Proxy), told: &
 
 #[test]
 fn a_kept_connection_asking_as_pibl_stops_is_answered() {
-    let stop = |proxy: &Proxy| proxy.process.signal(Signal::SIGTERM);
-    asking_just_as_told_is_answered(&[], stop, "stopping: connections close");
+    asking_just_as_told_is_answered(&[], stop, STOPPING);
 }
 
 #[test]
 fn a_kept_connection_asking_as_a_reload_retires_its_worker_is_answered() {
-    let reload = |proxy: &Proxy| proxy.process.signal(Signal::SIGHUP);
-    let args = ["--model", "prefork"];
-    asking_just_as_told_is_answered(&args, reload, "configuration reloaded");
+    asking_just_as_told_is_answered(&PREFORK, reload, RELOADED);
 }
 
 #[test]
