@@ -20,9 +20,10 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// sweep of hundreds of thousands of entries takes a second of CPU, and
 /// the janitor must leave the CPUs to the children serving clients.
 const REST_FACTOR: u32 = 9;
-/// Evictions are said at most this often, summed: a cache in use sits at
-/// max_size and evicts on every sweep, which is no news each second.
-const SAY_EVERY: Duration = Duration::from_secs(60);
+/// Evictions are said at most this often (as other recurring things),
+/// summed: a cache in use sits at max_size and evicts on every sweep,
+/// which is no news each second.
+const SAY_EVERY: Duration = Duration::from_millis(crate::log::RECURRING_QUIET);
 
 /// Runs in the helper (a process, or a thread in the thread model) until
 /// `keep_going` says no (a process: until SIGTERM).

@@ -260,7 +260,9 @@ pub enum Recurring {
 /// How many kinds of `Recurring` there are: the length of `Hush`'s record.
 pub const RECURRING_KINDS: usize = 3;
 
-const RECURRING_QUIET: u64 = 60_000;
+/// Milliseconds between two sayings of one recurring thing (the janitor's
+/// evictions keep to it too).
+pub const RECURRING_QUIET: u64 = 60_000;
 
 /// The parent's shared record of what was said when, inherited by every
 /// child and seen by every thread; unset only in unit tests, which then
