@@ -7,20 +7,39 @@
 //! backend may close an idle connection just as pibl sends on it, and such
 //! a request is then simply sent again on a new one.
 //!
+//! A kept connection is looked at (poll(2)) before it is used only if it
+//! has been idle long enough for the backend to have given up on it: a
+//! server closes an idle connection after seconds (gunicorn 2 s, Apache and
+//! Node.js 5 s, nginx 75 s), not within the microseconds between two
+//! requests of a busy client, and one it closed anyway (a restart) costs a
+//! request sent again, as above.  The look would be a system call more per
+//! request on the keep-alive path.
+//!
 //! A connection that is not kept gives its buffer back, so a child
 //! allocates (and the kernel faults in) one backend buffer, not one per
 //! request.  The pipe large bodies are spliced through is kept here too.
 
 use std::net::TcpStream;
 use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::splice::Pipe;
 use crate::wire::Reader;
 
+/// How long a connection may have been idle and still be used without a
+/// look: less than any server's idle timeout.
+const FRESH: Duration = Duration::from_secs(1);
+
+/// An idle connection and when it became idle.
+struct Idle {
+    conn: Reader<TcpStream>,
+    since: Instant,
+}
+
 pub struct Pool {
-    idle: Vec<Option<Reader<TcpStream>>>,
+    idle: Vec<Option<Idle>>,
     spare: Vec<Vec<u8>>,
     buffer_size: usize,
     pipe: Option<Pipe>,
@@ -49,7 +68,10 @@ impl Pool {
     /// The idle connection to backend `i`, unless the backend has closed
     /// it (or sent something unasked, which makes it unusable too).
     pub fn take(&mut self, i: usize) -> Option<Reader<TcpStream>> {
-        let conn = self.idle.get_mut(i)?.take()?;
+        let Idle { conn, since } = self.idle.get_mut(i)?.take()?;
+        if since.elapsed() < FRESH {
+            return Some(conn);
+        }
         let mut fds = [PollFd::new(conn.get_ref().as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::ZERO) {
             Ok(0) => Some(conn),
@@ -71,8 +93,9 @@ impl Pool {
     /// Keeps `conn` to backend `i` for the next request.
     pub fn put(&mut self, i: usize, conn: Reader<TcpStream>) {
         if let Some(slot) = self.idle.get_mut(i) {
-            if let Some(old) = slot.replace(conn) {
-                self.discard(old);
+            let since = Instant::now();
+            if let Some(old) = slot.replace(Idle { conn, since }) {
+                self.discard(old.conn);
             }
         }
     }

@@ -2,11 +2,12 @@
 //! idempotent requests only, 502 and 504, and a load that survives a
 //! backend killed and brought back.
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
@@ -323,6 +324,62 @@ fn backend_connections_are_kept_for_later_requests() {
         !seen.contains("Connection: close"),
         "a GET asks to keep the connection: {seen}"
     );
+}
+
+/// A backend that answers one request a connection without saying
+/// `Connection: close`: each kept connection is closed under the next
+/// request, which goes again on a new one, unseen by the client and with
+/// no word said.
+#[test]
+fn a_kept_connection_the_backend_closed_is_replaced_unseen() {
+    let once = RawBackend::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let proxy = Proxy::start_for(vec![once.addr.to_string()], "");
+    let mut client = Client::connect(proxy.addr);
+    for _ in 0..10 {
+        assert_eq!(client.get("/").text(), "ok");
+    }
+    assert!(proxy.wait_log(10).iter().all(|l| l.contains(" 200 ")));
+    assert_eq!(once.seen.lock().unwrap().len(), 10);
+    let said: Vec<String> = proxy
+        .stderr
+        .snapshot()
+        .into_iter()
+        .filter(|l| l.contains("backend"))
+        .collect();
+    assert!(said.is_empty(), "{said:?}");
+}
+
+/// What a backend sends on a connection idle in pibl's keeping (a 408 as
+/// it gives up on it) is never taken for the answer to the next request.
+/// The connection is idle longer than the second within which pibl uses a
+/// kept connection without a look: that idle time is what is tested.
+#[test]
+fn bytes_unasked_on_an_idle_kept_connection_are_never_an_answer() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (give_up, given_up) = std::sync::mpsc::channel::<()>();
+    thread::spawn(move || {
+        let answers: [&[u8]; 2] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond",
+        ];
+        for (n, answer) in answers.into_iter().enumerate() {
+            let (mut conn, _) = listener.accept().unwrap();
+            read_head(&mut conn);
+            conn.write_all(answer).unwrap();
+            if n == 0 {
+                given_up.recv().unwrap();
+                let timeout = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n";
+                conn.write_all(timeout).unwrap();
+            }
+        }
+    });
+    let proxy = Proxy::start_for(vec![addr.to_string()], "");
+    let mut client = Client::connect(proxy.addr);
+    assert_eq!(client.get("/").text(), "first");
+    give_up.send(()).unwrap();
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(client.get("/").text(), "second");
 }
 
 /// Diagnostics written by many processes at once arrive as whole lines on

@@ -699,6 +699,17 @@ pub struct RawBackend {
     pub seen: Arc<Mutex<Vec<String>>>,
 }
 
+/// A request head read byte by byte (none of what follows it is taken),
+/// up to its blank line or the end of the stream.
+pub fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
 impl RawBackend {
     /// Answers, then holds the connection open without a word more: a
     /// response that never ends.
@@ -741,19 +752,14 @@ impl RawBackend {
                 let record = Arc::clone(&record);
                 let answer = Arc::clone(&answer);
                 thread::spawn(move || {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-                        head.push(byte[0]);
-                    }
-                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let head = read_head(&mut stream);
                     let bytes = answer(&head);
                     record.lock().unwrap().push(head);
                     thread::sleep(delay);
                     let _ = stream.write_all(&bytes);
                     if stall {
                         // Keep it open until the peer goes away.
-                        let _ = stream.read(&mut byte);
+                        let _ = stream.read(&mut [0u8; 1]);
                     }
                 });
             }
