@@ -41,16 +41,23 @@ const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 /// reload stand for three on every connection.
 pub fn set_inherited_options(listener: &TcpListener, timeouts: &Timeouts) -> io::Result<()> {
     use nix::sys::socket::{setsockopt, sockopt};
-    use nix::sys::time::{TimeVal, TimeValLike};
-    let timeval = |d: Duration| TimeVal::microseconds(d.as_micros() as i64);
     setsockopt(listener, sockopt::TcpNoDelay, &true)?;
-    setsockopt(
-        listener,
-        sockopt::ReceiveTimeout,
-        &timeval(timeouts.client_body),
-    )?;
+    set_receive_timeout(listener, timeouts.client_body)?;
     setsockopt(listener, sockopt::SendTimeout, &timeval(timeouts.send))?;
     Ok(())
+}
+
+/// Sets a socket's SO_RCVTIMEO: how long a blocking read (or, on a
+/// listening socket, accept(2)) waits.  Zero waits for ever.
+pub fn set_receive_timeout(socket: &impl AsFd, timeout: Duration) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    setsockopt(socket, sockopt::ReceiveTimeout, &timeval(timeout))?;
+    Ok(())
+}
+
+fn timeval(d: Duration) -> nix::sys::time::TimeVal {
+    use nix::sys::time::TimeValLike;
+    nix::sys::time::TimeVal::microseconds(d.as_micros() as i64)
 }
 
 /// accept(2) once, with the peer's address (no getpeername(2) after it).

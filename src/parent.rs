@@ -102,10 +102,7 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
     let wait_mask = signals::install_parent()
         .map_err(|e| Error::os("cannot install signal handlers", e.into()))?;
     let prefork = match ctx.config.model {
-        Model::Prefork => {
-            Prefork::prepare(&listener)?;
-            Some(Prefork::new()?)
-        }
+        Model::Prefork => Some(Prefork::new()?),
         _ => None,
     };
     let mut parent = Parent {
@@ -416,11 +413,7 @@ pub fn reload_context(
     let prepared = Config::load_with(&reloader.path, &reloader.overrides).and_then(|config| {
         let config = keep_model(config, model);
         let rebound = if config.listen_addr() != listen {
-            let rebound = bind(config.listen_addr())?;
-            if model == Model::Prefork {
-                Prefork::prepare(&rebound)?;
-            }
-            Some(rebound)
+            Some(bind(config.listen_addr())?)
         } else {
             None
         };
@@ -455,9 +448,17 @@ pub fn say_stopping(timeout: Duration) {
 }
 
 /// `connection::set_inherited_options` for `config`, at start or reload.
+/// In the prefork model the listener's receive timeout is then made the
+/// workers' wake-up in accept(2) (`Prefork::prepare`) — after, so that a
+/// reload cannot undo it — and each worker gives the connections it
+/// accepts a request body's timeout itself.
 fn set_inherited_options(listener: &TcpListener, config: &Config) -> Result<(), Error> {
     crate::connection::set_inherited_options(listener, &config.timeouts)
-        .map_err(|e| Error::os("cannot set the listening socket's options", e))
+        .map_err(|e| Error::os("cannot set the listening socket's options", e))?;
+    if config.model == Model::Prefork {
+        Prefork::prepare(listener)?;
+    }
+    Ok(())
 }
 
 /// Says that `ctx` serves new connections from now on.  Called once the

@@ -92,17 +92,13 @@ impl Prefork {
         })
     }
 
-    /// Makes `listener` what workers need: blocking, with a timeout.
+    /// Makes `listener` what workers need: blocking, with a timeout.  The
+    /// sockets it accepts inherit that timeout, not a request body's: a
+    /// worker sets theirs.
     pub fn prepare(listener: &TcpListener) -> Result<(), Error> {
         let fail = |e: io::Error| Error::os("cannot prepare the listening socket", e);
         listener.set_nonblocking(false).map_err(fail)?;
-        let timeout = nix::sys::time::TimeVal::new(ACCEPT_TIMEOUT.as_secs() as i64, 0);
-        nix::sys::socket::setsockopt(
-            listener,
-            nix::sys::socket::sockopt::ReceiveTimeout,
-            &timeout,
-        )
-        .map_err(|e| fail(e.into()))
+        connection::set_receive_timeout(listener, ACCEPT_TIMEOUT).map_err(fail)
     }
 
     fn state(&self, slot: usize) -> u32 {
@@ -285,6 +281,9 @@ fn work(
         match accepted {
             Ok((stream, peer)) => {
                 slot.state.store(SLOT_BUSY, Ordering::Relaxed);
+                // The listener's timeout is the accept wake-up (`prepare`).
+                // Cannot fail on a socket just accepted.
+                let _ = connection::set_receive_timeout(&stream, ctx.config.timeouts.client_body);
                 worker.serve(&stream, peer, ctx, StopWatch::Signals(idle_mask));
                 served += 1;
                 slot.served.store(served, Ordering::Relaxed);

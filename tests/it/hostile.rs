@@ -71,6 +71,34 @@ fn a_stalled_body_gets_408() {
     }
 }
 
+/// A body whose client pauses for longer than a second, well within
+/// `client_body_timeout`, is relayed whole — before a reload and after.
+/// (A prefork worker's connections had inherited the one-second timeout of
+/// its wait in accept(2) instead.)
+#[test]
+fn a_body_paused_within_client_body_timeout_is_relayed() {
+    let backends = Backend::start_many(1);
+    let mut options = ProxyOptions::new(&backends);
+    options.extra = "client_body_timeout = 10\n".into();
+    let proxy = Proxy::start_with(options.clone());
+    for reloaded in [false, true] {
+        if reloaded {
+            proxy.reload(&options);
+        }
+        let mut client = Client::connect(proxy.addr);
+        client.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhello");
+        // The pause is what is tested.
+        thread::sleep(Duration::from_millis(1500));
+        client.send(b"world");
+        let r = client.response("POST");
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "helloworld".into()),
+            "reloaded: {reloaded}"
+        );
+    }
+}
+
 #[test]
 fn a_client_that_stops_reading_is_dropped() {
     let backends = Backend::start_many(1);

@@ -184,22 +184,46 @@ fn workers(proxy: &Proxy) -> usize {
 #[test]
 fn the_prefork_pool_grows_with_the_load_and_shrinks_back() {
     let backends = Backend::start_many(1);
-    let proxy = prefork(&backends, "min_spare = 2\nmax_spare = 3\nmax_workers = 8\n");
-    wait_until("min_spare idle workers", || workers(&proxy) == 2);
+    let proxy = prefork(&backends, POOL_2_TO_8);
+    grow_and_shrink(&proxy);
+}
+
+/// After a reload too, spares beyond `max_spare` go within a second: the
+/// listening socket's options, set again at the reload, keep the workers'
+/// one-second wake-up in accept(2) (`client_body_timeout`, 60 s, had
+/// taken its place, and a spare told to go stayed that long).
+#[test]
+fn the_prefork_pool_shrinks_back_after_a_reload() {
+    let backends = Backend::start_many(1);
+    let proxy = prefork(&backends, POOL_2_TO_8);
+    let mut options = ProxyOptions::new(&backends);
+    options.extra = format!("[prefork]\n{POOL_2_TO_8}");
+    proxy.reload(&options);
+    grow_and_shrink(&proxy);
+}
+
+const POOL_2_TO_8: &str = "min_spare = 2\nmax_spare = 3\nmax_workers = 8\n";
+
+/// From two or three idle workers (`min_spare`, `max_spare`) to six busy
+/// and two spare, and back to `max_spare` once the six clients have gone.
+fn grow_and_shrink(proxy: &Proxy) {
+    // More than `min_spare` may start at first (a reload just after the
+    // start doubles the forks); the pool trims its spares to `max_spare`.
+    wait_until("min_spare to max_spare idle workers", || {
+        (2..=3).contains(&workers(proxy))
+    });
     // Six clients at once, each holding its worker with keep-alive.
     let mut clients: Vec<Client> = (0..6).map(|_| Client::connect(proxy.addr)).collect();
     for client in &mut clients {
         assert_eq!(client.get("/whoami").status, 200);
     }
     // Six busy, and the pool tops up its spares, within max_workers.
-    wait_until("spare workers beside the busy ones", || {
-        workers(&proxy) == 8
-    });
+    wait_until("spare workers beside the busy ones", || workers(proxy) == 8);
     let pids: HashSet<i32> = proxy.wait_log(6).iter().map(|l| pid_of(l)).collect();
     assert_eq!(pids.len(), 6, "one worker per connection at a time");
     drop(clients);
     wait_until("the idle workers to shrink to max_spare", || {
-        workers(&proxy) == 3
+        workers(proxy) == 3
     });
 }
 

@@ -219,6 +219,7 @@ impl Backend {
 }
 
 /// How to start a proxy under test.
+#[derive(Clone)]
 pub struct ProxyOptions {
     pub backends: Vec<String>,
     /// More lines for pibl.conf.
