@@ -279,13 +279,7 @@ fn a_lone_backend_is_never_marked_down() {
     assert_eq!(get(proxy.addr, "/whoami").status, 502);
     let _back = Backend::start_on("back", port);
     assert_eq!(get(proxy.addr, "/whoami").text(), "back\n");
-    assert!(
-        !proxy
-            .stderr
-            .snapshot()
-            .iter()
-            .any(|l| l.contains("marked down"))
-    );
+    assert!(proxy.stderr.containing("marked down").is_empty());
 }
 
 #[test]
@@ -340,12 +334,7 @@ fn a_kept_connection_the_backend_closed_is_replaced_unseen() {
     }
     assert!(proxy.wait_log(10).iter().all(|l| l.contains(" 200 ")));
     assert_eq!(once.seen.lock().unwrap().len(), 10);
-    let said: Vec<String> = proxy
-        .stderr
-        .snapshot()
-        .into_iter()
-        .filter(|l| l.contains("backend"))
-        .collect();
+    let said = proxy.stderr.containing("backend");
     assert!(said.is_empty(), "{said:?}");
 }
 
@@ -492,12 +481,7 @@ fn out_of_descriptors(setup: &str) {
     // Short of descriptors, pibl paused between tries (a second to start
     // a thread, a tenth to accept), where it once tried again at once,
     // thousands of times a second, each said.
-    let pauses = proxy
-        .stderr
-        .snapshot()
-        .iter()
-        .filter(|l| l.contains("; pausing"))
-        .count();
+    let pauses = proxy.stderr.containing("; pausing").len();
     let most = 10 + 50 * began.elapsed().as_secs_f64().ceil() as usize;
     assert!(
         pauses <= most,

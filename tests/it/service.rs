@@ -226,12 +226,7 @@ fn stopped_and_continued_it_serves_on_without_complaint() {
     for _ in 0..3 {
         assert_eq!(get(proxy.addr, "/").status, 200);
     }
-    let complaints: Vec<String> = proxy
-        .stderr
-        .snapshot()
-        .into_iter()
-        .filter(|l| l.contains("nterrupted"))
-        .collect();
+    let complaints = proxy.stderr.containing("nterrupted");
     assert!(complaints.is_empty(), "{complaints:?}");
 }
 

@@ -132,6 +132,13 @@ impl Lines {
         self.0.0.lock().unwrap().lines.clone()
     }
 
+    /// The lines so far that contain `text`.
+    pub fn containing(&self, text: &str) -> Vec<String> {
+        let mut lines = self.snapshot();
+        lines.retain(|l| l.contains(text));
+        lines
+    }
+
     /// Waits until the writer has closed its end; returns every line.
     pub fn wait_end(&self) -> Vec<String> {
         let (lock, cond) = &*self.0;
