@@ -60,6 +60,17 @@ fn timeval(d: Duration) -> nix::sys::time::TimeVal {
     nix::sys::time::TimeVal::microseconds(d.as_micros() as i64)
 }
 
+/// Ends listening on `listener` for every process and thread that holds
+/// it, not only the caller's descriptor: Linux stops a listening socket at
+/// shutdown(SHUT_RD), as HAProxy pauses one.  A client connecting after
+/// is refused at once, as by nginx once it has closed its listening
+/// sockets at a stop, rather than queued where no one will accept it and
+/// reset after it has sent its request.
+pub fn stop_listening(listener: &TcpListener) {
+    use nix::sys::socket::{Shutdown, shutdown};
+    let _ = shutdown(listener.as_raw_fd(), Shutdown::Read);
+}
+
 /// accept(2) once, with the peer's address (no getpeername(2) after it).
 /// Once: std's `accept` tries again after EINTR, and a prefork worker must
 /// see the signal that interrupted it.

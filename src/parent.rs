@@ -153,7 +153,6 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
         prefork,
         wait_mask,
     } = parent;
-    drop(listener);
     children.extend(helpers.iter().map(|&(_, pid)| pid));
     children.extend(prefork.iter().flat_map(|pool| pool.pids()));
     let timeout = if signals::is_set(&GOT_SIGQUIT) {
@@ -161,7 +160,7 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
     } else {
         ctx.config.shutdown_timeout
     };
-    stop_children(&mut children, timeout, &wait_mask);
+    stop_children(&mut children, listener, timeout, &wait_mask);
     Ok(())
 }
 
@@ -380,7 +379,9 @@ pub fn accept_failed(e: &io::Error) {
         // EAGAIN: nothing after all (or a prefork worker's accept timeout);
         // EINTR: a signal, which the caller will look at; ECONNABORTED,
         // ENOTCONN: the client left before we got to it (so fast it has no
-        // address).  None is worth a word.
+        // address); EINVAL: the listener no longer listens, pibl stopping
+        // (`connection::stop_listening`).  None is worth a word.
+        Some(libc::EINVAL) => {}
         _ if matches!(
             e.kind(),
             io::ErrorKind::WouldBlock
@@ -506,8 +507,17 @@ fn signal_all(children: &HashSet<Pid>, signal: Signal) {
 
 /// Asks every child to finish the request in flight and waits for them,
 /// at most `timeout` (a second SIGQUIT cuts it short); then kills the rest.
-fn stop_children(children: &mut HashSet<Pid>, timeout: Duration, wait_mask: &SigSet) {
+fn stop_children(
+    children: &mut HashSet<Pid>,
+    listener: TcpListener,
+    timeout: Duration,
+    wait_mask: &SigSet,
+) {
     signals::announce_stop();
+    // Prefork workers still serving hold the listener open.  After the
+    // announcement: an idle one woken in accept(2) by this reads it.
+    crate::connection::stop_listening(&listener);
+    drop(listener);
     say_stopping(timeout);
     signal_all(children, Signal::SIGTERM);
     let deadline = Instant::now() + timeout;

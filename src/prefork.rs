@@ -41,7 +41,7 @@ use crate::error::Error;
 use crate::parent::{ForkGate, accept_failed, waiting_connections};
 use crate::relay::Context;
 use crate::shm::{self, SLOT_BUSY, SLOT_FREE, SLOT_IDLE, SLOT_STARTING, Scoreboard, WorkerSlot};
-use crate::signals::{self, GOT_SIGTERM, StopWatch};
+use crate::signals::{self, StopWatch};
 
 /// How often the parent looks at the scoreboard when every worker is idle,
 /// and stops an idle worker at most.
@@ -273,7 +273,8 @@ fn work(
         // Stop signals are let in only while idle; one already pending
         // arrives here, before the flag is read.
         let _ = idle_mask.thread_set_mask();
-        if signals::is_set(&GOT_SIGTERM) || slot.retire.load(Ordering::Relaxed) {
+        // Stopping (the signal or the parent's flag) or retired.
+        if signals::winding_down() {
             break;
         }
         let accepted = connection::accept(listener);

@@ -46,7 +46,6 @@ use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::signal::SigSet;
-use nix::sys::socket::Shutdown;
 
 use crate::connection::{self, Worker};
 use crate::error::{Error, describe_io};
@@ -98,7 +97,7 @@ impl Generation {
     /// is refused, not left in a queue no one reads.
     fn retire(&self, by: &Generation) {
         if self.listener.local_addr().ok() != by.listener.local_addr().ok() {
-            let _ = nix::sys::socket::shutdown(self.listener.as_raw_fd(), Shutdown::Read);
+            connection::stop_listening(&self.listener);
         }
         self.retired.store(true, Ordering::SeqCst);
         let _ = nix::unistd::write(&self.retire.1, b"x");
@@ -583,6 +582,10 @@ impl Server {
     /// busy ones at most `shutdown_timeout` (none at all after SIGQUIT).
     fn stop(self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
+        // Threads still serving hold the listener open.  Before they are
+        // told: a connection answered with `Connection: close` is not to
+        // find its client's next one queued.
+        connection::stop_listening(&self.shared.current().generation.listener);
         let _ = nix::unistd::write(&self.shared.stop.1, b"x");
         let timeout = if signals::is_set(&GOT_SIGQUIT) {
             Duration::ZERO

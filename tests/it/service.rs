@@ -103,7 +103,9 @@ impl GatedBackend {
 /// (or, `reload`, when a reload retires its prefork worker) gets its
 /// response with `Connection: close`, and the connection then closes: it
 /// knows to take its next request elsewhere, where a connection closed
-/// after a keep-alive response may meet that request on its way.
+/// after a keep-alive response may meet that request on its way.  A
+/// stopping pibl no longer listens, though a worker or thread still
+/// serves: a new client is refused, not queued to be reset at the exit.
 fn winding_down_closes_after_the_response(args: &[&str], tell: impl Fn(&Proxy), told: &str) {
     let gated = GatedBackend::start();
     let options = ProxyOptions {
@@ -116,6 +118,10 @@ fn winding_down_closes_after_the_response(args: &[&str], tell: impl Fn(&Proxy), 
     gated.arrived.recv().unwrap();
     tell(&proxy);
     proxy.wait_stderr(told);
+    if told == STOPPING {
+        let late = std::net::TcpStream::connect(proxy.addr).map_err(|e| e.kind());
+        assert_eq!(late.err(), Some(std::io::ErrorKind::ConnectionRefused));
+    }
     gated.go.send(()).unwrap();
     let response = client.response("GET");
     assert_eq!(response.status, 200);
