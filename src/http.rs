@@ -240,6 +240,12 @@ pub fn request_framing(req: &RequestHead) -> Result<Framing, Reject> {
     })
 }
 
+/// Whether a request's head says a body follows, framed well or not.
+pub fn announces_body(req: &RequestHead) -> bool {
+    values(&req.fields, "transfer-encoding").next().is_some()
+        || !matches!(content_length(&req.fields), Ok(None | Some(0)))
+}
+
 /// Framing of a response body, given the request's method and the status
 /// (RFC 9112 §6.3 rules 1 to 7).
 pub fn response_framing(method: &str, resp: &ResponseHead) -> Result<Framing, &'static str> {
@@ -572,6 +578,16 @@ mod tests {
                 .status,
             501
         );
+    }
+
+    #[test]
+    fn a_body_is_announced_by_any_framing_field_but_a_zero_length() {
+        let f = |t: &str| announces_body(&req(t));
+        assert!(!f("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(!f("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"));
+        assert!(f("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"));
+        assert!(f("POST / HTTP/1.1\r\nContent-Length: 0x5\r\n\r\n"));
+        assert!(f("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"));
     }
 
     #[test]

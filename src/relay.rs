@@ -264,7 +264,14 @@ pub fn exchange(
     ex.keep_alive = http::client_keeps_alive(&req);
     let (target, framing) = match check_request(&mut req, limits.max_body) {
         Ok(ok) => ok,
-        Err(r) => return Some(refuse(client, ex, r.status)),
+        Err(r) => {
+            // The body is refused unread, and may not have come yet: the
+            // close must drain it, however late it comes.
+            if http::announces_body(&req) {
+                ex.leave_body_unread();
+            }
+            return Some(refuse(client, ex, r.status));
+        }
     };
     let request = Request {
         head: &req,
@@ -355,6 +362,17 @@ fn client_read_status(e: &io::Error) -> u16 {
     } else {
         400
     }
+}
+
+/// The status for a request body that could not be read to its end.  Bar
+/// a client too slow (408), the client may still be sending the rest: the
+/// close must drain it.
+fn body_read_failed(ex: &mut Exchange, e: &io::Error) -> u16 {
+    let status = client_read_status(e);
+    if status != 408 {
+        ex.leave_body_unread();
+    }
+    status
 }
 
 /// Answers `Expect: 100-continue` just before pibl reads the body.  pibl
@@ -707,14 +725,18 @@ fn relay_to_backend(
         Ok(plan) => plan,
         Err(entry) => {
             if let Err(e) = drop_body(client, req, ctx.config.limits.max_body) {
-                return refuse(client, ex, client_read_status(&e));
+                let status = body_read_failed(&mut ex, &e);
+                return refuse(client, ex, status);
             }
             return serve_hit(client, *entry, req, ex, CacheStatus::Hit);
         }
     };
     let kept = match read_replayable_body(client, req) {
         Ok(kept) => kept,
-        Err(e) => return refuse(client, ex, client_read_status(&e)),
+        Err(e) => {
+            let status = body_read_failed(&mut ex, &e);
+            return refuse(client, ex, status);
+        }
     };
     let body_pending = kept.is_none() && req.framing != Framing::Empty;
     let balancer = &ctx.balancer;
@@ -879,7 +901,8 @@ fn attempt(
                 // caller must not blame the backend.
                 ex.keep_alive = false;
                 ex.end = End::ClientFault;
-                send_error(client, ex, client_read_status(&e));
+                let status = body_read_failed(ex, &e);
+                send_error(client, ex, status);
                 return Err(Attempt::ClientFault);
             }
             // The backend stopped reading: it may have answered early (a

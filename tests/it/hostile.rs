@@ -246,6 +246,35 @@ fn a_refused_body_is_drained_so_the_client_reads_the_answer() {
     }
 }
 
+/// A refused request's body may still be on its way when the refusal is
+/// sent: it is drained however late it comes, not met with a reset.  Here
+/// the client reads the whole refusal before it sends a byte of its body.
+#[test]
+fn a_body_that_follows_its_refusal_is_drained() {
+    let raw = RawBackend::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let proxy = Proxy::start_for(vec![raw.addr.to_string()], "max_body = 1000\n");
+    let body = vec![b'x'; 8 << 20];
+    let starts = [
+        (format!("Content-Length: {}\r\n\r\n", body.len()), 413),
+        // An unsupported coding before chunked: 501, the chunks to follow.
+        ("Transfer-Encoding: gzip, chunked\r\n\r\n".to_string(), 501),
+        // A chunk that passes max_body: 413 at its size, the chunk to follow.
+        ("Transfer-Encoding: chunked\r\n\r\n800\r\n".to_string(), 413),
+    ];
+    for (start, status) in starts {
+        let mut stream = TcpStream::connect(proxy.addr).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let head = format!("POST /up HTTP/1.1\r\nHost: t\r\n{start}");
+        stream.write_all(head.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        let written = stream.write_all(&body);
+        assert!(written.is_ok(), "{status}: the body met {written:?}");
+    }
+}
+
 /// Requests that must be refused, never forwarded: (bytes, status).
 const SMUGGLING: &[(&[u8], u16)] = &[
     (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
