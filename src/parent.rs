@@ -275,12 +275,18 @@ impl Parent {
     /// Re-reads the configuration.  Children already running keep the one
     /// they were forked with; an invalid file changes nothing.
     fn reload(&mut self, reloader: &Reloader) {
-        let Some(ctx) = reload_context(reloader, &self.ctx, &mut self.listener) else {
+        let Some((ctx, moved_from)) = reload_context(reloader, &self.ctx, &mut self.listener)
+        else {
             return;
         };
         self.ctx = ctx;
         if let Some(pool) = &mut self.prefork {
             pool.retire_all();
+        }
+        // Prefork workers still serving hold the old listener: it stops
+        // listening for them all, once they know not to accept again.
+        if let Some(old) = moved_from {
+            crate::connection::stop_listening(&old);
         }
         say_reloaded(&self.listener, &self.ctx);
         self.stop_helpers();
@@ -401,14 +407,15 @@ pub fn set_process_name(name: &str) {
 }
 
 /// Re-reads the configuration for `current`'s model and, when it is
-/// valid, returns the new context (`listener` rebound if the address
-/// changed).  Everything is made before anything is changed: a reload that
-/// fails at any step returns `None` and leaves pibl exactly as it was.
+/// valid, returns the new context and, if the address changed, the old
+/// listener (`listener` is then the new one).  Everything is made before
+/// anything is changed: a reload that fails at any step returns `None` and
+/// leaves pibl exactly as it was.
 pub fn reload_context(
     reloader: &Reloader,
     current: &Context,
     listener: &mut TcpListener,
-) -> Option<Context> {
+) -> Option<(Context, Option<TcpListener>)> {
     let listen = current.config.listen_addr();
     let model = current.config.model;
     let prepared = Config::load_with(&reloader.path, &reloader.overrides).and_then(|config| {
@@ -428,11 +435,9 @@ pub fn reload_context(
             return None;
         }
     };
-    if let Some(rebound) = rebound {
-        *listener = rebound;
-    }
+    let moved_from = rebound.map(|rebound| std::mem::replace(listener, rebound));
     crate::log::set_diag_syslog(ctx.config.syslog.clone());
-    Some(ctx)
+    Some((ctx, moved_from))
 }
 
 /// Says that pibl stops, as nginx's "gracefully shutting down": once the

@@ -552,7 +552,10 @@ impl Server {
                 return;
             }
         };
-        let Some(ctx) = crate::parent::reload_context(reloader, &current.ctx, &mut listener) else {
+        // A listener left for another address is the old generation's to
+        // stop (`Generation::retire`); this one is a copy.
+        let Some((ctx, _)) = crate::parent::reload_context(reloader, &current.ctx, &mut listener)
+        else {
             return; // said why
         };
         let generation = match Generation::new(listener) {

@@ -2,7 +2,7 @@
 //! nohup, pid file, privilege drop, syslog.
 
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -267,6 +267,13 @@ fn sighup_reload_changes_backends_for_new_connections_only() {
     }
 }
 
+/// Whether `addr` refuses a connection: not a listen queue that takes it
+/// (or, full, drops it) where no one will accept it.
+fn refuses(addr: std::net::SocketAddr) -> bool {
+    let tried = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+    matches!(tried, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
 #[test]
 fn sighup_moving_the_address_stops_the_old_listener_at_once() {
     let a = Backend::start("a");
@@ -292,12 +299,49 @@ fn sighup_moving_the_address_stops_the_old_listener_at_once() {
     assert_eq!(new.ip().to_string(), "127.0.0.2");
     assert_eq!(get(new, "/whoami").text(), "a\n");
     // Not left listening, with clients queued where no one accepts.
-    wait_until("the old address to refuse connections", || {
-        std::net::TcpStream::connect_timeout(&old, Duration::from_secs(1)).is_err()
-    });
+    wait_until("the old address to refuse connections", || refuses(old));
     if model() != "prefork" {
         assert_eq!(kept.get("/whoami").text(), "a\n");
     }
+}
+
+/// A connection still being served holds the old listener, in the prefork
+/// model too (the worker's, inherited): the old address refuses all the
+/// same, not left listening with clients queued where no one accepts.
+#[test]
+fn sighup_moving_the_address_stops_the_old_listener_under_a_busy_connection() {
+    // An answer that never ends: its connection stays busy.
+    let raw = RawBackend::start_stalling(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf");
+    let proxy = Proxy::start_for(vec![raw.addr.to_string()], "");
+    let old = proxy.addr;
+    let mut busy = std::net::TcpStream::connect(old).unwrap();
+    busy.set_read_timeout(Some(PATIENCE)).unwrap();
+    busy.write_all(b"GET /stalls HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    wait_until("the backend to have the request", || {
+        !raw.seen.lock().unwrap().is_empty()
+    });
+    let moved = ProxyOptions {
+        backends: vec![raw.addr.to_string()],
+        extra: String::new(),
+    }
+    .config_text()
+    .replace("listen = \"127.0.0.1\"", "listen = \"127.0.0.2\"");
+    fs::write(proxy.dir.path().join("pibl.conf"), moved).unwrap();
+    proxy.process.signal(Signal::SIGHUP);
+    proxy.wait_stderr("configuration reloaded");
+    wait_until("the old address to refuse connections", || refuses(old));
+    // And the busy connection is served on.
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"half") && busy.read(&mut byte).unwrap() == 1 {
+        got.push(byte[0]);
+    }
+    assert!(
+        got.ends_with(b"half"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
 }
 
 #[test]
