@@ -95,8 +95,8 @@ impl Generation {
     /// left for another address stops listening at once, as the process
     /// models close theirs, though busy threads still hold it: a client
     /// is refused, not left in a queue no one reads.
-    fn retire(&self, by: &Generation) {
-        if self.listener.local_addr().ok() != by.listener.local_addr().ok() {
+    fn retire(&self, moved: bool) {
+        if moved {
             connection::stop_listening(&self.listener);
         }
         self.retired.store(true, Ordering::SeqCst);
@@ -552,9 +552,8 @@ impl Server {
                 return;
             }
         };
-        // A listener left for another address is the old generation's to
-        // stop (`Generation::retire`); this one is a copy.
-        let Some((ctx, _)) = crate::parent::reload_context(reloader, &current.ctx, &mut listener)
+        let Some((ctx, moved_from)) =
+            crate::parent::reload_context(reloader, &current.ctx, &mut listener)
         else {
             return; // said why
         };
@@ -572,7 +571,7 @@ impl Server {
             ctx,
             generation: Arc::new(generation),
         };
-        old.retire(&current.generation);
+        old.retire(moved_from.is_some());
         say_reloaded(&current.generation.listener, &current.ctx);
         drop(current);
         for running in self.helpers.drain(..) {

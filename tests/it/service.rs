@@ -267,6 +267,13 @@ fn sighup_reload_changes_backends_for_new_connections_only() {
     }
 }
 
+/// `options`' configuration, listening on 127.0.0.2 instead.
+fn moved(options: ProxyOptions) -> String {
+    options
+        .config_text()
+        .replace("listen = \"127.0.0.1\"", "listen = \"127.0.0.2\"")
+}
+
 /// Whether `addr` refuses a connection: not a listen queue that takes it
 /// (or, full, drops it) where no one will accept it.
 fn refuses(addr: std::net::SocketAddr) -> bool {
@@ -284,10 +291,11 @@ fn sighup_moving_the_address_stops_the_old_listener_at_once() {
     let mut kept = Client::connect(old);
     assert_eq!(kept.get("/whoami").status, 200);
 
-    let moved = options(&[&a], "")
-        .config_text()
-        .replace("listen = \"127.0.0.1\"", "listen = \"127.0.0.2\"");
-    fs::write(proxy.dir.path().join("pibl.conf"), moved).unwrap();
+    fs::write(
+        proxy.dir.path().join("pibl.conf"),
+        moved(options(&[&a], "")),
+    )
+    .unwrap();
     proxy.process.signal(Signal::SIGHUP);
     let line = proxy.wait_stderr("configuration reloaded");
     let new: std::net::SocketAddr = line
@@ -321,13 +329,11 @@ fn sighup_moving_the_address_stops_the_old_listener_under_a_busy_connection() {
     wait_until("the backend to have the request", || {
         !raw.seen.lock().unwrap().is_empty()
     });
-    let moved = ProxyOptions {
+    let options = ProxyOptions {
         backends: vec![raw.addr.to_string()],
         extra: String::new(),
-    }
-    .config_text()
-    .replace("listen = \"127.0.0.1\"", "listen = \"127.0.0.2\"");
-    fs::write(proxy.dir.path().join("pibl.conf"), moved).unwrap();
+    };
+    fs::write(proxy.dir.path().join("pibl.conf"), moved(options)).unwrap();
     proxy.process.signal(Signal::SIGHUP);
     proxy.wait_stderr("configuration reloaded");
     wait_until("the old address to refuse connections", || refuses(old));
