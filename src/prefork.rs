@@ -219,10 +219,13 @@ impl Prefork {
     }
 
     /// Retires every worker: after a reload, new workers use the new
-    /// configuration.
+    /// configuration.  Their replacements are no burst: the doubling of
+    /// forks starts again (a reload just after the start found it doubled
+    /// by the first workers, and forked twice `min_spare`).
     pub fn retire_all(&mut self) {
         let pids: Vec<Pid> = self.workers.keys().copied().collect();
         pids.into_iter().for_each(|pid| self.retire(pid, true));
+        self.spawn_rate = 1;
     }
 
     /// Forgets `pid` if it was a worker, freeing its slot.

@@ -202,13 +202,49 @@ fn the_prefork_pool_shrinks_back_after_a_reload() {
     grow_and_shrink(&proxy);
 }
 
+/// A reload's replacements are no burst: `min_spare` of them, even when
+/// the reload comes within a millisecond of the first workers' forks, as
+/// it does here, which had doubled the next batch (twice `min_spare`).
+#[test]
+fn a_reload_just_after_the_start_forks_min_spare_workers() {
+    let backends = Backend::start_many(1);
+    let proxy = prefork(&backends, "min_spare = 2\nmax_spare = 10\n");
+    let mut options = ProxyOptions::new(&backends);
+    // The reload's workers are told from any before by their log file.
+    options.extra = "[log]\nfile = \"new.log\"\n[prefork]\nmin_spare = 2\nmax_spare = 10\n".into();
+    fs::write(proxy.dir.path().join("pibl.conf"), options.config_text()).unwrap();
+    proxy.process.signal(Signal::SIGHUP);
+    proxy.wait_stderr("configuration reloaded");
+    // Earlier workers are reaped only once the parent has forked the
+    // reload's: with none of them left, alive or not, every fork is done.
+    let new_log = proxy.dir.path().join("new.log");
+    let mut workers = Vec::new();
+    wait_until("the reload's workers alone", || {
+        let (live, zombies) = proxy.children();
+        workers = live;
+        zombies.is_empty()
+            && !workers.is_empty()
+            && workers.iter().all(|&pid| holds_open(pid, &new_log))
+    });
+    assert_eq!(workers.len(), 2, "{workers:?}");
+}
+
+/// Whether process `pid` has the file at `path` open.
+fn holds_open(pid: i32, path: &std::path::Path) -> bool {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|fd| fs::read_link(fd.path()).is_ok_and(|target| target == path))
+}
+
 const POOL_2_TO_8: &str = "min_spare = 2\nmax_spare = 3\nmax_workers = 8\n";
 
 /// From two or three idle workers (`min_spare`, `max_spare`) to six busy
 /// and two spare, and back to `max_spare` once the six clients have gone.
 fn grow_and_shrink(proxy: &Proxy) {
-    // More than `min_spare` may start at first (a reload just after the
-    // start doubles the forks); the pool trims its spares to `max_spare`.
+    // Idle workers between `min_spare` and `max_spare`: the pool forks
+    // the first and trims its spares to the second.
     wait_until("min_spare to max_spare idle workers", || {
         (2..=3).contains(&workers(proxy))
     });
