@@ -394,6 +394,12 @@ fn refuse(client: &Reader<&TcpStream>, mut ex: Exchange, status: u16) -> Exchang
     ex
 }
 
+/// `refuse` for a request whose body could not be read to its end (`e`).
+fn refuse_body(client: &Reader<&TcpStream>, mut ex: Exchange, e: &io::Error) -> Exchange {
+    let status = body_read_failed(&mut ex, e);
+    refuse(client, ex, status)
+}
+
 /// Writes an error response; a client that is gone cannot be told.
 fn send_error(client: &Reader<&TcpStream>, ex: &mut Exchange, status: u16) {
     send_error_with(client, ex, status, &[]);
@@ -725,18 +731,14 @@ fn relay_to_backend(
         Ok(plan) => plan,
         Err(entry) => {
             if let Err(e) = drop_body(client, req, ctx.config.limits.max_body) {
-                let status = body_read_failed(&mut ex, &e);
-                return refuse(client, ex, status);
+                return refuse_body(client, ex, &e);
             }
             return serve_hit(client, *entry, req, ex, CacheStatus::Hit);
         }
     };
     let kept = match read_replayable_body(client, req) {
         Ok(kept) => kept,
-        Err(e) => {
-            let status = body_read_failed(&mut ex, &e);
-            return refuse(client, ex, status);
-        }
+        Err(e) => return refuse_body(client, ex, &e),
     };
     let body_pending = kept.is_none() && req.framing != Framing::Empty;
     let balancer = &ctx.balancer;

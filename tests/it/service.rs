@@ -338,11 +338,7 @@ fn sighup_moving_the_address_stops_the_old_listener_under_a_busy_connection() {
     proxy.wait_stderr("configuration reloaded");
     wait_until("the old address to refuse connections", || refuses(old));
     // And the busy connection is served on.
-    let mut got = Vec::new();
-    let mut byte = [0u8; 1];
-    while !got.ends_with(b"half") && busy.read(&mut byte).unwrap() == 1 {
-        got.push(byte[0]);
-    }
+    let got = read_until(&mut busy, b"half");
     assert!(
         got.ends_with(b"half"),
         "{:?}",

@@ -710,12 +710,18 @@ pub struct RawBackend {
 /// A request head read byte by byte (none of what follows it is taken),
 /// up to its blank line or the end of the stream.
 pub fn read_head(stream: &mut TcpStream) -> String {
-    let mut head = Vec::new();
+    String::from_utf8_lossy(&read_until(stream, b"\r\n\r\n")).into_owned()
+}
+
+/// Bytes read one at a time until they end with `end`, or the stream
+/// does (or fails: a read timeout).
+pub fn read_until(stream: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
     let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-        head.push(byte[0]);
+    while !got.ends_with(end) && stream.read(&mut byte).unwrap_or(0) == 1 {
+        got.push(byte[0]);
     }
-    String::from_utf8_lossy(&head).into_owned()
+    got
 }
 
 impl RawBackend {
