@@ -39,7 +39,8 @@ CONNS=${CONNS:-50}
 BIG_CONNS=${BIG_CONNS:-8}
 MODELS=${MODELS:-fork prefork thread}
 OUT_DIR=${OUT_DIR:-benches/results}
-PIBL=$PWD/target/release/pibl
+# .cargo/config.toml builds for the host by name: target/<host tuple>/.
+PIBL=$PWD/target/$(rustc --print host-tuple)/release/pibl
 
 log() { printf '[compare] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

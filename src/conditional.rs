@@ -43,10 +43,10 @@ pub fn answer(req: &RequestHead, stored: &ResponseHead, len: u64) -> Answer {
         if !tag_listed(&list, etag, Compare::Strong) {
             return Answer::PreconditionFailed;
         }
-    } else if let Some(since) = date_field(&req.fields, "if-unmodified-since") {
-        if modified.is_some_and(|m| m > since) {
-            return Answer::PreconditionFailed;
-        }
+    } else if let Some(since) = date_field(&req.fields, "if-unmodified-since")
+        && modified.is_some_and(|m| m > since)
+    {
+        return Answer::PreconditionFailed;
     }
     if let Some(list) = list_field(&req.fields, "if-none-match") {
         if tag_listed(&list, etag, Compare::Weak) {

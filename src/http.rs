@@ -442,10 +442,10 @@ pub fn forward_response_with(
     for (name, value) in extra {
         push_field(out, name, value.as_bytes());
     }
-    if framing == Framing::Empty {
-        if let Ok(Some(n)) = content_length(&resp.fields) {
-            push_field(out, "Content-Length", n.to_string().as_bytes());
-        }
+    if framing == Framing::Empty
+        && let Ok(Some(n)) = content_length(&resp.fields)
+    {
+        push_field(out, "Content-Length", n.to_string().as_bytes());
     }
     push_field(out, "Via", &appended(&resp.fields, "via", via(resp.minor)));
     push_framing(out, framing);

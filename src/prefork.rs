@@ -148,14 +148,14 @@ impl Prefork {
         // worker meant for a connection still waiting is not spare, and one
         // still starting is about to take such a connection.
         let spare = idle.len().saturating_sub(waiting);
-        if spare > limits.max_spare && self.last_retired.elapsed() >= TICK {
-            if let Some(&pid) = idle
+        if spare > limits.max_spare
+            && self.last_retired.elapsed() >= TICK
+            && let Some(&pid) = idle
                 .iter()
                 .find(|&pid| self.state(self.workers[pid]) == SLOT_IDLE)
-            {
-                self.retire(pid, false);
-                self.last_retired = Instant::now();
-            }
+        {
+            self.retire(pid, false);
+            self.last_retired = Instant::now();
         }
         let quiet = waiting == 0 && idle.len() == self.workers.len();
         Wait {

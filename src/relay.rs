@@ -288,13 +288,14 @@ pub fn exchange(
 fn check_request(req: &mut RequestHead, max_body: u64) -> Result<(String, Framing), Reject> {
     let bad = |why| Reject { status: 400, why };
     let framing = http::request_framing(req)?;
-    if let Framing::Length(n) = framing {
-        if max_body > 0 && n > max_body {
-            return Err(Reject {
-                status: 413,
-                why: "body larger than max_body",
-            });
-        }
+    if let Framing::Length(n) = framing
+        && max_body > 0
+        && n > max_body
+    {
+        return Err(Reject {
+            status: 413,
+            why: "body larger than max_body",
+        });
     }
     if req.target.contains('#') {
         // A fragment is the client's own business (RFC 9110 §4.2.5) and has

@@ -41,7 +41,8 @@ echo "lint: systemd unit"
 cargo build --quiet
 unit_dir=$(mktemp -d)
 trap 'rm -rf "$unit_dir"' EXIT
-sed "s|/usr/local/bin/pibl|$PWD/target/debug/pibl|" contrib/pibl.service >"$unit_dir/pibl.service"
+pibl=$PWD/target/$(rustc --print host-tuple)/debug/pibl   # .cargo/config.toml
+sed "s|/usr/local/bin/pibl|$pibl|" contrib/pibl.service >"$unit_dir/pibl.service"
 # verify only warns about unknown keys and bad values: any output fails.
 verify=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify --man=no "$unit_dir/pibl.service" 2>&1) || true
 if [[ -n $verify ]]; then

@@ -48,10 +48,10 @@ fn demo_starts_three_replicas_and_ctrl_c_stops_everything() {
     let proxy: SocketAddr = loop {
         let mut line = String::new();
         assert!(stderr.read_line(&mut line).unwrap() > 0, "demo ended early");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            if line.starts_with("pibl[") {
-                break rest.split(',').next().unwrap().parse().unwrap();
-            }
+        if let Some(rest) = line.split("listening on ").nth(1)
+            && line.starts_with("pibl[")
+        {
+            break rest.split(',').next().unwrap().parse().unwrap();
         }
     };
     let names: Vec<String> = (0..6)
