@@ -91,14 +91,8 @@ impl Generation {
         })
     }
 
-    /// Tells the generation's threads to take the next one.  A listener
-    /// left for another address stops listening at once, as the process
-    /// models close theirs, though busy threads still hold it: a client
-    /// is refused, not left in a queue no one reads.
-    fn retire(&self, moved: bool) {
-        if moved {
-            connection::stop_listening(&self.listener);
-        }
+    /// Tells the generation's threads to take the next one.
+    fn retire(&self) {
         self.retired.store(true, Ordering::SeqCst);
         let _ = nix::unistd::write(&self.retire.1, b"x");
     }
@@ -571,7 +565,14 @@ impl Server {
             ctx,
             generation: Arc::new(generation),
         };
-        old.retire(moved_from.is_some());
+        // A listener left for another address (`moved_from` is a copy of
+        // the old generation's) stops listening at once, as the process
+        // models close theirs, though busy threads still hold it: a client
+        // is refused, not left in a queue no one reads.
+        if let Some(old_listener) = moved_from {
+            connection::stop_listening(&old_listener);
+        }
+        old.retire();
         say_reloaded(&current.generation.listener, &current.ctx);
         drop(current);
         for running in self.helpers.drain(..) {
