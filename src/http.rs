@@ -442,7 +442,11 @@ pub fn forward_response_with(
     for (name, value) in extra {
         push_field(out, name, value.as_bytes());
     }
+    // A HEAD's or a 304's length is the representation's, worth passing
+    // on; a 1xx or a 204 must not have one (RFC 9110 §8.6).
     if framing == Framing::Empty
+        && resp.status >= 200
+        && resp.status != 204
         && let Ok(Some(n)) = content_length(&resp.fields)
     {
         push_field(out, "Content-Length", n.to_string().as_bytes());

@@ -312,3 +312,32 @@ fn interim_1xx_responses_are_relayed_without_a_body() {
     old.send(b"GET / HTTP/1.0\r\n\r\n");
     assert_eq!(old.head().status, 200);
 }
+
+/// RFC 9110 §8.6: a 1xx or a 204 carries no Content-Length, whatever the
+/// backend sent (a client that believed it would wait for, or swallow, a
+/// body that never comes); a 304's, the length of the representation, is
+/// kept.
+#[test]
+fn no_content_length_on_1xx_or_204() {
+    let raw = RawBackend::start_answering(|head| {
+        if head.starts_with("GET /304 ") {
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 3\r\n\r\n".to_vec()
+        } else {
+            b"HTTP/1.1 102 Processing\r\nContent-Length: 0\r\n\r\n\
+              HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n"
+                .to_vec()
+        }
+    });
+    let proxy = Proxy::start_for(vec![raw.addr.to_string()], "");
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"DELETE /x HTTP/1.1\r\nHost: t\r\n\r\n");
+    let interim = client.head();
+    assert_eq!(
+        (interim.status, interim.header("content-length")),
+        (102, None)
+    );
+    let done = client.response("DELETE");
+    assert_eq!((done.status, done.header("content-length")), (204, None));
+    let r = client.get("/304");
+    assert_eq!((r.status, r.header("content-length")), (304, Some("3")));
+}
