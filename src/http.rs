@@ -106,10 +106,16 @@ pub fn parse_request(buf: &[u8], max_fields: usize) -> Result<Parsed<RequestHead
     let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
     let parsed = req.parse_with_uninit_headers(buf, &mut headers[..max_fields.min(MAX_FIELDS)]);
-    let parsed = parsed.map_err(|e| match e {
-        httparse::Error::Version if !names_a_version(buf) => reject(400, "malformed request line"),
-        e => parse_error(e),
-    });
+    let parsed = match parsed {
+        Err(httparse::Error::Version) if !names_a_version(buf) => {
+            Err(reject(400, "malformed request line"))
+        }
+        Err(httparse::Error::Version) => match later_minor(buf) {
+            Some(as_http11) => return parse_request(&as_http11, max_fields),
+            None => Err(parse_error(httparse::Error::Version)),
+        },
+        other => other.map_err(parse_error),
+    };
     match parsed? {
         httparse::Status::Partial => Ok(Parsed::Partial),
         httparse::Status::Complete(len) => Ok(Parsed::Done(
@@ -136,6 +142,24 @@ fn names_a_version(buf: &[u8]) -> bool {
     matches!(version, (Some(_), Some(target), Some(v), None)
         if !target.is_empty() && matches!(v, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
             if major.is_ascii_digit() && minor.is_ascii_digit()))
+}
+
+/// A request of a later HTTP/1 minor version (`HTTP/1.2` to `HTTP/1.9`),
+/// rewritten as HTTP/1.1: RFC 9110 §2.5 asks a recipient to process it as
+/// the highest minor version it implements, as nginx does.  `None` for any
+/// other version, which httparse refused (505).  Rare enough to copy.
+fn later_minor(buf: &[u8]) -> Option<Vec<u8>> {
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let at = line.len().checked_sub(b"HTTP/1.x".len())?;
+    match &line[at..] {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] => {
+            let mut copy = buf.to_vec();
+            copy[line.len() - 1] = b'1';
+            Some(copy)
+        }
+        _ => None,
+    }
 }
 
 /// Is `value` a valid Host: a host name, IPv4 address or bracketed IP
@@ -742,10 +766,27 @@ mod tests {
     }
 
     #[test]
+    fn a_later_http1_minor_version_is_read_as_http11() {
+        let text = b"GET /a HTTP/1.7\r\nHost: x\r\n\r\nnext";
+        match parse_request(text, 100) {
+            Ok(Parsed::Done(head, len)) => {
+                assert_eq!((head.target.as_str(), head.minor), ("/a", 1));
+                assert_eq!(&text[len..], b"next");
+            }
+            _ => panic!("HTTP/1.7 refused"),
+        }
+        assert!(matches!(
+            parse_request(b"GET /a HTTP/1.7\r\nHost: x\r\n", 100),
+            Ok(Parsed::Partial)
+        ));
+    }
+
+    #[test]
     fn parse_errors_map_to_statuses() {
         let status = |text: &[u8]| parse_request(text, 100).err().map(|r| r.status);
         assert_eq!(status(b"GET / HTTP/2.0\r\n\r\n"), Some(505));
-        assert_eq!(status(b"GET / HTTP/1.2\r\nHost: x\r\n\r\n"), Some(505));
+        assert_eq!(status(b"GET / HTTP/3.0\r\nHost: x\r\n\r\n"), Some(505));
+        assert_eq!(status(b"GET / HTTP/0.9\r\nHost: x\r\n\r\n"), Some(505));
         assert_eq!(status(b"GET /  HTTP/1.1\r\n\r\n"), Some(400));
         assert_eq!(status(b"GET / http/1.1\r\n\r\n"), Some(400));
         assert_eq!(status(b"GET / HTTP/1.1x\r\n\r\n"), Some(400));

@@ -341,3 +341,21 @@ fn no_content_length_on_1xx_or_204() {
     let r = client.get("/304");
     assert_eq!((r.status, r.header("content-length")), (304, Some("3")));
 }
+
+/// RFC 9110 §2.5: a later minor version of HTTP/1 is served as HTTP/1.1
+/// (kept alive, answered in 1.1), not refused.
+#[test]
+fn a_later_http1_minor_version_is_served_as_http11() {
+    let backends = Backend::start_many(1);
+    let proxy = Proxy::start(&backends);
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET /headers HTTP/1.4\r\nHost: a\r\n\r\n");
+    let r = client.response("GET");
+    assert_eq!((r.status, r.header("connection")), (200, None));
+    assert!(
+        r.text().starts_with("GET /headers HTTP/1.1\r\n"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(client.get("/whoami").text(), "b1\n");
+}
