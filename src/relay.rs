@@ -284,7 +284,8 @@ pub fn exchange(
 
 /// Validates a request head and returns the target to forward (origin-form)
 /// and the body framing.  An absolute-form target's authority replaces Host
-/// (RFC 9112 §3.2.2).
+/// (RFC 9112 §3.2.2); its scheme, `http` or `https` (as nginx takes both),
+/// is dropped with it.
 fn check_request(req: &mut RequestHead, max_body: u64) -> Result<(String, Framing), Reject> {
     let bad = |why| Reject { status: 400, why };
     let framing = http::request_framing(req)?;
@@ -311,7 +312,9 @@ fn check_request(req: &mut RequestHead, max_body: u64) -> Result<(String, Framin
             status: 501,
             why: "CONNECT is not supported",
         });
-    } else if let Some(rest) = strip_prefix_ignore_case(&req.target, "http://") {
+    } else if let Some(rest) = strip_prefix_ignore_case(&req.target, "http://")
+        .or_else(|| strip_prefix_ignore_case(&req.target, "https://"))
+    {
         let cut = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, path) = rest.split_at(cut);
         if authority.is_empty() {

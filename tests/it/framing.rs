@@ -233,6 +233,13 @@ fn absolute_form_target_becomes_origin_form_with_its_host() {
         seen.contains("\r\nHost: site.example:81\r\n") && !seen.contains("other"),
         "{seen}"
     );
+    client.send(b"GET HTTPS://secure.example/headers?q HTTP/1.1\r\nHost: other\r\n\r\n");
+    let r = client.response("GET");
+    let seen = r.text();
+    assert!(seen.starts_with("GET /headers?q HTTP/1.1\r\n"), "{seen}");
+    assert!(seen.contains("\r\nHost: secure.example\r\n"), "{seen}");
+    client.send(b"GET ftp://site.example/ HTTP/1.1\r\nHost: other\r\n\r\n");
+    assert_eq!(client.response("GET").status, 400);
 }
 
 #[test]
