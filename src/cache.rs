@@ -762,7 +762,9 @@ impl Cache {
             None => self.temporary(key)?,
         };
         let stored = unix_now();
-        let mut head = format!("HTTP/1.1 {} {}\r\n", resp.status, resp.reason).into_bytes();
+        // The version it came in, for the Via of every hit (RFC 9110 §7.6.3).
+        let mut head =
+            format!("HTTP/1.{} {} {}\r\n", resp.minor, resp.status, resp.reason).into_bytes();
         for f in &resp.fields {
             head.extend_from_slice(f.name.as_bytes());
             head.extend_from_slice(b": ");

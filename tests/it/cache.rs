@@ -49,6 +49,29 @@ fn cache_files(proxy_dir: &TempDir) -> Vec<PathBuf> {
         .collect()
 }
 
+/// A hit names, in its Via, the version the stored response came in, as
+/// the miss that stored it did.
+#[test]
+fn a_hit_keeps_the_via_of_the_response_stored() {
+    let backend = RawBackend::start(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let proxy = cached(&backend, 60);
+    let mut client = Client::connect(proxy.addr);
+    let miss = client.get("/old");
+    assert_eq!(
+        (miss.header("x-cache"), miss.header("via")),
+        (Some("MISS"), Some("1.0 pibl"))
+    );
+    let hit = client.get("/old");
+    assert_eq!(
+        (
+            hit.header("x-cache"),
+            hit.header("via"),
+            hit.text().as_str()
+        ),
+        (Some("HIT"), Some("1.0 pibl"), "ok")
+    );
+}
+
 #[test]
 fn a_hit_reaches_no_backend_and_head_is_served_from_a_get_entry() {
     let backend = RawBackend::start(OK);
