@@ -740,7 +740,11 @@ impl Cache {
         let asked = seconds("s-maxage")
             .or_else(|| seconds("max-age"))
             .map(Duration::from_secs);
-        let asked = asked.or_else(|| expires_in(resp));
+        // The origin's lifetime runs from when it made the response, which
+        // may have aged in another cache on the way (RFC 9111 §4.2.3).
+        let asked = asked
+            .or_else(|| expires_in(resp))
+            .map(|a| a.saturating_sub(Duration::from_secs(age_when_received(&resp.fields))));
         let lifetime = asked.map_or(self.ttl, |a| a.min(self.ttl));
         (!lifetime.is_zero()).then_some(lifetime)
     }
@@ -911,15 +915,23 @@ fn put_back(aside: &Path, path: &Path) -> bool {
 /// The `Age` of a stored response now (RFC 9111 §4.2.3): its age when
 /// stored, as the origin or an upstream cache said, plus the time since.
 pub fn age(entry: &Entry) -> u64 {
-    let upstream = http::value(&entry.head.fields, "age")
-        .and_then(|a| a.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    upstream + unix_now().saturating_sub(entry.stored)
+    age_when_received(&entry.head.fields) + unix_now().saturating_sub(entry.stored)
 }
 
-/// `Expires` minus `Date` (or now), when the origin sent them.
+/// The `Age` a response came with: 0 when it has none, or none that reads.
+fn age_when_received(fields: &[http::Field]) -> u64 {
+    http::value(fields, "age")
+        .and_then(|a| a.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+/// `Expires` minus `Date` (or now), when the origin sent an `Expires`.
+/// One that is no date (`0`, say) means already expired (RFC 9111 §5.3).
 fn expires_in(resp: &ResponseHead) -> Option<Duration> {
-    let expires = crate::clock::parse_http_date(http::value(&resp.fields, "expires")?)?;
+    let value = http::value(&resp.fields, "expires")?;
+    let Some(expires) = crate::clock::parse_http_date(value) else {
+        return Some(Duration::ZERO);
+    };
     let date = http::value(&resp.fields, "date")
         .and_then(crate::clock::parse_http_date)
         .unwrap_or_else(SystemTime::now);
@@ -1332,6 +1344,42 @@ impl Drop for Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lifetime_counts_the_age_a_response_came_with() {
+        let cache = Cache::new(std::env::temp_dir(), Duration::from_secs(3600), 1 << 20);
+        let req = match http::parse_request(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", 10) {
+            Ok(http::Parsed::Done(head, _)) => head,
+            _ => unreachable!(),
+        };
+        let lifetime = |fields: &str| {
+            let text = format!("HTTP/1.1 200 OK\r\n{fields}Content-Length: 0\r\n\r\n");
+            match http::parse_response_head(text.as_bytes()) {
+                Ok(http::Parsed::Done(resp, _)) => cache.lifetime(&req, &resp),
+                _ => unreachable!(),
+            }
+        };
+        let secs = |n| Some(Duration::from_secs(n));
+        assert_eq!(
+            lifetime("Cache-Control: max-age=100\r\nAge: 40\r\n"),
+            secs(60)
+        );
+        assert_eq!(
+            lifetime("Cache-Control: max-age=100\r\nAge: x\r\n"),
+            secs(100)
+        );
+        assert_eq!(lifetime("Cache-Control: max-age=5\r\nAge: 10\r\n"), None);
+        let dated = "Date: Mon, 23 Nov 2026 10:00:00 GMT\r\n";
+        let expires = "Expires: Mon, 23 Nov 2026 10:01:40 GMT\r\n";
+        assert_eq!(lifetime(&format!("{dated}{expires}Age: 30\r\n")), secs(70));
+        assert_eq!(lifetime("Expires: 0\r\n"), None);
+        assert_eq!(
+            lifetime("Expires: 0\r\nCache-Control: max-age=9\r\n"),
+            secs(9)
+        );
+        // No lifetime from the origin: the launch TTL, whatever the Age.
+        assert_eq!(lifetime("Age: 50\r\n"), secs(3600));
+    }
 
     /// A cache in a fresh directory of its own, holding one small entry
     /// for `key`, written as a store would.

@@ -176,7 +176,7 @@ fn entries_expire_after_the_ttl_or_the_origins_shorter_lifetime() {
 
 #[test]
 fn what_is_never_stored() {
-    let answers: [&'static [u8]; 8] = [
+    let answers: [&'static [u8]; 10] = [
         b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 1\r\n\r\nx",
         b"HTTP/1.1 200 OK\r\nCache-Control: no-cache\r\nContent-Length: 1\r\n\r\nx",
         b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60, no-cache=\"Set-Cookie\"\r\nContent-Length: 1\r\n\r\nx",
@@ -185,6 +185,9 @@ fn what_is_never_stored() {
         b"HTTP/1.1 200 OK\r\nVary: *\r\nContent-Length: 1\r\n\r\nx",
         b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0\r\nContent-Length: 1\r\n\r\nx",
         b"HTTP/1.1 302 Found\r\nLocation: /x\r\nContent-Length: 1\r\n\r\nx",
+        // An Expires that is no date, and a lifetime spent before it came.
+        b"HTTP/1.1 200 OK\r\nExpires: 0\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=5\r\nAge: 10\r\nContent-Length: 1\r\n\r\nx",
     ];
     for answer in answers {
         let backend = RawBackend::start(answer);
