@@ -580,10 +580,16 @@ fn consult_cache<'c>(
 ) -> Result<Option<CachePlan<'c>>, Box<cache::Entry>> {
     let Some(cache) = cache else { return Ok(None) };
     let key = cache::key(req.head, req.target);
-    let request_cc = http::tokens(&req.head.fields, "cache-control");
-    let bypass = request_cc
-        .iter()
-        .any(|t| t == "no-cache" || t == "no-store");
+    // HTTP/1.0's `Pragma: no-cache` asks the same of a request that has
+    // no Cache-Control (RFC 9111 §5.4).
+    let bypass = match http::values(&req.head.fields, "cache-control").next() {
+        Some(_) => http::tokens(&req.head.fields, "cache-control")
+            .iter()
+            .any(|t| t == "no-cache" || t == "no-store"),
+        None => http::tokens(&req.head.fields, "pragma")
+            .iter()
+            .any(|t| t == "no-cache"),
+    };
     let status = match req.head.method.as_str() {
         "GET" | "HEAD" if !bypass => match cache.lookup(&key) {
             Lookup::Fresh(entry) if cache::matches_vary(req.head, &entry.head) => {

@@ -245,6 +245,16 @@ fn authorization_and_request_directives() {
     c.send(b"GET /p HTTP/1.1\r\nHost: test\r\nCache-Control: no-cache\r\n\r\n");
     assert_eq!(c.response("GET").header("x-cache"), Some("BYPASS"));
     assert_eq!(hits(&public), 2);
+    // So does HTTP/1.0's Pragma: no-cache, unless a Cache-Control says
+    // otherwise (RFC 9111 §5.4).
+    c.send(b"GET /p HTTP/1.1\r\nHost: test\r\nPragma: no-cache\r\n\r\n");
+    assert_eq!(c.response("GET").header("x-cache"), Some("BYPASS"));
+    assert_eq!(hits(&public), 3);
+    c.send(
+        b"GET /p HTTP/1.1\r\nHost: test\r\nPragma: no-cache\r\nCache-Control: max-age=60\r\n\r\n",
+    );
+    assert_eq!(c.response("GET").header("x-cache"), Some("HIT"));
+    assert_eq!(hits(&public), 3);
 }
 
 #[test]
