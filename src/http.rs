@@ -135,9 +135,7 @@ pub fn parse_request(buf: &[u8], max_fields: usize) -> Result<Parsed<RequestHead
 /// only a line that names one deserves a 505, the rest (two spaces, a
 /// lower-case `http`) are malformed: 400.
 fn names_a_version(buf: &[u8]) -> bool {
-    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let mut parts = line.split(|&b| b == b' ');
+    let mut parts = request_line(buf).split(|&b| b == b' ');
     let version = (parts.next(), parts.next(), parts.next(), parts.next());
     matches!(version, (Some(_), Some(target), Some(v), None)
         if !target.is_empty() && matches!(v, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
@@ -149,8 +147,7 @@ fn names_a_version(buf: &[u8]) -> bool {
 /// the highest minor version it implements, as nginx does.  `None` for any
 /// other version, which httparse refused (505).  Rare enough to copy.
 fn later_minor(buf: &[u8]) -> Option<Vec<u8>> {
-    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = request_line(buf);
     let at = line.len().checked_sub(b"HTTP/1.x".len())?;
     match &line[at..] {
         [b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] => {
@@ -160,6 +157,12 @@ fn later_minor(buf: &[u8]) -> Option<Vec<u8>> {
         }
         _ => None,
     }
+}
+
+/// The first line of `buf`, without its line end.
+fn request_line(buf: &[u8]) -> &[u8] {
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or_default();
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// Is `value` a valid Host: a host name, IPv4 address or bracketed IP
