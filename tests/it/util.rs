@@ -357,11 +357,7 @@ impl Proxy {
     pub fn wait_stderr(&self, text: &str) -> String {
         let mut found = None;
         wait_until(&format!("stderr line with {text:?}"), || {
-            found = self
-                .stderr
-                .snapshot()
-                .into_iter()
-                .find(|l| l.contains(text));
+            found = self.stderr.containing(text).into_iter().next();
             found.is_some()
         });
         found.expect("found above")
