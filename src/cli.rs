@@ -4,6 +4,9 @@ use std::net::IpAddr;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::{Config, Overrides};
+use crate::error::Error;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "pibl",
@@ -47,6 +50,23 @@ pub struct Cli {
 
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Cli {
+    /// The command line's overrides of the configuration file.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            model: self.model,
+            port: self.port,
+            listen: self.listen,
+            ttl: self.ttl,
+        }
+    }
+
+    /// The configuration file with the command line's overrides applied.
+    pub fn load_config(&self) -> Result<Config, Error> {
+        Config::load_with(&self.config, &self.overrides())
+    }
 }
 
 #[derive(Subcommand, Debug)]

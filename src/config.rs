@@ -31,6 +31,11 @@ pub const DEFAULT_MAX_WORKERS: i64 = 256;
 pub const DEFAULT_MAX_REQUESTS: i64 = 10_000;
 pub const DEFAULT_CACHE_MAX_ENTRY: i64 = 64 * 1024 * 1024;
 pub const DEFAULT_CACHE_MAX_SIZE: i64 = 1024 * 1024 * 1024;
+/// Most backends one configuration may list: the balancer's shared page
+/// has a health slot for each.
+pub const MAX_BACKENDS: usize = 256;
+/// Most prefork workers: the scoreboard has a slot for each.
+pub const MAX_WORKERS: usize = 4096;
 /// Longest time any setting may name, in seconds (about 31 years): far
 /// enough for "never", near enough that a deadline computed from it
 /// cannot overflow the clock.
@@ -463,8 +468,8 @@ impl Checker<'_> {
         if list.get_ref().is_empty() {
             return Err(self.at(list.span(), "backends: the list is empty".into()));
         }
-        if list.get_ref().len() > crate::shm::MAX_BACKENDS {
-            let most = crate::shm::MAX_BACKENDS;
+        if list.get_ref().len() > MAX_BACKENDS {
+            let most = MAX_BACKENDS;
             return Err(self.at(
                 list.span(),
                 format!("backends: at most {most} are supported"),
@@ -587,7 +592,7 @@ impl Checker<'_> {
             let span = raw.max_spare.as_ref().map_or(0..0, Spanned::span);
             return Err(self.at(span, "max_spare: must be at least min_spare".into()));
         }
-        let most = crate::shm::MAX_WORKERS as u64;
+        let most = MAX_WORKERS as u64;
         let problem = format!("max_workers: at most {most} are supported");
         let max_workers = self.at_most(&raw.max_workers, max_workers, most, problem)?;
         Ok(PreforkConfig {

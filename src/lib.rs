@@ -1,53 +1,48 @@
 //! pibl: a forking HTTP/1.1 reverse proxy and round-robin load balancer.
 //!
-//! `run` parses the command line, loads the configuration, binds, and hands
-//! over to the parent loop (or to the demo).  It maps errors to exit
-//! statuses and holds no other logic.  The program is a library with a
-//! one-line `main` so that the fuzz targets (fuzz/) can call the parsers.
+//! `run` parses the command line and hands over to what it asks for:
+//! serving (the models), the demo, or a cache command.  It maps errors to
+//! exit statuses and holds no other logic.  The program is a library with
+//! a one-line `main` so that the fuzz targets (fuzz/) can call the parsers.
+//!
+//! The layers, each using only those below it:
+//!
+//! - `demo`: the demo application and `pibl demo`;
+//! - `models`: fork, prefork and thread — what serves connections;
+//! - `proxy`: one connection, one exchange with a backend, the balancer;
+//! - `cache`: the disk cache, its policy and its janitor;
+//! - `http`: message heads, bodies and conditional requests;
+//! - process-wide pieces: `cli`, `config`, `log`, `signals`, `shm`, `sys`,
+//!   `privileges`, `rlimit`, `sched`, `clock`, `error`.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-mod backend_app;
-mod balancer;
-pub mod body;
-mod cache;
-mod child;
+pub mod cache;
 mod cli;
 mod clock;
-mod conditional;
 mod config;
-mod connection;
 mod demo;
 mod error;
-mod health;
 pub mod http;
-mod janitor;
 mod log;
-mod parent;
-mod pool;
-mod prefork;
+mod models;
 mod privileges;
-mod relay;
+mod proxy;
 mod rlimit;
 mod sched;
 mod shm;
 mod signals;
-mod splice;
-mod thread;
-mod upload;
-pub mod wire;
+mod sys;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::balancer::Balancer;
-use crate::cli::{CacheCommand, Cli, Command};
-use crate::config::{Config, Overrides};
+use crate::cli::{Cli, Command};
 use crate::error::Error;
 use crate::log::AccessLog;
-use crate::relay::Context;
-use crate::shm::SharedState;
+use crate::models::supervise::Reloader;
+use crate::proxy::Context;
 
 /// The whole program: what `main` runs.
 pub fn run() -> ExitCode {
@@ -59,8 +54,10 @@ pub fn run() -> ExitCode {
     let result = match &cli.command {
         None => serve(&cli),
         Some(Command::Demo) => demo::run(&cli),
-        Some(Command::Backend(args)) => backend_app::run(&cli, args),
-        Some(Command::Cache(command)) => cache_command(&cli, command),
+        Some(Command::Backend(args)) => demo::backend::run(&cli, args),
+        Some(Command::Cache(command)) => cli
+            .load_config()
+            .and_then(|config| cache::admin::run(&config, command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -71,23 +68,10 @@ pub fn run() -> ExitCode {
     }
 }
 
-/// The command line's overrides of the configuration file.
-pub fn overrides(cli: &Cli) -> Overrides {
-    Overrides {
-        model: cli.model,
-        port: cli.port,
-        listen: cli.listen,
-        ttl: cli.ttl,
-    }
-}
-
-/// The configuration file with the command line's overrides applied.
-pub fn load_config(cli: &Cli) -> Result<Config, Error> {
-    Config::load_with(&cli.config, &overrides(cli))
-}
-
+/// Serves until told to stop: everything that must be made before the
+/// first fork is made here, in this order, then the models take over.
 fn serve(cli: &Cli) -> Result<(), Error> {
-    let config = load_config(cli)?;
+    let config = cli.load_config()?;
     if cli.check {
         eprintln!("pibl: {}: configuration ok", config.path);
         return Ok(());
@@ -101,103 +85,25 @@ fn serve(cli: &Cli) -> Result<(), Error> {
             e,
         )
     })?;
-    let listener = parent::bind(config.listen_addr())?;
-    let ctx = build_context(config)?;
+    let listener = models::listener::bind(config.listen_addr())?;
+    let ctx = Context::build(config)?;
     let pid_file = cli.pid_file.as_deref().map(PidFile::write).transpose()?;
     let mut writable = vec![ctx.config.log_file.as_path()];
     if ctx.cache.is_some() {
         writable.push(ctx.config.cache.dir.as_path());
     }
     privileges::drop_root(&ctx.config, &writable)?;
-    crate::log::set_diag_syslog(ctx.config.syslog.clone());
-    crate::log::share_hush()?;
-    crate::signals::share_stop()?;
+    log::set_diag_syslog(ctx.config.syslog.clone());
+    log::share_hush()?;
+    signals::share_stop()?;
     http::prepare();
-    let reloader = parent::Reloader {
+    let reloader = Reloader {
         path: cli.config.clone(),
-        overrides: overrides(cli),
+        overrides: cli.overrides(),
     };
-    let result = parent::run(listener, ctx, reloader);
+    let result = models::run(listener, ctx, reloader);
     drop(pid_file);
     result
-}
-
-/// What children are forked with, for `config`: the cache, and a balancer
-/// over fresh shared pages (health slots belong to one backend list).
-/// Used at start-up and at every reload.
-pub fn build_context(config: Config) -> Result<Context, Error> {
-    let cache = open_cache(&config)?;
-    let shared = shm::map::<SharedState>()?;
-    let balancer = Balancer::new(config.backends.clone(), config.health.clone(), shared);
-    Ok(Context {
-        config,
-        balancer,
-        cache,
-    })
-}
-
-/// The cache, if its TTL is not zero, with its directory made and cleared
-/// of what a crashed pibl left half-written.
-pub fn open_cache(config: &Config) -> Result<Option<cache::Cache>, Error> {
-    if config.cache.ttl.is_zero() {
-        return Ok(None);
-    }
-    let cache = cache::Cache::new(
-        config.cache.dir.clone(),
-        config.cache.ttl,
-        config.cache.max_entry,
-    );
-    cache.prepare().map_err(|e| {
-        Error::os(
-            format!("cannot use cache directory {}", config.cache.dir.display()),
-            e,
-        )
-    })?;
-    Ok(Some(cache))
-}
-
-/// `pibl cache ls` and `pibl cache purge [URL]`.
-fn cache_command(cli: &Cli, command: &CacheCommand) -> Result<(), Error> {
-    let config = load_config(cli)?;
-    let dir = &config.cache.dir;
-    let cache = cache::Cache::new(dir.clone(), config.cache.ttl, config.cache.max_entry);
-    let failed = |e| Error::os(format!("cannot read cache directory {}", dir.display()), e);
-    match command {
-        CacheCommand::Ls => {
-            if !dir.exists() {
-                return Ok(());
-            }
-            println!("{:>10} {:>8} {:>8}  KEY", "SIZE", "AGE", "LEFT");
-            for entry in cache.list().map_err(failed)? {
-                println!(
-                    "{:>10} {:>8} {:>8}  {}",
-                    entry.size, entry.age, entry.left, entry.key
-                );
-            }
-        }
-        CacheCommand::Purge { url: None } => {
-            let removed = if dir.exists() {
-                cache.purge_all().map_err(failed)?
-            } else {
-                0
-            };
-            println!("{removed} entries removed");
-        }
-        CacheCommand::Purge { url: Some(url) } => {
-            let key = cache::key_of_url(url)
-                .ok_or_else(|| Error::Usage(format!("\"{url}\" is not an http:// URL")))?;
-            let found = dir.exists() && cache.purge(&key).map_err(failed)?;
-            println!(
-                "{}",
-                if found {
-                    "1 entry removed"
-                } else {
-                    "no entry for that URL"
-                }
-            );
-        }
-    }
-    Ok(())
 }
 
 /// `--pid-file`: written once listening, removed on exit.

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::clock;
 use crate::config::SyslogTarget;
-use crate::shm::Hush;
+use crate::shm::{self, Shareable};
 
 /// One exchange, as the access log records it.
 pub struct Entry<'a> {
@@ -116,7 +116,15 @@ pub struct AccessLog {
 }
 
 /// How many times this process was asked to reopen its log files.
-pub static LOG_GENERATION: AtomicU64 = AtomicU64::new(0);
+static LOG_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Has every access log of this process open its file again by name
+/// before its next line: for log rotation (SIGUSR1).  The signal is the
+/// caller's to read; the log only counts generations, so that each thread
+/// of the thread model reopens its own.
+pub fn reopen_all() {
+    LOG_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
 
 fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
@@ -161,14 +169,10 @@ impl AccessLog {
     }
 
     /// Logs `line`: to syslog at once, and to the file and standard output
-    /// now or, with a buffer, with the lines held.  A SIGUSR1 since the
-    /// last line (or a newer generation of the log, for threads that share
-    /// one process) opens the file again first, after writing what is held
-    /// to the old one.
+    /// now or, with a buffer, with the lines held.  A newer generation of
+    /// the log (`reopen_all`) opens the file again first, after writing
+    /// what is held to the old one.
     pub fn write(&mut self, line: &str) -> io::Result<()> {
-        if crate::signals::take(&crate::signals::GOT_SIGUSR1) {
-            LOG_GENERATION.fetch_add(1, Ordering::Relaxed);
-        }
         let generation = LOG_GENERATION.load(Ordering::Relaxed);
         if generation != self.generation {
             self.generation = generation;
@@ -213,7 +217,7 @@ impl AccessLog {
 /// flock(2), and prints them on standard output while still holding the
 /// lock, so neither copy is ever interleaved with another process's lines.
 fn append(file: &File, lines: &[u8]) -> io::Result<()> {
-    crate::signals::restarting(|| fs2::FileExt::lock_exclusive(file))?;
+    crate::sys::restarting(|| fs2::FileExt::lock_exclusive(file))?;
     let written = { file }.write_all(lines);
     // stdout may be closed or a full pipe; the file is the record.
     let mut out = io::stdout().lock();
@@ -264,6 +268,16 @@ pub const RECURRING_KINDS: usize = 3;
 /// evictions keep to it too).
 pub const RECURRING_QUIET: u64 = 60_000;
 
+/// When each kind of failure that can recur with every request was last
+/// said (`clock::now_ms`), by any of pibl's processes: see `worth_saying`.
+#[repr(C)]
+struct Hush {
+    last_said_ms: [AtomicU64; RECURRING_KINDS],
+}
+
+// SAFETY: atomics only; zero is "never said".
+unsafe impl Shareable for Hush {}
+
 /// The parent's shared record of what was said when, inherited by every
 /// child and seen by every thread; unset only in unit tests, which then
 /// say everything.
@@ -272,7 +286,7 @@ static HUSH: OnceLock<&'static Hush> = OnceLock::new();
 /// Maps the shared record `worth_saying` consults; once, before the first
 /// process or thread that serves is started.
 pub fn share_hush() -> Result<(), crate::error::Error> {
-    let hush = crate::shm::map::<Hush>()?;
+    let hush = shm::map::<Hush>()?;
     let _ = HUSH.set(hush);
     Ok(())
 }
@@ -285,7 +299,7 @@ pub fn worth_saying(what: Recurring) -> bool {
         return true;
     };
     let slot = &hush.last_said_ms[what as usize];
-    let now = crate::shm::now_ms().max(1);
+    let now = clock::now_ms().max(1);
     let last = slot.load(Ordering::Relaxed);
     if last != 0 && now.saturating_sub(last) < RECURRING_QUIET {
         return false;

@@ -9,10 +9,8 @@
 //! of pibl's, which then comes back only to go to sleep — so the CPUs go
 //! to switching.  A SCHED_BATCH task runs when the running one blocks or
 //! its slice ends.  Its nice value is kept, and it is still preempted by
-//! ordinary tasks (the backends, say).  Measured on a 2-CPU machine
-//! (README, "Performance"): 5-15 % more requests/s kept alive, 10-20 %
-//! more new connections/s in the prefork and thread models, and a lower
-//! p99.
+//! ordinary tasks (the backends, say).  What it gains is measured in
+//! docs/performance.md.
 //!
 //! Only SCHED_OTHER and SCHED_BATCH are switched between: a policy pibl
 //! was started with by chrt(1) or systemd's CPUSchedulingPolicy= (FIFO,
@@ -50,22 +48,12 @@ fn set(batch: bool) -> io::Result<()> {
         return Ok(());
     }
     // Both policies take priority 0; the nice value is kept.
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: param is a valid sched_param that outlives the call; 0 is
-    // the calling thread.
-    if unsafe { libc::sched_setscheduler(0, wanted, &param) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    crate::sys::set_scheduler(wanted)
 }
 
 /// The calling thread's policy.
 fn policy() -> io::Result<libc::c_int> {
-    // SAFETY: no pointers; 0 is the calling thread.
-    match unsafe { libc::sched_getscheduler(0) } {
-        -1 => Err(io::Error::last_os_error()),
-        policy => Ok(policy),
-    }
+    crate::sys::scheduler()
 }
 
 #[cfg(test)]
@@ -85,10 +73,7 @@ mod tests {
             apply(false);
             assert_eq!(now(), libc::SCHED_OTHER);
             // SCHED_IDLE needs no privilege to enter; pibl leaves it be.
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: param is a valid sched_param that outlives the call.
-            let idle = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-            assert_eq!(idle, 0);
+            crate::sys::set_scheduler(libc::SCHED_IDLE).unwrap();
             apply(true);
             assert_eq!(now(), libc::SCHED_IDLE);
         })

@@ -9,7 +9,6 @@
 //! idle client connection, so SIGTERM stops it between requests and never in
 //! the middle of one.
 
-use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -226,31 +225,26 @@ pub fn wait_idle(fd: BorrowedFd<'_>, timeout: Duration, watch: StopWatch) -> Idl
     }
 }
 
-/// Calls `call` again for as long as a signal interrupts it.  For the
-/// waits pibl does not mean a signal to end, such as flock(2)'s for the log
-/// file: the stop signals' handlers have no SA_RESTART, so that they do
-/// end the waits meant to be ended (between requests, in accept), and a
-/// second stop signal — Ctrl-C at a terminal signals every process of the
-/// group, and the parent passes the stop on too — would otherwise make a
-/// stopping worker give up the log lines it holds.
-pub fn restarting<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
-    loop {
-        match call() {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            done => return done,
-        }
-    }
+/// Set by the parent once it is told to stop, before it passes the stop on
+/// to its children: see `winding_down`.  Mapped once, at start, so that
+/// children of every configuration see it.
+#[repr(C)]
+struct Stopping {
+    asked: AtomicBool,
 }
 
-/// The parent's stop, as its children see it (`shm::Stopping`).
-static STOPPING: OnceLock<&'static crate::shm::Stopping> = OnceLock::new();
+// SAFETY: atomics only; zero is "not stopping".
+unsafe impl crate::shm::Shareable for Stopping {}
+
+/// The parent's stop, as its children see it.
+static STOPPING: OnceLock<&'static Stopping> = OnceLock::new();
 /// A prefork worker's own stop: its slot's `retire`, set at a reload.
 static RETIRED: OnceLock<&'static AtomicBool> = OnceLock::new();
 
 /// Maps the record of the parent's stop; once, before the first process
 /// or thread that serves is started.
 pub fn share_stop() -> Result<(), crate::error::Error> {
-    let _ = STOPPING.set(crate::shm::map::<crate::shm::Stopping>()?);
+    let _ = STOPPING.set(crate::shm::map::<Stopping>()?);
     Ok(())
 }
 

@@ -9,9 +9,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pibl::body::{self, Encode};
+use pibl::http::body::{self, Encode};
 use pibl::http::{self, Framing, Parsed};
-use pibl::wire::Reader;
+use pibl::http::wire::Reader;
 
 /// Decodes `input` framed as `framing`, re-encoded as `encode`, through a
 /// small buffer so that lines and chunks straddle refills.

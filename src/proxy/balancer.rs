@@ -10,12 +10,39 @@
 //! when it is the only backend); one the active
 //! health check marked down is skipped until the check sees it up.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use crate::config::{Backend, Health};
+use crate::clock::now_ms;
+use crate::config::{Backend, Health, MAX_BACKENDS};
 use crate::diag;
+use crate::error::Error;
 use crate::notice;
-use crate::shm::{BackendHealth, SharedState, now_ms};
+use crate::shm::{self, Shareable};
+
+/// What every process knows of one backend's health.
+#[repr(C)]
+struct BackendHealth {
+    /// Failures counted in the current window.
+    fails: AtomicU32,
+    /// Start of the current failure window (`clock::now_ms`).
+    window_start_ms: AtomicU64,
+    /// Marked down by failures until this time (`clock::now_ms`); 0 when
+    /// never.
+    down_until_ms: AtomicU64,
+    /// Marked down by the active health check.
+    check_down: AtomicBool,
+}
+
+/// The balancer's shared page.  Zeroed memory is its initial state.
+#[repr(C)]
+struct SharedState {
+    /// Requests dispatched so far; the next backend is this modulo the count.
+    next_backend: AtomicUsize,
+    backends: [BackendHealth; MAX_BACKENDS],
+}
+
+// SAFETY: atomics only; zero is "no requests yet, every backend up".
+unsafe impl Shareable for SharedState {}
 
 #[derive(Clone)]
 pub struct Balancer {
@@ -25,16 +52,19 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    pub fn new(backends: Vec<Backend>, health: Health, shared: &'static SharedState) -> Balancer {
+    /// A balancer over `backends`, with shared pages of its own: health
+    /// slots belong to one backend list, so each configuration gets fresh
+    /// ones.
+    pub fn new(backends: Vec<Backend>, health: Health) -> Result<Balancer, Error> {
         assert!(
             !backends.is_empty(),
             "config validation guarantees a backend"
         );
-        Balancer {
+        Ok(Balancer {
             backends,
             health,
-            shared,
-        }
+            shared: shm::map::<SharedState>()?,
+        })
     }
 
     pub fn backend(&self, i: usize) -> &Backend {

@@ -7,21 +7,18 @@
 //! takes effect between requests only: a request once begun is finished.
 
 use std::io;
-use std::mem;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
 use std::process;
 use std::time::{Duration, Instant};
 
-use nix::sys::socket::{SockaddrLike, SockaddrStorage};
-
-use crate::config::Timeouts;
 use crate::diag;
+use crate::http::wire::Reader;
 use crate::log::{self, AccessLog, Entry};
-use crate::pool::Pool;
-use crate::relay::{self, BUFFER_SIZE, Context, End, Exchange};
+use crate::proxy::pool::Pool;
+use crate::proxy::relay::{self, BUFFER_SIZE, Exchange};
+use crate::proxy::{Context, End};
 use crate::signals::{self, Idle, StopWatch};
-use crate::wire::Reader;
 
 /// How long a connection idle as pibl stops (or as its prefork worker is
 /// retired by a reload) is given to send its next request: one accepted
@@ -32,77 +29,6 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 /// lingering_timeout.
 const LINGER_TIME: Duration = Duration::from_secs(30);
 const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Sets on `listener` the options every connection needs: TCP_NODELAY,
-/// and the read and write timeouts of a request body and of a client that
-/// stopped reading (the head and the wait between requests have deadlines
-/// of their own).  Linux copies a listening socket's options into each
-/// socket accept(2) returns, so three setsockopt(2) calls at each start and
-/// reload stand for three on every connection.
-pub fn set_inherited_options(listener: &TcpListener, timeouts: &Timeouts) -> io::Result<()> {
-    use nix::sys::socket::{setsockopt, sockopt};
-    setsockopt(listener, sockopt::TcpNoDelay, &true)?;
-    set_receive_timeout(listener, timeouts.client_body)?;
-    setsockopt(listener, sockopt::SendTimeout, &timeval(timeouts.send))?;
-    Ok(())
-}
-
-/// Sets a socket's SO_RCVTIMEO: how long a blocking read (or, on a
-/// listening socket, accept(2)) waits.  Zero waits for ever.
-pub fn set_receive_timeout(socket: &impl AsFd, timeout: Duration) -> io::Result<()> {
-    use nix::sys::socket::{setsockopt, sockopt};
-    setsockopt(socket, sockopt::ReceiveTimeout, &timeval(timeout))?;
-    Ok(())
-}
-
-fn timeval(d: Duration) -> nix::sys::time::TimeVal {
-    use nix::sys::time::TimeValLike;
-    nix::sys::time::TimeVal::microseconds(d.as_micros() as i64)
-}
-
-/// Ends listening on `listener` for every process and thread that holds
-/// it, not only the caller's descriptor: Linux stops a listening socket at
-/// shutdown(SHUT_RD), as HAProxy pauses one.  A client connecting after
-/// is refused at once, as by nginx once it has closed its listening
-/// sockets at a stop, rather than queued where no one will accept it and
-/// reset after it has sent its request.
-pub fn stop_listening(listener: &TcpListener) {
-    use nix::sys::socket::{Shutdown, shutdown};
-    let _ = shutdown(listener.as_raw_fd(), Shutdown::Read);
-}
-
-/// accept(2) once, with the peer's address (no getpeername(2) after it).
-/// Once: std's `accept` tries again after EINTR, and a prefork worker must
-/// see the signal that interrupted it.
-pub fn accept(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
-    // SAFETY: an all-zero sockaddr_storage is a valid (empty) address.
-    let mut addr: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    let mut len = mem::size_of_val(&addr) as libc::socklen_t;
-    // SAFETY: addr and len describe a buffer the kernel may fill.
-    let fd = unsafe {
-        libc::accept4(
-            listener.as_raw_fd(),
-            (&raw mut addr).cast(),
-            &mut len,
-            libc::SOCK_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: accept4 returned a new descriptor that nothing else owns.
-    let stream = unsafe { TcpStream::from_raw_fd(fd) };
-    // SAFETY: the kernel wrote `len` bytes of an address to `addr`.
-    let peer =
-        unsafe { SockaddrStorage::from_raw((&raw const addr).cast(), Some(len)) }.and_then(|a| {
-            a.as_sockaddr_in()
-                .map(|&v4| SocketAddr::from(v4))
-                .or_else(|| a.as_sockaddr_in6().map(|&v6| SocketAddr::from(v6)))
-        });
-    // A listener of pibl's is IPv4 or IPv6; anything else is not a client.
-    let peer = peer.ok_or_else(|| io::Error::from_raw_os_error(libc::ENOTCONN))?;
-    Ok((stream, peer))
-}
 
 /// Closes a connection whose client may still be sending — a body pibl
 /// refused or did not read, requests it will not answer — as nginx's
@@ -275,6 +201,11 @@ impl Worker {
     }
 
     fn record(&mut self, peer: SocketAddr, ex: &Exchange) {
+        // SIGUSR1 (log rotation) reaches a child or worker as a flag; the
+        // line goes to whatever file has the name now.
+        if signals::take(&signals::GOT_SIGUSR1) {
+            log::reopen_all();
+        }
         let line = log::format_line(&Entry {
             client: peer.ip(),
             time: ex.time,

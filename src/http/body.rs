@@ -8,7 +8,7 @@
 use std::io::{self, Read, Write};
 
 use crate::http::Framing;
-use crate::wire::{Reader, invalid, write_all_vectored};
+use crate::http::wire::{Reader, invalid, write_all_vectored};
 
 /// Longest chunk-size line, extensions included, and longest trailer line.
 const MAX_CHUNK_LINE: usize = 4096;

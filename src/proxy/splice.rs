@@ -12,9 +12,9 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 
-use crate::body::CopyError;
-use crate::upload::{self, Sending};
-use crate::wire::{Reader, write_all_vectored};
+use crate::http::body::CopyError;
+use crate::http::wire::{Reader, write_all_vectored};
+use crate::proxy::upload::{self, Sending};
 
 /// Bodies shorter than this (after what the reader already holds) are
 /// copied through the buffer: for them the pipe's two extra calls cost more
@@ -109,7 +109,7 @@ impl Pipe {
 
 /// Retries a splice(2) interrupted by a signal, as std's I/O does.
 fn retry(mut call: impl FnMut() -> nix::Result<usize>) -> io::Result<usize> {
-    crate::signals::restarting(|| call().map_err(io::Error::from))
+    crate::sys::restarting(|| call().map_err(io::Error::from))
 }
 
 /// Whether a body of `len` bytes, of which the reader already holds

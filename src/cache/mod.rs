@@ -44,6 +44,9 @@
 //! hit can go from the file to the socket with sendfile(2) without being
 //! read first; truncation, the likely damage, is caught by the size.
 
+pub mod admin;
+pub mod janitor;
+
 use std::cell::{Cell, RefCell};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -53,8 +56,8 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::http::wire::write_all_vectored;
 use crate::http::{self, RequestHead, ResponseHead};
-use crate::wire::write_all_vectored;
 
 const MAGIC: &str = "pibl-cache 1\n";
 /// Temporary files: an entry being written without a fill lock, a fill
@@ -347,6 +350,23 @@ impl Cache {
             ttl,
             max_entry,
         }
+    }
+
+    /// The cache `config` asks for, if its TTL is not zero, with its
+    /// directory made and cleared of what a crashed pibl left half-written.
+    pub fn open(config: &crate::config::Config) -> Result<Option<Cache>, crate::error::Error> {
+        let settings = &config.cache;
+        if settings.ttl.is_zero() {
+            return Ok(None);
+        }
+        let cache = Cache::new(settings.dir.clone(), settings.ttl, settings.max_entry);
+        cache.prepare().map_err(|e| {
+            crate::error::Error::os(
+                format!("cannot use cache directory {}", settings.dir.display()),
+                e,
+            )
+        })?;
+        Ok(Some(cache))
     }
 
     /// The same cache for another thread.
@@ -1086,7 +1106,7 @@ fn read_some_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 /// one flock(2) fewer per hit) and let go otherwise.
 fn read_entry_any(file: File, key: &str) -> io::Result<(Header, Option<Entry>)> {
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-    crate::signals::restarting(|| fs2::FileExt::lock_shared(&file))?;
+    crate::sys::restarting(|| fs2::FileExt::lock_shared(&file))?;
     let mut prefix = vec![0u8; FIRST_READ];
     let n = read_some_at(&file, &mut prefix, 0)?;
     prefix.truncate(n);

@@ -23,25 +23,55 @@
 //! The kernel hands each new connection to one worker blocked in accept(2)
 //! (no thundering herd).  The listening socket is blocking in this model,
 //! with a receive timeout so that a worker that missed its SIGTERM (sent
-//! just before it blocked) still stops within a second.
+//! just before it blocked) still stops within a second
+//! (`listener::configure`).
 
 use std::collections::HashMap;
-use std::io;
 use std::net::TcpListener;
 use std::process;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal, kill};
-use nix::unistd::{ForkResult, Pid, fork};
+use nix::unistd::Pid;
 
-use crate::connection::{self, Worker};
+use crate::config::MAX_WORKERS;
 use crate::diag;
 use crate::error::Error;
-use crate::parent::{ForkGate, accept_failed, waiting_connections};
-use crate::relay::Context;
-use crate::shm::{self, SLOT_BUSY, SLOT_FREE, SLOT_IDLE, SLOT_STARTING, Scoreboard, WorkerSlot};
+use crate::models::fork::{self, ForkGate, Spawn};
+use crate::models::listener::{self, accept_failed, waiting_connections};
+use crate::models::supervise::say_full;
+use crate::proxy::Context;
+use crate::proxy::connection::Worker;
+use crate::shm::{self, Shareable};
 use crate::signals::{self, StopWatch};
+
+/// One prefork worker's slot: what the parent counts to size the pool.
+#[repr(C)]
+struct WorkerSlot {
+    /// One of the `SLOT_*` states.
+    state: AtomicU32,
+    /// Connections served so far.
+    served: AtomicU64,
+    /// The worker's pid, for `ps`-less inspection (0 when free).
+    pid: AtomicI32,
+    /// Set by the parent: stop before the next connection.
+    retire: AtomicBool,
+}
+
+const SLOT_FREE: u32 = 0;
+const SLOT_STARTING: u32 = 1;
+const SLOT_IDLE: u32 = 2;
+const SLOT_BUSY: u32 = 3;
+
+/// Apache's scoreboard, reduced: one slot per prefork worker.
+#[repr(C)]
+struct Scoreboard {
+    slots: [WorkerSlot; MAX_WORKERS],
+}
+
+// SAFETY: atomics only; zero is "every slot free".
+unsafe impl Shareable for Scoreboard {}
 
 /// How often the parent looks at the scoreboard when every worker is idle,
 /// and stops an idle worker at most.
@@ -54,9 +84,6 @@ pub const SHORT_TICK: Duration = Duration::from_millis(10);
 pub const RAMP_TICK: Duration = Duration::from_millis(1);
 /// Most workers forked in one tick.
 const MAX_SPAWN_RATE: usize = 32;
-/// How long an idle worker blocks in accept(2) before it looks at its
-/// flags again.
-const ACCEPT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A worker's name in ps(1).
 pub const WORKER_NAME: &str = "pibl worker";
@@ -92,15 +119,6 @@ impl Prefork {
         })
     }
 
-    /// Makes `listener` what workers need: blocking, with a timeout.  The
-    /// sockets it accepts inherit that timeout, not a request body's: a
-    /// worker sets theirs.
-    pub fn prepare(listener: &TcpListener) -> Result<(), Error> {
-        let fail = |e: io::Error| Error::os("cannot prepare the listening socket", e);
-        listener.set_nonblocking(false).map_err(fail)?;
-        connection::set_receive_timeout(listener, ACCEPT_TIMEOUT).map_err(fail)
-    }
-
     fn state(&self, slot: usize) -> u32 {
         self.board.slots[slot].state.load(Ordering::Relaxed)
     }
@@ -127,7 +145,7 @@ impl Prefork {
         let waiting = waiting_connections(listener);
         let need = (limits.min_spare + waiting).saturating_sub(idle.len());
         if waiting > idle.len() && room == 0 {
-            crate::parent::say_full("prefork.max_workers", limits.max_workers);
+            say_full("prefork.max_workers", limits.max_workers);
         }
         if need > 0 && room > 0 {
             let want = need.max(self.spawn_rate).min(room);
@@ -167,7 +185,7 @@ impl Prefork {
     /// A slot no worker holds: the parent marks a slot starting before it
     /// forks and free once it has reaped the worker, and no one else does.
     fn free_slot(&self) -> Option<usize> {
-        (0..shm::MAX_WORKERS).find(|&slot| self.state(slot) == SLOT_FREE)
+        (0..MAX_WORKERS).find(|&slot| self.state(slot) == SLOT_FREE)
     }
 
     fn spawn(
@@ -183,19 +201,17 @@ impl Prefork {
         record.state.store(SLOT_STARTING, Ordering::Relaxed);
         record.served.store(0, Ordering::Relaxed);
         record.retire.store(false, Ordering::Relaxed);
-        crate::parent::flush_std();
-        let parent = process::id();
-        // SAFETY: the parent is single-threaded (see parent.rs), so the
-        // worker starts with every lock free and every invariant intact.
-        match unsafe { fork() } {
-            Ok(ForkResult::Parent { child }) => {
+        // A worker outliving its parent would hold the port and serve with
+        // no one to replace it: it dies with the parent (gracefully: the
+        // connection in hand is finished).
+        let how = Spawn {
+            close: None,
+            gate,
+            dies_with_parent: true,
+        };
+        match fork::spawn(&how, || work(listener, ctx, record, parent_mask)) {
+            Ok(child) => {
                 self.workers.insert(child, slot);
-            }
-            Ok(ForkResult::Child) => {
-                if let Some(gate) = gate {
-                    gate.wait();
-                }
-                work(listener, ctx, record, parent, parent_mask)
             }
             Err(e) => {
                 record.state.store(SLOT_FREE, Ordering::Relaxed);
@@ -252,21 +268,13 @@ fn work(
     listener: &TcpListener,
     ctx: &Context,
     slot: &'static WorkerSlot,
-    parent: u32,
     parent_mask: &SigSet,
 ) -> ! {
     let limits = &ctx.config.prefork;
     let idle_mask = signals::install_child(parent_mask);
     signals::watch_retirement(&slot.retire);
     crate::sched::apply(ctx.config.sched_batch);
-    // A worker outliving its parent would hold the port and serve with
-    // no one to replace it: the kernel stops it, even after a SIGKILL of
-    // the parent (gracefully: the connection in hand is finished).
-    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM);
-    if std::os::unix::process::parent_id() != parent {
-        process::exit(0);
-    }
-    crate::parent::set_process_name(WORKER_NAME);
+    fork::set_process_name(WORKER_NAME);
     let serving_mask = SigSet::thread_get_mask().unwrap_or(idle_mask);
     slot.pid.store(process::id() as i32, Ordering::Relaxed);
     let mut worker = Worker::new(ctx);
@@ -280,14 +288,14 @@ fn work(
         if signals::winding_down() {
             break;
         }
-        let accepted = connection::accept(listener);
+        let accepted = listener::accept(listener);
         let _ = serving_mask.thread_set_mask();
         match accepted {
             Ok((stream, peer)) => {
                 slot.state.store(SLOT_BUSY, Ordering::Relaxed);
-                // The listener's timeout is the accept wake-up (`prepare`).
+                // The listener's timeout is the accept wake-up (`listener::configure`).
                 // Cannot fail on a socket just accepted.
-                let _ = connection::set_receive_timeout(&stream, ctx.config.timeouts.client_body);
+                let _ = listener::set_receive_timeout(&stream, ctx.config.timeouts.client_body);
                 worker.serve(&stream, peer, ctx, StopWatch::Signals(idle_mask));
                 served += 1;
                 slot.served.store(served, Ordering::Relaxed);

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use crate::splice::Pipe;
-use crate::wire::Reader;
+use crate::http::wire::Reader;
+use crate::proxy::splice::Pipe;
 
 /// How long a connection may have been idle and still be used without a
 /// look: less than any server's idle timeout.

@@ -4,14 +4,13 @@
 //! stop it between requests (see `connection`); the exit status tells the
 //! parent how the connection went.
 
-use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
 
 use nix::sys::signal::SigSet;
 
-use crate::connection::Worker;
-use crate::relay::{Context, End};
+use crate::proxy::connection::Worker;
+use crate::proxy::{Context, End};
 use crate::sched;
 use crate::signals::{self, StopWatch};
 
@@ -30,13 +29,10 @@ pub fn serve(stream: TcpStream, peer: SocketAddr, ctx: &Context, parent_mask: &S
         exit_code(end)
     }))
     .unwrap_or(EXIT_INTERNAL);
-    let _ = io::stdout().flush();
-    // _exit(2), not exit(3): the C library's exit handlers and stdio
-    // clean-up have nothing to do here, and running them touches pages
-    // this process has not touched yet — each a page fault.  Standard
-    // output is flushed above; the kernel closes the rest.
-    // SAFETY: _exit takes no pointers and does not return.
-    unsafe { libc::_exit(code) }
+    // Standard output flushed, the kernel closes the rest: nothing is left
+    // for exit(3)'s handlers.
+    crate::models::fork::flush_std();
+    crate::sys::exit_now(code)
 }
 
 fn exit_code(end: End) -> i32 {

@@ -47,11 +47,11 @@ use nix::poll::{PollFd, PollFlags};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::signal::SigSet;
 
-use crate::connection::{self, Worker};
 use crate::error::{Error, describe_io};
-use crate::log::LOG_GENERATION;
-use crate::parent::{Helper, Reloader, accept_failed, say_reloaded};
-use crate::relay::Context;
+use crate::models::listener::{self, accept_failed};
+use crate::models::supervise::{self, Helper, Reloader, say_full, say_reloaded};
+use crate::proxy::Context;
+use crate::proxy::connection::Worker;
 use crate::signals::{self, GOT_SIGHUP, GOT_SIGQUIT, GOT_SIGTERM, GOT_SIGUSR1, StopWatch};
 use crate::{diag, notice};
 
@@ -171,7 +171,7 @@ impl Shared {
                 (n < max).then_some(n + 1)
             });
         if reserved.is_err() {
-            crate::parent::say_full("max_clients", max);
+            say_full("max_clients", max);
             return true;
         }
         self.idle.fetch_add(1, Ordering::SeqCst);
@@ -372,7 +372,7 @@ impl ConnThread {
                 return None;
             }
             // Once before sleeping: a connection may be waiting already.
-            match connection::accept(&self.generation.listener) {
+            match listener::accept(&self.generation.listener) {
                 Ok(conn) => {
                     self.shared.leave_idle();
                     return Some(conn);
@@ -444,7 +444,7 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
         .map_err(|e| Error::os("cannot install signal handlers", e.into()))?;
     let (done_read, done_write) = pipe()?;
     arena_per_thread(ctx.config.max_clients);
-    crate::parent::announce(&listener, &ctx)?;
+    supervise::announce(&listener, &ctx)?;
     let mut server = Server {
         shared: Arc::new(Shared {
             max_threads: AtomicUsize::new(ctx.config.max_clients),
@@ -471,7 +471,7 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
             server.reload(&reloader);
         }
         if signals::take(&GOT_SIGUSR1) {
-            LOG_GENERATION.fetch_add(1, Ordering::Relaxed);
+            crate::log::reopen_all();
             notice!("reopening log files");
         }
         // With no spare, a client is the main thread's to see.
@@ -505,15 +505,8 @@ impl Server {
     }
 
     fn start_helpers(&mut self) {
-        let mut wanted = Vec::new();
         let current = self.shared.current();
-        if current.ctx.config.health.check.is_some() {
-            wanted.push(Helper::HealthChecker);
-        }
-        if current.ctx.cache.is_some() {
-            wanted.push(Helper::CacheJanitor);
-        }
-        for helper in wanted {
+        for helper in Helper::wanted(&current.ctx) {
             let running = Arc::new(AtomicBool::new(true));
             let flag = Arc::clone(&running);
             let ctx = current.ctx.for_thread();
@@ -547,7 +540,7 @@ impl Server {
             }
         };
         let Some((ctx, moved_from)) =
-            crate::parent::reload_context(reloader, &current.ctx, &mut listener)
+            supervise::reload_context(reloader, &current.ctx, &mut listener)
         else {
             return; // said why
         };
@@ -570,7 +563,7 @@ impl Server {
         // models close theirs, though busy threads still hold it: a client
         // is refused, not left in a queue no one reads.
         if let Some(old_listener) = moved_from {
-            connection::stop_listening(&old_listener);
+            listener::stop_listening(&old_listener);
         }
         old.retire();
         say_reloaded(&current.generation.listener, &current.ctx);
@@ -588,14 +581,14 @@ impl Server {
         // Threads still serving hold the listener open.  Before they are
         // told: a connection answered with `Connection: close` is not to
         // find its client's next one queued.
-        connection::stop_listening(&self.shared.current().generation.listener);
+        listener::stop_listening(&self.shared.current().generation.listener);
         let _ = nix::unistd::write(&self.shared.stop.1, b"x");
         let timeout = if signals::is_set(&GOT_SIGQUIT) {
             Duration::ZERO
         } else {
             self.shared.current().ctx.config.shutdown_timeout
         };
-        crate::parent::say_stopping(timeout);
+        supervise::say_stopping(timeout);
         let deadline = Instant::now() + timeout;
         self.shared.awaited.store(true, Ordering::SeqCst);
         // Every connection thread, not only every connection: a thread
@@ -624,17 +617,10 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
 /// By default it makes at most eight per CPU and shares them out, each
 /// behind a lock: fifty threads on two CPUs then queue for sixteen locks on
 /// every allocation above the per-thread cache's sizes, and the waits are
-/// context switches (a cache hit was 40% slower for it).  An arena is
+/// context switches (docs/performance.md).  An arena is
 /// address space reserved, not memory: only the pages used are resident.
 fn arena_per_thread(max_clients: usize) {
-    #[cfg(target_env = "gnu")]
-    {
-        let arenas = i32::try_from(max_clients.saturating_add(8)).unwrap_or(i32::MAX);
-        // SAFETY: mallopt takes two integers and changes a malloc setting.
-        unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) };
-    }
-    #[cfg(not(target_env = "gnu"))]
-    let _ = max_clients;
+    crate::sys::set_malloc_arenas(max_clients.saturating_add(8));
 }
 
 /// Empties a non-blocking pipe.

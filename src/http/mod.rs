@@ -3,6 +3,11 @@
 //!
 //! Pure: bytes in, heads and bytes out.  No I/O happens here.
 
+pub mod body;
+pub mod conditional;
+pub mod head;
+pub mod wire;
+
 use std::net::IpAddr;
 
 /// Most fields pibl can accept in one head (max_headers is capped here).

@@ -102,7 +102,7 @@ fn wait_to_send(stream: &TcpStream) -> io::Result<()> {
         stream.as_fd(),
         PollFlags::POLLOUT | PollFlags::POLLIN,
     )];
-    let ready = crate::signals::restarting(|| poll(&mut fds, timeout).map_err(io::Error::from))?;
+    let ready = crate::sys::restarting(|| poll(&mut fds, timeout).map_err(io::Error::from))?;
     if ready == 0 {
         return Err(io::ErrorKind::TimedOut.into());
     }

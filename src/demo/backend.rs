@@ -24,15 +24,15 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, SystemTime};
 
-use crate::body::{self, Encode};
+use crate::http::body::{self, Encode};
 use clap::CommandFactory;
 
 use crate::cli::{BackendArgs, Cli};
 use crate::clock;
 use crate::error::Error;
+use crate::http::head::{HeadError, HeadRules, read_head};
+use crate::http::wire::Reader;
 use crate::http::{self, Framing, RequestHead};
-use crate::relay::{HeadError, HeadRules, read_head};
-use crate::wire::Reader;
 
 const BUFFER_SIZE: usize = 64 * 1024;
 /// The pages that name the replica differ from replica to replica: no
@@ -52,7 +52,7 @@ pub fn run(cli: &Cli, args: &BackendArgs) -> Result<(), Error> {
     let addr = SocketAddr::new(listen, port);
     // pibl's own listen backlog (511), not std's 128: a replica under a
     // benchmark must not refuse connections that pibl would queue.
-    let listener = crate::parent::bind(addr)?;
+    let listener = crate::models::listener::bind(addr)?;
     listener
         .set_nonblocking(false)
         .map_err(|e| Error::os("cannot make the listener blocking", e))?;

@@ -13,8 +13,9 @@ use std::thread;
 
 use crate::config::{Backend, Config, HealthCheck};
 use crate::http;
-use crate::relay::{Context, HeadRules, read_head};
-use crate::wire::Reader;
+use crate::http::head::{HeadRules, read_head};
+use crate::http::wire::Reader;
+use crate::proxy::Context;
 
 /// Runs in the helper (a process, or a thread in the thread model) until
 /// `keep_going` says no (a process: until SIGTERM).

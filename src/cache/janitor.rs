@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use nix::time::{ClockId, clock_gettime};
 
+use crate::cache::Cache;
 use crate::diag;
-use crate::relay::Context;
 
 /// Time between sweeps of a small cache.  A sweep reads only the directory
 /// and each file's times and size, so it is cheap — for a few thousand
@@ -27,14 +27,11 @@ const SAY_EVERY: Duration = Duration::from_millis(crate::log::RECURRING_QUIET);
 
 /// Runs in the helper (a process, or a thread in the thread model) until
 /// `keep_going` says no (a process: until SIGTERM).
-pub fn run(ctx: &Context, keep_going: &dyn Fn() -> bool) {
-    let Some(cache) = &ctx.cache else {
-        return;
-    };
+pub fn run(cache: &Cache, max_size: u64, keep_going: &dyn Fn() -> bool) {
     let mut unsaid = Evictions::default();
     while keep_going() {
         let started = cpu_time();
-        match cache.sweep(ctx.config.cache.max_size) {
+        match cache.sweep(max_size) {
             Ok((_, evicted)) => {
                 if let Some(n) = unsaid.add(evicted, Instant::now()) {
                     diag!(

@@ -12,59 +12,27 @@
 //! body; a POST that may have reached a backend is never replayed.
 
 use std::borrow::Cow;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{IpAddr, TcpStream};
-use std::os::fd::AsFd;
 use std::time::{Instant, SystemTime};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-
-use crate::balancer::Balancer;
-use crate::body::{self, CopyError, Encode};
 use crate::cache::{self, Cache, Lookup, Status as CacheStatus};
-use crate::conditional::{self, Answer};
 use crate::config::Config;
-use crate::http::{self, Framing, Parsed, Persist, Reject, RequestHead, ResponseHead};
-use crate::pool::Pool;
-use crate::splice;
-use crate::upload::Upload;
-use crate::wire::{self, Reader};
+use crate::http::body::{self, CopyError, Encode};
+use crate::http::conditional::{self, Answer};
+use crate::http::head::{HeadError, HeadRules, is_timeout, read_head};
+use crate::http::wire::{self, Reader};
+use crate::http::{self, Framing, Persist, Reject, RequestHead, ResponseHead};
+use crate::proxy::pool::Pool;
+use crate::proxy::splice;
+use crate::proxy::upload::Upload;
+use crate::proxy::{Context, End};
 
 /// Size of the buffer on each side; bodies pass through it.
 pub const BUFFER_SIZE: usize = 64 * 1024;
 /// Largest request body kept in memory so an idempotent request can be
 /// sent again to another backend.
 const REPLAY_BODY_MAX: u64 = BUFFER_SIZE as u64;
-
-/// What every child needs, made by the parent before it forks.
-pub struct Context {
-    pub config: Config,
-    pub balancer: Balancer,
-    /// The response cache, when its TTL is not zero.
-    pub cache: Option<Cache>,
-}
-
-impl Context {
-    /// A copy for a thread of its own (the thread model): the same shared
-    /// pages and cache directory, its own descriptors.
-    pub fn for_thread(&self) -> Context {
-        Context {
-            config: self.config.clone(),
-            balancer: self.balancer.clone(),
-            cache: self.cache.as_ref().map(Cache::for_thread),
-        }
-    }
-}
-
-/// How an exchange ended, from the child's point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum End {
-    Served,
-    /// The client sent something wrong, stalled, or went away.
-    ClientFault,
-    /// No backend could answer, or one answered badly.
-    BackendFault,
-}
 
 /// What happened, for the access log.
 pub struct Exchange {
@@ -123,101 +91,6 @@ impl Exchange {
                 list.push_str(", ");
                 list.push_str(name);
             }
-        }
-    }
-}
-
-pub enum HeadError {
-    Reject(Reject),
-    Io(io::Error),
-}
-
-pub fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
-}
-
-/// Bounds on reading one head.
-pub struct HeadRules {
-    /// Largest head (431 beyond).
-    pub max_size: usize,
-    /// Longest first line (414 beyond); requests only.
-    pub max_line: Option<usize>,
-    /// When the whole head must be in, once its first byte is.
-    pub deadline: Option<Instant>,
-}
-
-impl HeadRules {
-    pub fn for_response(max_size: usize) -> HeadRules {
-        HeadRules {
-            max_size,
-            max_line: None,
-            deadline: None,
-        }
-    }
-}
-
-fn too_large(status: u16, why: &'static str) -> HeadError {
-    HeadError::Reject(Reject { status, why })
-}
-
-/// Waits until `fd` is readable, at most until `deadline`.
-fn wait_readable(fd: impl AsFd, deadline: Instant) -> io::Result<()> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
-        .unwrap_or(PollTimeout::ZERO);
-    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-    match poll(&mut fds, ms) {
-        Ok(0) => Err(io::ErrorKind::TimedOut.into()),
-        Ok(_) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Reads one head with `parse`, leaving what follows it buffered.
-/// `Ok(None)`: the stream ended before its first byte.
-pub fn read_head<R: Read + AsFd, T>(
-    reader: &mut Reader<R>,
-    rules: &HeadRules,
-    parse: impl Fn(&[u8]) -> Result<Parsed<T>, Reject>,
-) -> Result<Option<T>, HeadError> {
-    loop {
-        let buffered = reader.buffered();
-        if let Some(max_line) = rules.max_line {
-            let line = buffered
-                .iter()
-                .position(|&b| b == b'\n')
-                .unwrap_or(buffered.len());
-            if line > max_line {
-                return Err(too_large(414, "request line too long"));
-            }
-        }
-        if !buffered.is_empty() {
-            match parse(buffered).map_err(HeadError::Reject)? {
-                Parsed::Done(_, len) if len > rules.max_size => {
-                    return Err(too_large(431, "head too large"));
-                }
-                Parsed::Done(head, len) => {
-                    reader.consume(len);
-                    return Ok(Some(head));
-                }
-                Parsed::Partial if buffered.len() >= rules.max_size || reader.is_full() => {
-                    return Err(too_large(431, "head too large"));
-                }
-                Parsed::Partial => {}
-            }
-        }
-        let idle = reader.buffered().is_empty();
-        if let (false, Some(deadline)) = (idle, rules.deadline) {
-            wait_readable(reader.get_ref(), deadline).map_err(HeadError::Io)?;
-        }
-        match reader.fill() {
-            Ok(0) if idle => return Ok(None),
-            Ok(0) => return Err(HeadError::Io(io::ErrorKind::UnexpectedEof.into())),
-            Ok(_) => {}
-            Err(e) => return Err(HeadError::Io(e)),
         }
     }
 }
@@ -875,7 +748,7 @@ fn attempt(
     };
     let upstream = from_backend.get_ref();
     let sent = match kept {
-        Some(body) => crate::wire::write_all_vectored(&mut &*upstream, &[head, body]),
+        Some(body) => crate::http::wire::write_all_vectored(&mut &*upstream, &[head, body]),
         None => (&*upstream).write_all(head),
     };
     sent.map_err(|e| Attempt::Sent(describe("sending the request", &e), 502))?;

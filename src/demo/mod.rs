@@ -4,6 +4,8 @@
 //! Each piece is this same binary, started as its own process, exactly as a
 //! user would start it by hand; the demo only starts, watches and stops them.
 
+pub mod backend;
+
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
@@ -19,7 +21,7 @@ use crate::error::Error;
 const REPLICA_START_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn run(cli: &Cli) -> Result<(), Error> {
-    let config = crate::load_config(cli)?;
+    let config = cli.load_config()?;
     let exe =
         std::env::current_exe().map_err(|e| Error::os("cannot find the pibl executable", e))?;
     // Blocked before any process starts, so no signal can slip past

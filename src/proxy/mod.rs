@@ -1,0 +1,61 @@
+//! The proxy: one client connection's life (`connection`), the exchange of
+//! each of its requests with a backend (`relay`), and what that needs — the
+//! `balancer`, the `pool` of kept backend connections, `splice`(2),
+//! `upload`s, `health` checks.  Runs in whatever the model made to serve:
+//! a child, a prefork worker or a thread, and knows nothing of which.
+
+pub mod balancer;
+pub mod connection;
+pub mod health;
+pub mod pool;
+pub mod relay;
+pub mod splice;
+pub mod upload;
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::error::Error;
+use balancer::Balancer;
+
+/// What every child needs, made by the parent before it forks.
+pub struct Context {
+    pub config: Config,
+    pub balancer: Balancer,
+    /// The response cache, when its TTL is not zero.
+    pub cache: Option<Cache>,
+}
+
+impl Context {
+    /// What connections are served with under `config`: the cache, and a
+    /// balancer over fresh shared pages.  Made at start-up and at every
+    /// reload.
+    pub fn build(config: Config) -> Result<Context, Error> {
+        let cache = Cache::open(&config)?;
+        let balancer = Balancer::new(config.backends.clone(), config.health.clone())?;
+        Ok(Context {
+            config,
+            balancer,
+            cache,
+        })
+    }
+
+    /// A copy for a thread of its own (the thread model): the same shared
+    /// pages and cache directory, its own descriptors.
+    pub fn for_thread(&self) -> Context {
+        Context {
+            config: self.config.clone(),
+            balancer: self.balancer.clone(),
+            cache: self.cache.as_ref().map(Cache::for_thread),
+        }
+    }
+}
+
+/// How an exchange ended, from the child's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum End {
+    Served,
+    /// The client sent something wrong, stalled, or went away.
+    ClientFault,
+    /// No backend could answer, or one answered badly.
+    BackendFault,
+}
