@@ -13,6 +13,7 @@ mod demo;
 mod failures;
 mod framing;
 mod hostile;
+mod layout;
 mod logging;
 mod processes;
 mod service;
