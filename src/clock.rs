@@ -96,6 +96,14 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
 /// Milliseconds on CLOCK_MONOTONIC: one clock for every process on the
 /// machine, unaffected by changes of the wall clock.
 pub fn now_ms() -> u64 {

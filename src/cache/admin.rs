@@ -1,7 +1,7 @@
 //! `pibl cache ls` and `pibl cache purge [URL]`: the cache directory,
 //! looked at and emptied from the command line while pibl runs or not.
 
-use crate::cache::{Cache, key_of_url};
+use super::store::{Cache, key_of_url};
 use crate::cli::CacheCommand;
 use crate::config::Config;
 use crate::error::Error;

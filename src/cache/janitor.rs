@@ -4,12 +4,16 @@
 //! expired entries, so no client waits on that, and keeps the entries
 //! within `cache.max_size` by removing the least recently used.
 
+use std::collections::BinaryHeap;
+use std::fs;
+use std::io;
+use std::path::PathBuf;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::time::{ClockId, clock_gettime};
 
-use crate::cache::Cache;
+use super::store::{Cache, DEBRIS_AGE, is_temporary, remove_unless_held};
 use crate::diag;
 
 /// Time between sweeps of a small cache.  A sweep reads only the directory
@@ -79,6 +83,108 @@ fn cpu_time() -> Duration {
 /// long enough that sweeping takes at most a tenth of one CPU.
 fn rest_after(sweep: Duration) -> Duration {
     SWEEP_INTERVAL.max(sweep * REST_FACTOR)
+}
+
+/// A file as the janitor judges it (`Cache::judge`).
+enum Judged {
+    /// Expired for longer than the TTL: its path, inode and mtime.
+    Expired(PathBuf, (u64, SystemTime)),
+    Live(Live),
+    /// Not an entry, or gone.
+    Other,
+}
+
+/// An unexpired entry, ordered by its last use.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Live {
+    used: SystemTime,
+    size: u64,
+    path: PathBuf,
+    judged: (u64, SystemTime),
+}
+
+impl Cache {
+    /// One sweep of the janitor: removes entries expired for longer than
+    /// the TTL (kept that long so they can be revalidated), then the least
+    /// recently used until the entries fit in `max_size` bytes.  Uses only
+    /// each file's times and size (see `Writer::commit`).  Expired entries
+    /// go as they are found, so a sweep cut short still makes progress, and
+    /// its memory does not grow with the cache: only the entries to evict
+    /// are held, found by a second pass when the first finds too many bytes.
+    pub fn sweep(&self, max_size: u64) -> io::Result<(usize, usize)> {
+        let now = SystemTime::now();
+        let mut expired = 0;
+        let mut total = 0;
+        for file in self.files()? {
+            match self.judge(&file, now) {
+                Judged::Expired(path, judged) => {
+                    expired += usize::from(self.remove_if_same(&path, judged))
+                }
+                Judged::Live(live) => total += live.size,
+                Judged::Other => {}
+            }
+        }
+        if total <= max_size {
+            return Ok((expired, 0));
+        }
+        let excess = total - max_size;
+        // The least recently used entries whose sizes make up the excess:
+        // a heap with the most recently used on top, which goes as soon as
+        // the others make up the excess without it.
+        let mut oldest = BinaryHeap::new();
+        let mut held = 0;
+        for file in self.files()? {
+            let Judged::Live(live) = self.judge(&file, now) else {
+                continue;
+            };
+            held += live.size;
+            oldest.push(live);
+            while oldest.peek().is_some_and(|top| held - top.size >= excess) {
+                held -= oldest.pop().map_or(0, |top| top.size);
+            }
+        }
+        let evicted = oldest
+            .into_sorted_vec()
+            .into_iter()
+            .filter(|live| self.remove_if_same(&live.path, live.judged))
+            .count();
+        Ok((expired, evicted))
+    }
+
+    /// What the sweep makes of one file of the cache's subdirectories;
+    /// debris goes at once.
+    fn judge(&self, file: &fs::DirEntry, now: SystemTime) -> Judged {
+        use std::os::unix::fs::MetadataExt;
+        let name = file.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') {
+            // Fill locks of misses that stored nothing are left for the
+            // next miss; those unused for a while go, with what dead
+            // processes left.
+            let old = file
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m + DEBRIS_AGE < now);
+            if old && is_temporary(&name) {
+                remove_unless_held(&file.path());
+            }
+            return Judged::Other;
+        }
+        let Ok(meta) = file.metadata() else {
+            return Judged::Other;
+        };
+        let modified = meta.modified().unwrap_or(now);
+        let judged = (meta.ino(), modified);
+        if modified + self.ttl <= now {
+            return Judged::Expired(file.path(), judged);
+        }
+        Judged::Live(Live {
+            used: meta.accessed().unwrap_or(UNIX_EPOCH),
+            size: meta.len(),
+            path: file.path(),
+            judged,
+        })
+    }
 }
 
 #[cfg(test)]

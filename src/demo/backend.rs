@@ -122,14 +122,19 @@ fn respond(
     keep: bool,
 ) -> io::Result<bool> {
     let path = req.target.split('?').next().unwrap_or("/");
-    let head_only = req.method == "HEAD";
+    let reply = Reply {
+        stream,
+        name,
+        keep,
+        head_only: req.method == "HEAD",
+    };
     match path {
-        "/echo" => return echo(reader, stream, name, framing, keep, head_only),
+        "/echo" => return echo(reader, stream, name, framing, keep, reply.head_only),
         "/sink" => {
             let mut hash = Fnv::default();
             body::relay(reader, &mut hash, framing, Encode::Plain, 0).map_err(io::Error::from)?;
             let text = format!("bytes={} fnv1a={:016x}\n", hash.len, hash.state);
-            reply(stream, name, 200, keep, &[], text.as_bytes())?;
+            reply.body(200, &[], text.as_bytes())?;
             return Ok(true);
         }
         _ => {
@@ -137,95 +142,81 @@ fn respond(
                 .map_err(io::Error::from)?;
         }
     }
-    let text = |s: String| s.into_bytes();
+    answer(&reply, path, req)
+}
+
+/// Where and how one request is answered.
+struct Reply<'a> {
+    stream: &'a TcpStream,
+    name: &'a str,
+    keep: bool,
+    head_only: bool,
+}
+
+impl Reply<'_> {
+    /// A response with `body` (its head alone for a HEAD).
+    fn send(&self, status: u16, fields: &[(&str, &str)], body: &[u8]) -> io::Result<()> {
+        let (stream, name, keep) = (self.stream, self.name, self.keep);
+        reply_maybe_head(stream, name, status, keep, fields, body, self.head_only)
+    }
+
+    /// A response with `body`, whatever the method.
+    fn body(&self, status: u16, fields: &[(&str, &str)], body: &[u8]) -> io::Result<()> {
+        reply(self.stream, self.name, status, self.keep, fields, body)
+    }
+}
+
+/// Answers a request whose body has been read: false when the connection
+/// is to close.
+fn answer(reply: &Reply<'_>, path: &str, req: &RequestHead) -> io::Result<bool> {
+    let name = reply.name;
+    let number = |key: &str, default: u64| query_number(&req.target, key).unwrap_or(default);
     match path {
         "/" => {
             let page = format!(
                 "<!DOCTYPE html>\n<html><head><title>{name}</title></head>\n<body><h1>Replica {name}</h1>\n<p>This answer came from replica <b>{name}</b>, through pibl.</p></body></html>\n"
             );
             let ctype = [("Content-Type", "text/html; charset=utf-8"), NO_STORE];
-            reply_maybe_head(stream, name, 200, keep, &ctype, page.as_bytes(), head_only)?;
+            reply.send(200, &ctype, page.as_bytes())?;
         }
-        "/whoami" => reply_maybe_head(
-            stream,
-            name,
-            200,
-            keep,
-            &[NO_STORE],
-            &text(format!("{name}\n")),
-            head_only,
-        )?,
-        "/big" => big(
-            stream,
-            name,
-            query_number(&req.target, "kb").unwrap_or(1024),
-            keep,
-            head_only,
-        )?,
-        "/chunked" => chunked(
-            stream,
-            name,
-            query_number(&req.target, "n").unwrap_or(4),
-            keep,
-            head_only,
-        )?,
+        "/whoami" => reply.send(200, &[NO_STORE], format!("{name}\n").as_bytes())?,
+        "/big" => big(reply, number("kb", 1024))?,
+        "/chunked" => chunked(reply, number("n", 4))?,
         "/close" => {
             let head = response_head(200, name, &[("Connection", "close")]);
-            let mut out = stream;
+            let mut out = reply.stream;
             out.write_all(head.as_bytes())?;
-            if !head_only {
+            if !reply.head_only {
                 out.write_all(format!("closing after this, from {name}\n").as_bytes())?;
             }
             return Ok(false);
         }
         "/slow" => {
-            thread::sleep(Duration::from_millis(
-                query_number(&req.target, "ms").unwrap_or(1000),
-            ));
-            reply_maybe_head(
-                stream,
-                name,
-                200,
-                keep,
-                &[],
-                &text(format!("slow answer from {name}\n")),
-                head_only,
-            )?;
+            thread::sleep(Duration::from_millis(number("ms", 1000)));
+            reply.send(200, &[], format!("slow answer from {name}\n").as_bytes())?;
         }
         "/status" => {
-            let code = query_number(&req.target, "code").unwrap_or(200) as u16;
+            let code = number("code", 200) as u16;
             let code = if (200..600).contains(&code) {
                 code
             } else {
                 400
             };
-            reply_maybe_head(stream, name, code, keep, &[], b"", true)?;
+            reply_maybe_head(reply.stream, name, code, reply.keep, &[], b"", true)?;
         }
         "/peer" => {
-            let peer = stream.peer_addr()?;
-            let page = text(format!("{peer}\n"));
-            reply_maybe_head(stream, name, 200, keep, &[NO_STORE], &page, head_only)?;
+            let peer = reply.stream.peer_addr()?;
+            reply.send(200, &[NO_STORE], format!("{peer}\n").as_bytes())?;
         }
         "/headers" => {
             let mut seen = format!("{} {} HTTP/1.{}\r\n", req.method, req.target, req.minor);
             for f in &req.fields {
-                seen.push_str(&format!(
-                    "{}: {}\r\n",
-                    f.name,
-                    String::from_utf8_lossy(&f.value)
-                ));
+                let value = String::from_utf8_lossy(&f.value);
+                seen.push_str(&format!("{}: {value}\r\n", f.name));
             }
-            reply_maybe_head(stream, name, 200, keep, &[], seen.as_bytes(), head_only)?;
+            reply.send(200, &[], seen.as_bytes())?;
         }
-        _ => reply_maybe_head(
-            stream,
-            name,
-            404,
-            keep,
-            &[],
-            &text(format!("no {path} on {name}\n")),
-            head_only,
-        )?,
+        _ => reply.send(404, &[], format!("no {path} on {name}\n").as_bytes())?,
     }
     Ok(true)
 }
@@ -281,7 +272,8 @@ fn reply_maybe_head(
     stream.write_all(&out)
 }
 
-fn big(stream: &TcpStream, name: &str, kb: u64, keep: bool, head_only: bool) -> io::Result<()> {
+fn big(reply: &Reply<'_>, kb: u64) -> io::Result<()> {
+    let (stream, name, keep, head_only) = (reply.stream, reply.name, reply.keep, reply.head_only);
     let len = (kb * 1024).to_string();
     let mut fields = vec![
         ("Content-Length", len.as_str()),
@@ -311,7 +303,8 @@ pub fn pattern_block() -> Vec<u8> {
     (0..BUFFER_SIZE).map(|i| (i % 251) as u8).collect()
 }
 
-fn chunked(stream: &TcpStream, name: &str, n: u64, keep: bool, head_only: bool) -> io::Result<()> {
+fn chunked(reply: &Reply<'_>, n: u64) -> io::Result<()> {
+    let (stream, name, keep, head_only) = (reply.stream, reply.name, reply.keep, reply.head_only);
     let mut fields = vec![
         ("Transfer-Encoding", "chunked"),
         ("Content-Type", "text/plain"),

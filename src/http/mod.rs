@@ -547,6 +547,17 @@ pub fn error_response_with(status: u16, persist: Persist, extra: &[(&str, &str)]
     .into_bytes()
 }
 
+/// `stored` with another status, and without the fields `dropped`: a 206
+/// or 304 made from a whole response.
+pub fn restated(stored: &ResponseHead, status: u16, dropped: &[&str]) -> ResponseHead {
+    let mut head = stored.clone();
+    head.status = status;
+    head.reason = reason(status).to_string();
+    head.fields
+        .retain(|f| !dropped.iter().any(|d| f.name.eq_ignore_ascii_case(d)));
+    head
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,9 +15,11 @@ use std::time::{Duration, Instant};
 use crate::diag;
 use crate::http::wire::Reader;
 use crate::log::{self, AccessLog, Entry};
+use crate::proxy::exchange::Exchange;
+use crate::proxy::forward;
 use crate::proxy::pool::Pool;
-use crate::proxy::relay::{self, BUFFER_SIZE, Exchange};
-use crate::proxy::{Context, End};
+use crate::proxy::request::{self, Incoming, Next, Request};
+use crate::proxy::{BUFFER_SIZE, Context, End};
 use crate::signals::{self, Idle, StopWatch};
 
 /// How long a connection idle as pibl stops (or as its prefork worker is
@@ -143,7 +145,7 @@ impl Worker {
             }
             first = false;
             idle_timeout = timeouts.keepalive;
-            let Some(ex) = relay::exchange(&mut reader, peer.ip(), ctx, &mut self.pool) else {
+            let Some(ex) = self.exchange(&mut reader, peer, ctx) else {
                 break;
             };
             self.record(peer, &ex);
@@ -164,6 +166,34 @@ impl Worker {
             // already); the answer says `Connection: close`.
         }
         worst
+    }
+
+    /// Serves one request from `reader`, or refuses it.  `None` when the
+    /// client closed (or idled out) cleanly between requests.
+    fn exchange(
+        &mut self,
+        reader: &mut Reader<&TcpStream>,
+        peer: SocketAddr,
+        ctx: &Context,
+    ) -> Option<Exchange> {
+        let incoming = match request::read(reader, ctx) {
+            Next::Closed => return None,
+            Next::Refused(ex) => return Some(ex),
+            Next::Request(incoming) => incoming,
+        };
+        let Incoming {
+            head,
+            target,
+            framing,
+            ex,
+        } = incoming;
+        let req = Request {
+            head: &head,
+            target: &target,
+            framing,
+            peer: peer.ip(),
+        };
+        Some(forward::forward(reader, &req, ctx, &mut self.pool, ex))
     }
 
     /// Waits for the next request as `signals::wait_idle` does, writing the

@@ -1,14 +1,19 @@
-//! The proxy: one client connection's life (`connection`), the exchange of
-//! each of its requests with a backend (`relay`), and what that needs — the
-//! `balancer`, the `pool` of kept backend connections, `splice`(2),
-//! `upload`s, `health` checks.  Runs in whatever the model made to serve:
-//! a child, a prefork worker or a thread, and knows nothing of which.
+//! The proxy: one client connection's life (`connection`), and each of
+//! its exchanges — the `request` read and checked, `forward`ed to a
+//! backend (or answered from the cache), the `response` relayed back, all
+//! recorded in an `exchange` — with what that needs: the `balancer`, the
+//! `pool` of kept backend connections, `splice`(2), `upload`s, `health`
+//! checks.  Runs in whatever the model made to serve — a child, a prefork
+//! worker or a thread — and knows nothing of which.
 
 pub mod balancer;
 pub mod connection;
+pub mod exchange;
+pub mod forward;
 pub mod health;
 pub mod pool;
-pub mod relay;
+pub mod request;
+pub mod response;
 pub mod splice;
 pub mod upload;
 
@@ -16,6 +21,9 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::Error;
 use balancer::Balancer;
+
+/// Size of the buffer on each side of a connection; bodies pass through it.
+pub const BUFFER_SIZE: usize = 64 * 1024;
 
 /// What every child needs, made by the parent before it forks.
 pub struct Context {

@@ -1,0 +1,284 @@
+//! A response on its way to the client: from a backend, its head
+//! forwarded and its body relayed (spliced, re-framed, cut to a range,
+//! stored in the cache as it passes), or from the cache (`serve_hit`).
+
+use std::borrow::Cow;
+use std::net::TcpStream;
+use std::ops::Range;
+
+use crate::cache::hit::{self, Reply};
+use crate::cache::{self, Entry, Status as CacheStatus};
+use crate::diag;
+use crate::http::body::{self, CopyError, Encode};
+use crate::http::conditional::{self, Answer};
+use crate::http::head::is_timeout;
+use crate::http::wire::Reader;
+use crate::http::{self, Framing, RequestHead, ResponseHead, restated};
+use crate::proxy::End;
+use crate::proxy::exchange::{Client, Exchange, describe, send};
+use crate::proxy::pool::Pool;
+use crate::proxy::splice;
+
+/// What the client asked of a response: the method it is an answer to;
+/// whether it wants the head alone (a HEAD fetched as a GET); the part
+/// of its body to send, if only a part (a 206), with the whole's length.
+pub struct Wanted<'a> {
+    pub method: &'a str,
+    pub head_only: bool,
+    pub part: Option<(Range<u64>, u64)>,
+}
+
+/// A backend's response, its head read, and where it goes.
+pub struct Relay<'a> {
+    pub resp: ResponseHead,
+    pub from_backend: Reader<TcpStream>,
+    pub wanted: Wanted<'a>,
+    /// The cache's copy of the body, when it is stored.
+    pub store: Option<cache::Writer>,
+    pub pool: &'a mut Pool,
+    /// The backend whose connection may be kept for the next request.
+    pub keep: Option<usize>,
+}
+
+/// The part of the whole response `resp` the client's Range asks for,
+/// and the whole's length, when there is one to send as a 206: one range,
+/// of a 200 whose length is known.
+pub fn part_of(req: &RequestHead, resp: &ResponseHead) -> Option<(Range<u64>, u64)> {
+    let Ok(Framing::Length(len)) = http::response_framing("GET", resp) else {
+        return None;
+    };
+    match conditional::answer(req, resp, len) {
+        Answer::Part(range) => Some((range, len)),
+        _ => None,
+    }
+}
+
+/// Relays the response `r` to the client.
+pub fn relay(client: &Client<'_>, mut r: Relay<'_>, mut ex: Exchange) -> Exchange {
+    let framing = match http::response_framing(r.wanted.method, &r.resp) {
+        Ok(framing) => framing,
+        Err(why) => {
+            diag!("backend {}: malformed response: {why}", ex.backend());
+            return ex.backend_failed(client, 502, false);
+        }
+    };
+    let (to_client, encode) = client_framing(framing, &r.wanted, ex.minor);
+    ex.keep_alive &= to_client != Framing::UntilClose;
+    let head = head_for_client(&r, to_client, &mut ex);
+    if r.wanted.head_only {
+        return send_head_and_store(client, &head, r, framing, ex);
+    }
+    match copy_body(client, &head, &mut r, framing, encode) {
+        Ok(n) => {
+            ex.body_bytes = n;
+            if let Some(writer) = r.store {
+                writer.commit();
+            }
+            give_back(r.pool, r.keep, r.from_backend, &r.resp, framing);
+        }
+        Err(CopyError::HeadUnsent(e)) => {
+            // The backend failed before the body's first byte, so the
+            // client has seen nothing yet: it gets the error, as when the
+            // head itself is bad (nginx closes without a word here).
+            diag!(
+                "backend {}: {}",
+                ex.backend(),
+                describe("response body", &e)
+            );
+            r.pool.discard(r.from_backend);
+            let status = if is_timeout(&e) { 504 } else { 502 };
+            return ex.backend_failed(client, status, false);
+        }
+        Err(CopyError::Read(e)) => {
+            // The head is out: all that is left is to cut the connection,
+            // so the client sees the body is incomplete.
+            diag!(
+                "backend {}: {}; response cut short",
+                ex.backend(),
+                describe("response body", &e)
+            );
+            ex.end = End::BackendFault;
+            ex.keep_alive = false;
+        }
+        Err(CopyError::Write(_)) => ex.client_gone(),
+    }
+    ex
+}
+
+/// How the body goes to the client, framed as the backend sent it: a
+/// body delimited by the end of the connection is re-framed as chunks for
+/// an HTTP/1.1 client, whose connection can then stay open; an HTTP/1.0
+/// client gets the plain bytes, and the close.
+fn client_framing(framing: Framing, wanted: &Wanted<'_>, minor: u8) -> (Framing, Encode) {
+    let (to_client, encode) = match framing {
+        Framing::Empty => (Framing::Empty, Encode::Plain),
+        Framing::Length(n) => (Framing::Length(n), Encode::Plain),
+        Framing::Chunked | Framing::UntilClose if minor == 1 => (Framing::Chunked, Encode::Chunked),
+        Framing::Chunked | Framing::UntilClose => (Framing::UntilClose, Encode::Plain),
+    };
+    if wanted.head_only {
+        return (Framing::Empty, encode);
+    }
+    match &wanted.part {
+        Some((part, _)) => (Framing::Length(part.end - part.start), encode),
+        None => (to_client, encode),
+    }
+}
+
+/// The head the client gets: the backend's (or a 206 made from it, for a
+/// part), with X-Cache when there is a cache and Content-Range for a part.
+fn head_for_client(r: &Relay<'_>, to_client: Framing, ex: &mut Exchange) -> Vec<u8> {
+    let content_range = r
+        .wanted
+        .part
+        .as_ref()
+        .map(|(part, len)| format!("bytes {}-{}/{len}", part.start, part.end - 1));
+    let mut extra = Vec::with_capacity(2);
+    if let Some(status) = ex.cache {
+        extra.push(("X-Cache", status.as_str()));
+    }
+    if let Some(range) = &content_range {
+        extra.push(("Content-Range", range.as_str()));
+    }
+    let shown = match &r.wanted.part {
+        Some(_) => Cow::Owned(restated(&r.resp, 206, &[])),
+        None => Cow::Borrowed(&r.resp),
+    };
+    let mut head = Vec::with_capacity(1024);
+    http::forward_response_with(&shown, to_client, ex.persist(), &extra, &mut head);
+    ex.status = shown.status;
+    head
+}
+
+/// Sends `head` and the body: spliced from backend to client when it is a
+/// large plain one no one else needs, through a window onto the part
+/// asked for, or copied (and re-framed, and tapped for the cache).
+fn copy_body(
+    client: &Client<'_>,
+    head: &[u8],
+    r: &mut Relay<'_>,
+    framing: Framing,
+    encode: Encode,
+) -> Result<u64, CopyError> {
+    let mut out = *client.get_ref();
+    if let Framing::Length(n) = framing
+        && r.store.is_none()
+        && r.wanted.part.is_none()
+        && encode == Encode::Plain
+        && splice::worthwhile(n, r.from_backend.buffered().len())
+        && let Some(pipe) = r.pool.pipe()
+    {
+        return splice::relay_length(&mut r.from_backend, out, head, n, pipe);
+    }
+    let tap = r.store.as_mut().map(|w| w as &mut dyn std::io::Write);
+    match &r.wanted.part {
+        // The head alone, then the body through a window onto the part.
+        Some((part, _)) => {
+            send(client, head).map_err(CopyError::Write)?;
+            let mut window = body::Window::new(out, part.clone());
+            body::relay_tapped(
+                &mut r.from_backend,
+                &mut window,
+                &[],
+                framing,
+                encode,
+                0,
+                tap,
+            )
+            .map(|_| part.end - part.start)
+        }
+        None => body::relay_tapped(&mut r.from_backend, &mut out, head, framing, encode, 0, tap),
+    }
+}
+
+/// Keeps the backend connection that carried `resp`, whose body has
+/// been read to its end, for the next request to backend `keep` — if it
+/// can carry another.
+fn give_back(
+    pool: &mut Pool,
+    keep: Option<usize>,
+    from_backend: Reader<TcpStream>,
+    resp: &ResponseHead,
+    framing: Framing,
+) {
+    let reusable = framing != Framing::UntilClose
+        && http::backend_keeps_alive(resp)
+        && from_backend.buffered().is_empty();
+    match keep {
+        Some(i) if reusable => pool.put(i, from_backend),
+        _ => pool.discard(from_backend),
+    }
+}
+
+/// A HEAD fetched as a GET: the client gets `head`; the body goes to the
+/// cache alone.  When it is not to be stored (or stops being, past
+/// `max_entry`) the rest is not read for nothing: the backend connection
+/// goes instead.
+fn send_head_and_store(
+    client: &Client<'_>,
+    head: &[u8],
+    mut r: Relay<'_>,
+    framing: Framing,
+    mut ex: Exchange,
+) -> Exchange {
+    if send(client, head).is_err() {
+        ex.client_gone();
+        r.pool.discard(r.from_backend);
+        return ex;
+    }
+    let Some(mut writer) = r.store else {
+        r.pool.discard(r.from_backend);
+        return ex;
+    };
+    let mut only = cache::StoreOnly(&mut writer);
+    match body::relay(&mut r.from_backend, &mut only, framing, Encode::Plain, 0) {
+        Ok(_) => {
+            writer.commit();
+            give_back(r.pool, r.keep, r.from_backend, &r.resp, framing);
+        }
+        Err(CopyError::Read(e) | CopyError::HeadUnsent(e)) => {
+            diag!(
+                "backend {}: {}; not stored",
+                ex.backend(),
+                describe("response body", &e)
+            );
+            r.pool.discard(r.from_backend);
+        }
+        Err(CopyError::Write(_)) => r.pool.discard(r.from_backend),
+    }
+    ex
+}
+
+/// Answers `req` from the cache's `entry`; `status` is what X-Cache says.
+pub fn serve_hit(
+    client: &Client<'_>,
+    entry: Entry,
+    req: &RequestHead,
+    mut ex: Exchange,
+    status: CacheStatus,
+) -> Exchange {
+    ex.cache = Some(status);
+    let hit = match hit::reply(req, &entry, status) {
+        Reply::Send(hit) => hit,
+        Reply::PreconditionFailed => {
+            ex.send_error(client, 412);
+            return ex;
+        }
+        Reply::Unsatisfiable(len) => {
+            let range = format!("bytes */{len}");
+            ex.send_error_with(client, 416, &[("Content-Range", &range)]);
+            return ex;
+        }
+    };
+    let mut head = Vec::with_capacity(1024);
+    let persist = ex.persist();
+    http::forward_response_with(&hit.head, hit.framing, persist, &hit.fields(), &mut head);
+    ex.status = hit.head.status;
+    let part = hit.part.clone();
+    drop(hit);
+    match hit::send(client.get_ref(), &head, entry, part.clone()) {
+        Ok(()) => ex.body_bytes = part.end - part.start,
+        Err(_) => ex.client_gone(),
+    }
+    ex
+}
