@@ -39,8 +39,14 @@ CONNS=${CONNS:-50}
 BIG_CONNS=${BIG_CONNS:-8}
 MODELS=${MODELS:-fork prefork thread}
 OUT_DIR=${OUT_DIR:-benches/results}
-# .cargo/config.toml builds for the host by name: target/<host tuple>/.
-PIBL=$PWD/target/$(rustc --print host-tuple)/release/pibl
+# PIBL_BUILD=static measures the opt-in statically linked build
+# (docs/performance.md), which cargo puts under target/<host tuple>/.
+PIBL_BUILD=${PIBL_BUILD:-default}
+case $PIBL_BUILD in
+default) PIBL=$PWD/target/release/pibl ;;
+static) PIBL=$PWD/target/$(rustc --print host-tuple)/release/pibl ;;
+*) echo "compare.sh: PIBL_BUILD is default or static" >&2; exit 2 ;;
+esac
 
 log() { printf '[compare] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -58,8 +64,13 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 PATH=$PATH:/usr/sbin
-log "building pibl (release)"
-cargo build --release --quiet
+log "building pibl (release, $PIBL_BUILD)"
+if [[ $PIBL_BUILD == static ]]; then
+    RUSTFLAGS='-C target-feature=+crt-static' \
+        cargo build --release --quiet --target "$(rustc --print host-tuple)"
+else
+    cargo build --release --quiet
+fi
 
 RUN=$(mktemp -d /tmp/pibl-compare.XXXXXX)
 chmod 755 "$RUN"   # nginx workers run as another user

@@ -41,7 +41,7 @@ echo "lint: systemd unit"
 cargo build --quiet
 unit_dir=$(mktemp -d)
 trap 'rm -rf "$unit_dir"' EXIT
-pibl=$PWD/target/$(rustc --print host-tuple)/debug/pibl   # .cargo/config.toml
+pibl=$PWD/target/debug/pibl
 sed "s|/usr/local/bin/pibl|$pibl|" contrib/pibl.service >"$unit_dir/pibl.service"
 # verify only warns about unknown keys and bad values: any output fails.
 verify=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify --man=no "$unit_dir/pibl.service" 2>&1) || true

@@ -10,10 +10,9 @@ use crate::util::*;
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: \"v1\"\r\n\r\nhello";
 
 fn cached(backend: &RawBackend, ttl: u64) -> Proxy {
-    Proxy::start_with(ProxyOptions {
-        backends: vec![backend.addr.to_string()],
-        extra: format!("[cache]\nttl = {ttl}\n"),
-    })
+    ProxyOptions::for_addrs(vec![backend.addr.to_string()])
+        .config(&format!("[cache]\nttl = {ttl}\n"))
+        .start()
 }
 
 fn hits(backend: &RawBackend) -> usize {
@@ -367,14 +366,9 @@ fn entries_survive_a_crash_and_are_served_with_backends_down() {
         .local_addr()
         .unwrap()
         .to_string();
-    let proxy = Proxy::start_in(
-        dir,
-        ProxyOptions {
-            backends: vec![gone],
-            extra: "[cache]\nttl = 60\n".into(),
-        },
-        &[],
-    );
+    let proxy = ProxyOptions::for_addrs(vec![gone])
+        .config("[cache]\nttl = 60\n")
+        .start_in(dir);
     let r = get(proxy.addr, "/p");
     assert_eq!(
         (r.status, r.header("x-cache"), r.text().as_str()),
@@ -639,14 +633,9 @@ fn a_write_cut_short_by_sigkill_leaves_no_visible_entry() {
     wait_until("the temporary file", || temp(&proxy.dir) == 1);
     let dir = proxy.crash();
     assert!(entries(&dir).is_empty(), "no entry is visible");
-    let proxy = Proxy::start_in(
-        dir,
-        ProxyOptions {
-            backends: vec![backend.addr.to_string()],
-            extra: "[cache]\nttl = 60\n".into(),
-        },
-        &[],
-    );
+    let proxy = ProxyOptions::for_addrs(vec![backend.addr.to_string()])
+        .config("[cache]\nttl = 60\n")
+        .start_in(dir);
     assert_eq!(temp(&proxy.dir), 0, "the next start removes it");
     drop(proxy);
 }
@@ -654,17 +643,15 @@ fn a_write_cut_short_by_sigkill_leaves_no_visible_entry() {
 #[test]
 fn ttl_flag_wins_and_zero_turns_the_cache_off() {
     let backend = RawBackend::start(OK);
-    let options = || ProxyOptions {
-        backends: vec![backend.addr.to_string()],
-        extra: "[cache]\nttl = 60\n".into(),
-    };
-    let off = Proxy::start_in(TempDir::new(), options(), &["--ttl", "0"]);
+    let options =
+        || ProxyOptions::for_addrs(vec![backend.addr.to_string()]).config("[cache]\nttl = 60\n");
+    let off = options().args(&["--ttl", "0"]).start();
     let r = get(off.addr, "/z");
     assert_eq!(r.header("x-cache"), None);
     get(off.addr, "/z");
     assert_eq!(hits(&backend), 2);
     assert!(!off.dir.path().join("cache").exists());
-    let on = Proxy::start_in(TempDir::new(), options(), &["--ttl", "5"]);
+    let on = options().args(&["--ttl", "5"]).start();
     get(on.addr, "/z");
     wait_entries(&on.dir, 1);
     assert_eq!(get(on.addr, "/z").header("x-cache"), Some("HIT"));
@@ -762,10 +749,9 @@ fn over_max_size_the_least_recently_used_go_first() {
     let size = fs::metadata(&entries(&probe.dir)[0]).unwrap().len();
     drop(probe);
 
-    let proxy = Proxy::start_with(ProxyOptions {
-        backends: vec![backend.addr.to_string()],
-        extra: format!("[cache]\nttl = 60\nmax_size = {}\n", size * 5 / 2),
-    });
+    let proxy = ProxyOptions::for_addrs(vec![backend.addr.to_string()])
+        .config(&format!("[cache]\nttl = 60\nmax_size = {}\n", size * 5 / 2))
+        .start();
     let mut client = Client::connect(proxy.addr);
     client.get("/1");
     client.get("/2");
@@ -959,10 +945,9 @@ fn a_head_on_a_stale_entry_revalidates_it() {
 #[test]
 fn a_body_over_max_entry_streams_through_uncached() {
     let backend = RawBackend::start(OK);
-    let proxy = Proxy::start_with(ProxyOptions {
-        backends: vec![backend.addr.to_string()],
-        extra: "[cache]\nttl = 60\nmax_entry = 4\n".into(),
-    });
+    let proxy = ProxyOptions::for_addrs(vec![backend.addr.to_string()])
+        .config("[cache]\nttl = 60\nmax_entry = 4\n")
+        .start();
     let mut client = Client::connect(proxy.addr);
     for _ in 0..2 {
         let r = client.get("/large");
@@ -991,11 +976,8 @@ fn a_body_over_max_entry_streams_through_uncached() {
 #[test]
 fn an_entry_the_file_system_refuses_is_given_up_and_the_response_goes_on() {
     let backends = Backend::start_many(1);
-    let options = ProxyOptions {
-        extra: "[cache]\nttl = 60\n".into(),
-        ..ProxyOptions::new(&backends)
-    };
-    let mut proxy = Proxy::start_with_ulimit(options, &[], "-f 400");
+    let options = ProxyOptions::new(&backends).config("[cache]\nttl = 60\n");
+    let mut proxy = options.ulimit("-f 400").start();
     for _ in 0..2 {
         let r = get(proxy.addr, "/big?kb=1024");
         assert_eq!(
@@ -1130,10 +1112,9 @@ fn a_chunked_body_over_max_entry_lets_the_fill_lock_go_at_once() {
             });
         }
     });
-    let proxy = Proxy::start_with(ProxyOptions {
-        backends: vec![addr.to_string()],
-        extra: "[cache]\nttl = 60\nmax_entry = 4096\n".into(),
-    });
+    let proxy = ProxyOptions::for_addrs(vec![addr.to_string()])
+        .config("[cache]\nttl = 60\nmax_entry = 4096\n")
+        .start();
     let mut first = Client::connect(proxy.addr);
     first.send(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n");
     assert_eq!(first.head().status, 200);

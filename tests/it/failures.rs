@@ -24,10 +24,8 @@ fn a_refused_connection_fails_over_invisibly() {
     let a = Backend::start("a");
     let c = Backend::start("c");
     let dead = dead_address();
-    let proxy = Proxy::start_for(
-        vec![a.addr.to_string(), dead.clone(), c.addr.to_string()],
-        "",
-    );
+    let proxy =
+        ProxyOptions::for_addrs(vec![a.addr.to_string(), dead.clone(), c.addr.to_string()]).start();
     let mut client = Client::connect(proxy.addr);
     let names: Vec<String> = (0..9).map(|_| client.get("/whoami").text()).collect();
     assert!(names.iter().all(|n| n == "a\n" || n == "c\n"), "{names:?}");
@@ -55,10 +53,9 @@ fn a_backend_marked_down_is_tried_again_after_fail_timeout() {
         .local_addr()
         .unwrap()
         .port();
-    let proxy = Proxy::start_for(
-        vec![a.addr.to_string(), format!("127.0.0.1:{port}")],
-        "fail_timeout = 0.5\n",
-    );
+    let proxy = ProxyOptions::for_addrs(vec![a.addr.to_string(), format!("127.0.0.1:{port}")])
+        .config("fail_timeout = 0.5\n")
+        .start();
     for _ in 0..4 {
         assert_eq!(get(proxy.addr, "/whoami").text(), "a\n");
     }
@@ -75,10 +72,9 @@ fn idempotent_requests_are_retried_but_post_is_never_replayed() {
     // Reads the request, then hangs up without a word.
     let closer = RawBackend::start(b"");
     let good = RawBackend::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-    let proxy = Proxy::start_for(
-        vec![closer.addr.to_string(), good.addr.to_string()],
-        "max_fails = 100\n",
-    );
+    let proxy = ProxyOptions::for_addrs(vec![closer.addr.to_string(), good.addr.to_string()])
+        .config("max_fails = 100\n")
+        .start();
     let mut client = Client::connect(proxy.addr);
     // GET: tried on `closer`, which fails before answering; sent to `good`.
     assert_eq!(client.get("/one").text(), "ok");
@@ -113,20 +109,18 @@ fn idempotent_requests_are_retried_but_post_is_never_replayed() {
 #[test]
 fn a_silent_backend_is_504_and_a_malformed_one_502() {
     let slow = Backend::start("slow");
-    let proxy = Proxy::start_for(
-        vec![slow.addr.to_string()],
-        "backend_timeout = 0.5\nmax_fails = 100\n",
-    );
+    let proxy = ProxyOptions::for_addrs(vec![slow.addr.to_string()])
+        .config("backend_timeout = 0.5\nmax_fails = 100\n")
+        .start();
     let r = get(proxy.addr, "/slow?ms=5000");
     assert_eq!(r.status, 504);
     proxy.wait_stderr("response: timed out");
     // Silent after its head, before the body's first byte: the client has
     // seen nothing yet, so it gets the 504 too.
     let mute = RawBackend::start_stalling(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
-    let proxy = Proxy::start_for(
-        vec![mute.addr.to_string()],
-        "backend_timeout = 0.5\nmax_fails = 100\n",
-    );
+    let proxy = ProxyOptions::for_addrs(vec![mute.addr.to_string()])
+        .config("backend_timeout = 0.5\nmax_fails = 100\n")
+        .start();
     assert_eq!(get(proxy.addr, "/").status, 504);
     proxy.wait_stderr("response body: timed out");
 
@@ -146,7 +140,7 @@ fn a_silent_backend_is_504_and_a_malformed_one_502() {
     ] {
         let answer: &'static [u8] = Box::leak(answer.to_vec().into_boxed_slice());
         let raw = RawBackend::start(answer);
-        let proxy = Proxy::start_for(vec![raw.addr.to_string()], "max_fails = 100\n");
+        let proxy = ProxyOptions::for_addrs(vec![raw.addr.to_string()]).config("max_fails = 100\n").start();
         let r = get(proxy.addr, "/");
         assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(answer));
         assert!(!r.text().contains("127.0.0.1"));
@@ -155,7 +149,7 @@ fn a_silent_backend_is_504_and_a_malformed_one_502() {
 
 #[test]
 fn all_backends_down_is_502_with_the_reason_logged() {
-    let proxy = Proxy::start_for(vec![dead_address(), dead_address()], "");
+    let proxy = ProxyOptions::for_addrs(vec![dead_address(), dead_address()]).start();
     let r = get(proxy.addr, "/");
     assert_eq!(r.status, 502);
     let r = get(proxy.addr, "/");
@@ -168,10 +162,9 @@ fn the_health_checker_marks_backends_down_and_up() {
     let a = Backend::start("a");
     let b = Backend::start("b");
     let port = b.addr.port();
-    let proxy = Proxy::start_for(
-        vec![a.addr.to_string(), b.addr.to_string()],
-        "health_check = { path = \"/whoami\", interval = 0.2 }\n",
-    );
+    let proxy = ProxyOptions::for_addrs(vec![a.addr.to_string(), b.addr.to_string()])
+        .config("health_check = { path = \"/whoami\", interval = 0.2 }\n")
+        .start();
     // A checker of its own (named once it runs: the parent does not wait).
     wait_until("the health checker", || {
         proxy.tasks_named("health checker") == 1
@@ -200,10 +193,9 @@ fn killing_a_backend_under_load_loses_no_request() {
     let backends = Backend::start_many(3);
     let victim_port = backends[1].addr.port();
     let victim_name = backends[1].addr.to_string();
-    let proxy = Proxy::start_for(
-        backends.iter().map(|b| b.addr.to_string()).collect(),
-        "fail_timeout = 0.5\n",
-    );
+    let proxy = ProxyOptions::for_addrs(backends.iter().map(|b| b.addr.to_string()).collect())
+        .config("fail_timeout = 0.5\n")
+        .start();
     let mut backends: Vec<Option<Backend>> = backends.into_iter().map(Some).collect();
     let done = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
@@ -271,7 +263,9 @@ fn a_lone_backend_is_never_marked_down() {
         .port();
     // fail_timeout far beyond the test's patience: were the lone backend
     // marked down, it would not be asked again in time.
-    let proxy = Proxy::start_for(vec![format!("127.0.0.1:{port}")], "fail_timeout = 3600\n");
+    let proxy = ProxyOptions::for_addrs(vec![format!("127.0.0.1:{port}")])
+        .config("fail_timeout = 3600\n")
+        .start();
     assert_eq!(get(proxy.addr, "/whoami").status, 502);
     let _back = Backend::start_on("back", port);
     assert_eq!(get(proxy.addr, "/whoami").text(), "back\n");
@@ -281,7 +275,7 @@ fn a_lone_backend_is_never_marked_down() {
 #[test]
 fn backend_connections_are_kept_for_later_requests() {
     let backend = Backend::start("kept");
-    let proxy = Proxy::start_for(vec![backend.addr.to_string()], "");
+    let proxy = ProxyOptions::for_addrs(vec![backend.addr.to_string()]).start();
     let mut client = Client::connect(proxy.addr);
     for _ in 0..20 {
         assert_eq!(client.get("/whoami").text(), "kept\n");
@@ -323,7 +317,7 @@ fn backend_connections_are_kept_for_later_requests() {
 #[test]
 fn a_kept_connection_the_backend_closed_is_replaced_unseen() {
     let once = RawBackend::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-    let proxy = Proxy::start_for(vec![once.addr.to_string()], "");
+    let proxy = ProxyOptions::for_addrs(vec![once.addr.to_string()]).start();
     let mut client = Client::connect(proxy.addr);
     for _ in 0..10 {
         assert_eq!(client.get("/").text(), "ok");
@@ -343,6 +337,7 @@ fn bytes_unasked_on_an_idle_kept_connection_are_never_an_answer() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let (give_up, given_up) = std::sync::mpsc::channel::<()>();
+    let (gave_up, has_given_up) = std::sync::mpsc::channel::<()>();
     thread::spawn(move || {
         let answers: [&[u8]; 2] = [
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst",
@@ -356,14 +351,20 @@ fn bytes_unasked_on_an_idle_kept_connection_are_never_an_answer() {
                 given_up.recv().unwrap();
                 let timeout = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n";
                 conn.write_all(timeout).unwrap();
+                drop(conn);
+                gave_up.send(()).unwrap();
             }
         }
     });
-    let proxy = Proxy::start_for(vec![addr.to_string()], "");
+    let proxy = ProxyOptions::for_addrs(vec![addr.to_string()]).start();
     let mut client = Client::connect(proxy.addr);
     assert_eq!(client.get("/").text(), "first");
+    let answered = Instant::now();
     give_up.send(()).unwrap();
-    thread::sleep(Duration::from_millis(1500));
+    has_given_up.recv().unwrap();
+    // The input under test: the connection idle longer than that second.
+    let idle = Duration::from_millis(1200);
+    thread::sleep(idle.saturating_sub(answered.elapsed()));
     assert_eq!(client.get("/").text(), "second");
 }
 
@@ -376,7 +377,9 @@ fn diagnostics_from_many_clients_at_once_are_whole_lines() {
     let mut list: Vec<String> = backends.iter().map(|b| b.addr.to_string()).collect();
     list.push(dead.clone());
     // Never marked down: every third request finds it refusing, and says so.
-    let proxy = Proxy::start_for(list, "max_fails = 1000000\n");
+    let proxy = ProxyOptions::for_addrs(list)
+        .config("max_fails = 1000000\n")
+        .start();
     let addr = proxy.addr;
     let clients: Vec<_> = (0..40)
         .map(|_| {
@@ -419,7 +422,10 @@ fn running_out_of_descriptors_is_503_and_blames_no_backend() {
 
 fn out_of_descriptors(setup: &str) {
     let backends = Backend::start_many(2);
-    let proxy = Proxy::start_after(ProxyOptions::new(&backends), &["--model", "thread"], setup);
+    let proxy = ProxyOptions::new(&backends)
+        .args(&["--model", "thread"])
+        .setup(setup)
+        .start();
     proxy.wait_stderr("open files limit (64)");
     let began = Instant::now();
     // Connections that began a request, one descriptor each, until pibl

@@ -197,10 +197,7 @@ fn hop_by_hop_fields_dropped_from_responses() {
         b"HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=9\r\n\
           Upgrade: h2c\r\nTrailer: X-T\r\nProxy-Authenticate: Basic\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok",
     );
-    let proxy = Proxy::start_with(ProxyOptions {
-        backends: vec![raw.addr.to_string()],
-        extra: String::new(),
-    });
+    let proxy = ProxyOptions::for_addrs(vec![raw.addr.to_string()]).start();
     let mut client = Client::connect(proxy.addr);
     let r = client.get("/");
     let names: Vec<&str> = r.fields.iter().map(|(k, _)| k.as_str()).collect();
@@ -214,7 +211,7 @@ fn hop_by_hop_fields_dropped_from_responses() {
 
     // Via names the version a response came in.
     let old = RawBackend::start(b"HTTP/1.0 200 OK\r\nVia: 1.1 app\r\nContent-Length: 2\r\n\r\nok");
-    let proxy = Proxy::start_for(vec![old.addr.to_string()], "");
+    let proxy = ProxyOptions::for_addrs(vec![old.addr.to_string()]).start();
     assert_eq!(
         get(proxy.addr, "/").header("via"),
         Some("1.1 app, 1.0 pibl")
@@ -280,10 +277,7 @@ fn backend_down_is_502_naming_no_address() {
     let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = gone.local_addr().unwrap();
     drop(gone);
-    let proxy = Proxy::start_with(ProxyOptions {
-        backends: vec![addr.to_string()],
-        extra: String::new(),
-    });
+    let proxy = ProxyOptions::for_addrs(vec![addr.to_string()]).start();
     let mut client = Client::connect(proxy.addr);
     let r = client.get("/");
     assert_eq!(r.status, 502);
@@ -301,10 +295,7 @@ fn interim_1xx_responses_are_relayed_without_a_body() {
         b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
           HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
     );
-    let proxy = Proxy::start_with(ProxyOptions {
-        backends: vec![raw.addr.to_string()],
-        extra: String::new(),
-    });
+    let proxy = ProxyOptions::for_addrs(vec![raw.addr.to_string()]).start();
     let mut client = Client::connect(proxy.addr);
     client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
     let hints = client.head();
@@ -335,7 +326,7 @@ fn no_content_length_on_1xx_or_204() {
                 .to_vec()
         }
     });
-    let proxy = Proxy::start_for(vec![raw.addr.to_string()], "");
+    let proxy = ProxyOptions::for_addrs(vec![raw.addr.to_string()]).start();
     let mut client = Client::connect(proxy.addr);
     client.send(b"DELETE /x HTTP/1.1\r\nHost: t\r\n\r\n");
     let interim = client.head();

@@ -11,10 +11,9 @@ use crate::util::*;
 #[test]
 fn a_head_that_never_ends_gets_408() {
     let backends = Backend::start_many(1);
-    let proxy = Proxy::start_for(
-        vec![backends[0].addr.to_string()],
-        "client_header_timeout = 0.5\n",
-    );
+    let proxy = ProxyOptions::for_addrs(vec![backends[0].addr.to_string()])
+        .config("client_header_timeout = 0.5\n")
+        .start();
     let mut client = Client::connect(proxy.addr);
     client.send(b"GET /whoami HTTP/1.1\r\nHo");
     let r = client.response("GET");
@@ -31,7 +30,7 @@ fn a_request_sent_after_a_pause_is_served() {
     // arrives (TCP_DEFER_ACCEPT) for one second, then queues it anyway: a
     // client that pauses longer before sending is served all the same.
     let backends = Backend::start_many(1);
-    let proxy = Proxy::start_for(vec![backends[0].addr.to_string()], "");
+    let proxy = ProxyOptions::for_addrs(vec![backends[0].addr.to_string()]).start();
     let mut client = Client::connect(proxy.addr);
     thread::sleep(Duration::from_millis(1500));
     assert_eq!(client.get("/whoami").status, 200);
@@ -41,10 +40,9 @@ fn a_request_sent_after_a_pause_is_served() {
 #[test]
 fn idle_keep_alive_connections_are_closed() {
     let backends = Backend::start_many(1);
-    let proxy = Proxy::start_for(
-        vec![backends[0].addr.to_string()],
-        "keepalive_timeout = 0.5\n",
-    );
+    let proxy = ProxyOptions::for_addrs(vec![backends[0].addr.to_string()])
+        .config("keepalive_timeout = 0.5\n")
+        .start();
     let mut client = Client::connect(proxy.addr);
     assert_eq!(client.get("/whoami").status, 200);
     assert!(
@@ -56,10 +54,9 @@ fn idle_keep_alive_connections_are_closed() {
 #[test]
 fn a_stalled_body_gets_408() {
     let backends = Backend::start_many(1);
-    let proxy = Proxy::start_for(
-        vec![backends[0].addr.to_string()],
-        "client_body_timeout = 0.5\n",
-    );
+    let proxy = ProxyOptions::for_addrs(vec![backends[0].addr.to_string()])
+        .config("client_body_timeout = 0.5\n")
+        .start();
     for method in ["POST", "PUT"] {
         let mut client = Client::connect(proxy.addr);
         client.send(
@@ -80,7 +77,7 @@ fn a_body_paused_within_client_body_timeout_is_relayed() {
     let backends = Backend::start_many(1);
     let mut options = ProxyOptions::new(&backends);
     options.extra = "client_body_timeout = 10\n".into();
-    let proxy = Proxy::start_with(options.clone());
+    let proxy = options.clone().start();
     for reloaded in [false, true] {
         if reloaded {
             proxy.reload(&options);
@@ -102,7 +99,9 @@ fn a_body_paused_within_client_body_timeout_is_relayed() {
 #[test]
 fn a_client_that_stops_reading_is_dropped() {
     let backends = Backend::start_many(1);
-    let proxy = Proxy::start_for(vec![backends[0].addr.to_string()], "send_timeout = 0.5\n");
+    let proxy = ProxyOptions::for_addrs(vec![backends[0].addr.to_string()])
+        .config("send_timeout = 0.5\n")
+        .start();
     let mut client = Client::connect(proxy.addr);
     client.send(b"GET /big?kb=200000 HTTP/1.1\r\nHost: t\r\n\r\n");
     // The client reads nothing; pibl gives up after send_timeout, and logs.
@@ -117,10 +116,9 @@ fn a_client_that_stops_reading_is_dropped() {
 #[test]
 fn slowloris_does_not_starve_a_normal_client() {
     let backends = Backend::start_many(1);
-    let proxy = Proxy::start_for(
-        vec![backends[0].addr.to_string()],
-        "client_header_timeout = 5\n",
-    );
+    let proxy = ProxyOptions::for_addrs(vec![backends[0].addr.to_string()])
+        .config("client_header_timeout = 5\n")
+        .start();
     const ATTACKERS: usize = 500;
     let mut slow: Vec<TcpStream> = (0..ATTACKERS)
         .map(|_| {
@@ -152,10 +150,9 @@ fn slowloris_does_not_starve_a_normal_client() {
 #[test]
 fn size_limits_414_431_413() {
     let raw = RawBackend::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-    let proxy = Proxy::start_for(
-        vec![raw.addr.to_string()],
-        "max_request_line = 100\nmax_header_size = 1024\nmax_headers = 5\nmax_body = 10\n",
-    );
+    let proxy = ProxyOptions::for_addrs(vec![raw.addr.to_string()])
+        .config("max_request_line = 100\nmax_header_size = 1024\nmax_headers = 5\nmax_body = 10\n")
+        .start();
     let long_target = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(200));
     let many_fields: String = (0..6).map(|i| format!("X-{i}: v\r\n")).collect();
     let cases: Vec<(Vec<u8>, u16)> = vec![
@@ -197,7 +194,9 @@ fn size_limits_414_431_413() {
     // A chunked body has no size up front: it is streamed until it passes
     // max_body, then cut off with 413 (the backend sees an unfinished body).
     let backends = Backend::start_many(1);
-    let proxy = Proxy::start_for(vec![backends[0].addr.to_string()], "max_body = 10\n");
+    let proxy = ProxyOptions::for_addrs(vec![backends[0].addr.to_string()])
+        .config("max_body = 10\n")
+        .start();
     let mut client = Client::connect(proxy.addr);
     client.send(b"POST /sink HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n");
     assert_eq!(
@@ -220,8 +219,10 @@ fn a_refused_body_is_drained_so_the_client_reads_the_answer() {
     let early = RawBackend::start(
         b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno",
     );
-    let proxy = Proxy::start_for(vec![early.addr.to_string()], "");
-    let limited = Proxy::start_for(vec![early.addr.to_string()], "max_body = 1000\n");
+    let proxy = ProxyOptions::for_addrs(vec![early.addr.to_string()]).start();
+    let limited = ProxyOptions::for_addrs(vec![early.addr.to_string()])
+        .config("max_body = 1000\n")
+        .start();
     // More than the socket buffers on both sides hold, so the writes
     // outlast pibl's answer.
     let body = vec![b'x'; 32 << 20];
@@ -252,7 +253,9 @@ fn a_refused_body_is_drained_so_the_client_reads_the_answer() {
 #[test]
 fn a_body_that_follows_its_refusal_is_drained() {
     let raw = RawBackend::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-    let proxy = Proxy::start_for(vec![raw.addr.to_string()], "max_body = 1000\n");
+    let proxy = ProxyOptions::for_addrs(vec![raw.addr.to_string()])
+        .config("max_body = 1000\n")
+        .start();
     let body = vec![b'x'; 8 << 20];
     let starts = [
         (format!("Content-Length: {}\r\n\r\n", body.len()), 413),
@@ -315,7 +318,7 @@ const SMUGGLING: &[(&[u8], u16)] = &[
 #[test]
 fn ambiguous_or_malformed_requests_are_refused_and_never_forwarded() {
     let raw = RawBackend::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-    let proxy = Proxy::start_for(vec![raw.addr.to_string()], "");
+    let proxy = ProxyOptions::for_addrs(vec![raw.addr.to_string()]).start();
     for &(request, status) in SMUGGLING {
         let mut client = Client::connect(proxy.addr);
         client.send(request);
@@ -339,7 +342,7 @@ fn ambiguous_or_malformed_requests_are_refused_and_never_forwarded() {
 #[test]
 fn bad_chunks_are_refused_and_never_reach_the_backend() {
     let backends = Backend::start_many(1);
-    let proxy = Proxy::start_for(vec![backends[0].addr.to_string()], "");
+    let proxy = ProxyOptions::for_addrs(vec![backends[0].addr.to_string()]).start();
     for body in [
         &b"zz\r\nhello\r\n0\r\n\r\n"[..],
         b"5\r\nhelloEXTRA\r\n0\r\n\r\n",
@@ -367,7 +370,7 @@ fn bare_lf_heads_are_accepted_and_forwarded_with_crlf() {
     // backend never sees the ambiguity; it refuses bare LF in chunked
     // framing, which it does not re-read line by line the same way.
     let backends = Backend::start_many(1);
-    let proxy = Proxy::start_for(vec![backends[0].addr.to_string()], "");
+    let proxy = ProxyOptions::for_addrs(vec![backends[0].addr.to_string()]).start();
     let mut client = Client::connect(proxy.addr);
     client.send(b"GET /headers HTTP/1.1\nHost: t\nX-Lf: yes\n\n");
     let seen = client.response("GET").text();

@@ -62,7 +62,7 @@ fn fifty_times_twenty(extra: &str) {
     let backends = Backend::start_many(3);
     let mut options = ProxyOptions::new(&backends);
     options.extra = extra.into();
-    let proxy = Proxy::start_with(options);
+    let proxy = options.start();
     let addr = proxy.addr;
     let workers: Vec<_> = (0..50)
         .map(|c| {
@@ -135,7 +135,7 @@ fn held_lines_go_out_after_flush_while_the_client_idles() {
     let backends = Backend::start_many(1);
     let mut options = ProxyOptions::new(&backends);
     options.extra = "[log]\nbuffer = 65536\nflush = 1.5\n".into();
-    let proxy = Proxy::start_with(options);
+    let proxy = options.start();
     let mut client = Client::connect(proxy.addr);
     for _ in 0..3 {
         assert_eq!(client.get("/whoami").status, 200);
@@ -154,7 +154,7 @@ fn held_lines_are_written_when_pibl_stops() {
     let backends = Backend::start_many(1);
     let mut options = ProxyOptions::new(&backends);
     options.extra = "[log]\nbuffer = 65536\nflush = 600\n".into();
-    let mut proxy = Proxy::start_with(options);
+    let mut proxy = options.start();
     for _ in 0..5 {
         assert_eq!(get(proxy.addr, "/whoami").status, 200);
     }
@@ -171,7 +171,7 @@ fn held_lines_are_written_when_pibl_stops() {
 fn a_log_file_that_cannot_be_written_is_said_once_not_per_line() {
     let backends = Backend::start_many(1);
     // 512 bytes: a few lines, then every write fails.
-    let mut proxy = Proxy::start_with_ulimit(ProxyOptions::new(&backends), &[], "-f 1");
+    let mut proxy = ProxyOptions::new(&backends).ulimit("-f 1").start();
     for _ in 0..20 {
         assert_eq!(get(proxy.addr, "/whoami").status, 200);
     }
@@ -216,7 +216,7 @@ fn a_second_stop_signal_while_waiting_for_the_log_lock_loses_no_line() {
     let backends = Backend::start_many(1);
     let mut options = ProxyOptions::new(&backends);
     options.extra = "[log]\nbuffer = 65536\nflush = 600\n".into();
-    let mut proxy = Proxy::start_in(TempDir::new(), options, &["--model", "prefork"]);
+    let mut proxy = options.args(&["--model", "prefork"]).start();
     assert_eq!(get(proxy.addr, "/whoami").status, 200);
     // Held by the worker that served it, until the worker lets go of its
     // log; meanwhile the lock is held here, as another writer would.
@@ -256,7 +256,7 @@ fn a_connection_reset_between_requests_logs_no_line() {
     // One connection served at a time: the second is served only once the
     // first is done with, so its line comes after any the first made.
     options.extra = serving_at_most(1);
-    let proxy = Proxy::start_with(options);
+    let proxy = options.start();
     let mut first = Client::connect(proxy.addr);
     assert_eq!(first.get("/whoami").status, 200);
     let linger = nix::libc::linger {

@@ -88,7 +88,7 @@ fn max_clients_caps_live_children() {
     let mut options = ProxyOptions::new(&backends);
     // In the prefork model, the pool's bound is max_workers.
     options.extra = serving_at_most(2);
-    let proxy = Proxy::start_with(options);
+    let proxy = options.start();
 
     let mut first = Client::connect(proxy.addr);
     let mut second = Client::connect(proxy.addr);
@@ -143,10 +143,9 @@ fn a_helper_stopped_along_with_pibl_is_not_started_again() {
         return;
     }
     let backends = Backend::start_many(1);
-    let mut proxy = Proxy::start_with(ProxyOptions {
-        extra: "[cache]\nttl = 60\n".into(),
-        ..ProxyOptions::new(&backends)
-    });
+    let mut proxy = ProxyOptions::new(&backends)
+        .config("[cache]\nttl = 60\n")
+        .start();
     let comm = |pid: &i32| fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     let (children, _) = proxy.children();
     let janitor = *children
@@ -174,7 +173,7 @@ fn a_helper_stopped_along_with_pibl_is_not_started_again() {
 fn prefork(backends: &[Backend], settings: &str) -> Proxy {
     let mut options = ProxyOptions::new(backends);
     options.extra = format!("[prefork]\n{settings}");
-    Proxy::start_in(TempDir::new(), options, &["--model", "prefork"])
+    options.args(&["--model", "prefork"]).start()
 }
 
 fn workers(proxy: &Proxy) -> usize {
@@ -285,11 +284,9 @@ fn a_prefork_worker_exits_after_max_requests_connections() {
 #[test]
 fn the_thread_model_serves_from_one_process() {
     let backends = Backend::start_many(3);
-    let proxy = Proxy::start_in(
-        TempDir::new(),
-        ProxyOptions::new(&backends),
-        &["--model", "thread"],
-    );
+    let proxy = ProxyOptions::new(&backends)
+        .args(&["--model", "thread"])
+        .start();
     let mut clients: Vec<Client> = (0..3).map(|_| Client::connect(proxy.addr)).collect();
     let mut seen = Vec::new();
     for client in &mut clients {
@@ -315,11 +312,9 @@ fn the_thread_model_serves_from_one_process() {
 #[test]
 fn thread_spares_serve_later_clients_over_kept_backend_connections() {
     let backends = Backend::start_many(1);
-    let proxy = Proxy::start_in(
-        TempDir::new(),
-        ProxyOptions::new(&backends),
-        &["--model", "thread"],
-    );
+    let proxy = ProxyOptions::new(&backends)
+        .args(&["--model", "thread"])
+        .start();
     let peers: HashSet<String> = (0..20).map(|_| get(proxy.addr, "/peer").text()).collect();
     // One a thread, and threads are few: see below.
     assert!(

@@ -14,10 +14,7 @@ use nix::sys::signal::Signal;
 use crate::util::*;
 
 fn options(backends: &[&Backend], extra: &str) -> ProxyOptions {
-    ProxyOptions {
-        backends: backends.iter().map(|b| b.addr.to_string()).collect(),
-        extra: extra.to_string(),
-    }
+    ProxyOptions::for_addrs(backends.iter().map(|b| b.addr.to_string()).collect()).config(extra)
 }
 
 #[test]
@@ -61,7 +58,9 @@ fn sigterm_lets_a_200_mib_response_in_flight_complete() {
 /// past the test's patience: a request surely in flight.
 fn request_in_flight(extra: &str) -> (Proxy, Client) {
     let backend = RawBackend::start_slow(OK, std::time::Duration::from_secs(60));
-    let proxy = Proxy::start_for(vec![backend.addr.to_string()], extra);
+    let proxy = ProxyOptions::for_addrs(vec![backend.addr.to_string()])
+        .config(extra)
+        .start();
     let mut client = Client::connect(proxy.addr);
     client.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
     wait_until("the request to reach the backend", || {
@@ -108,11 +107,8 @@ impl GatedBackend {
 /// serves: a new client is refused, not queued to be reset at the exit.
 fn winding_down_closes_after_the_response(args: &[&str], tell: impl Fn(&Proxy), told: &str) {
     let gated = GatedBackend::start();
-    let options = ProxyOptions {
-        backends: vec![gated.backend.addr.to_string()],
-        extra: String::new(),
-    };
-    let mut proxy = Proxy::start_in(TempDir::new(), options, args);
+    let options = ProxyOptions::for_addrs(vec![gated.backend.addr.to_string()]);
+    let mut proxy = options.args(args).start();
     let mut client = Client::connect(proxy.addr);
     client.send(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n");
     gated.arrived.recv().unwrap();
@@ -165,7 +161,7 @@ fn a_response_made_as_a_reload_retires_its_worker_says_connection_close() {
 fn asking_just_as_told_is_answered(args: &[&str], tell: impl Fn(&Proxy), told: &str) {
     let backend = Backend::start("a");
     let options = ProxyOptions::new(std::slice::from_ref(&backend));
-    let proxy = Proxy::start_in(TempDir::new(), options, args);
+    let proxy = options.args(args).start();
     let mut client = Client::connect(proxy.addr);
     assert_eq!(client.get("/whoami").status, 200);
     tell(&proxy);
@@ -240,7 +236,7 @@ fn stopped_and_continued_it_serves_on_without_complaint() {
 fn sighup_reload_changes_backends_for_new_connections_only() {
     let a = Backend::start("a");
     let b = Backend::start("b");
-    let proxy = Proxy::start_with(options(&[&a], ""));
+    let proxy = options(&[&a], "").start();
     let mut kept = Client::connect(proxy.addr);
     assert_eq!(kept.get("/whoami").text(), "a\n");
 
@@ -284,7 +280,7 @@ fn refuses(addr: std::net::SocketAddr) -> bool {
 #[test]
 fn sighup_moving_the_address_stops_the_old_listener_at_once() {
     let a = Backend::start("a");
-    let proxy = Proxy::start_with(options(&[&a], ""));
+    let proxy = options(&[&a], "").start();
     let old = proxy.addr;
     // A connection kept alive across the reload, still served where the
     // model keeps such connections.
@@ -320,7 +316,7 @@ fn sighup_moving_the_address_stops_the_old_listener_at_once() {
 fn sighup_moving_the_address_stops_the_old_listener_under_a_busy_connection() {
     // An answer that never ends: its connection stays busy.
     let raw = RawBackend::start_stalling(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf");
-    let proxy = Proxy::start_for(vec![raw.addr.to_string()], "");
+    let proxy = ProxyOptions::for_addrs(vec![raw.addr.to_string()]).start();
     let old = proxy.addr;
     let mut busy = std::net::TcpStream::connect(old).unwrap();
     busy.set_read_timeout(Some(PATIENCE)).unwrap();
@@ -329,10 +325,7 @@ fn sighup_moving_the_address_stops_the_old_listener_under_a_busy_connection() {
     wait_until("the backend to have the request", || {
         !raw.seen.lock().unwrap().is_empty()
     });
-    let options = ProxyOptions {
-        backends: vec![raw.addr.to_string()],
-        extra: String::new(),
-    };
+    let options = ProxyOptions::for_addrs(vec![raw.addr.to_string()]);
     fs::write(proxy.dir.path().join("pibl.conf"), moved(options)).unwrap();
     proxy.process.signal(Signal::SIGHUP);
     proxy.wait_stderr("configuration reloaded");
@@ -349,7 +342,7 @@ fn sighup_moving_the_address_stops_the_old_listener_under_a_busy_connection() {
 #[test]
 fn sighup_with_a_broken_config_keeps_the_old_one() {
     let a = Backend::start("a");
-    let proxy = Proxy::start_with(options(&[&a], ""));
+    let proxy = options(&[&a], "").start();
     fs::write(
         proxy.dir.path().join("pibl.conf"),
         "backends = [\"127.0.0.1:1\"]\nnonsense = 1\n",
@@ -514,10 +507,7 @@ fn root_drops_to_the_configured_user() {
         return;
     }
     let backends = Backend::start_many(1);
-    let proxy = Proxy::start_with(options(
-        &[&backends[0]],
-        "user = \"nobody\"\ngroup = \"nogroup\"\n",
-    ));
+    let proxy = options(&[&backends[0]], "user = \"nobody\"\ngroup = \"nogroup\"\n").start();
     let mut client = Client::connect(proxy.addr);
     assert_eq!(client.get("/whoami").status, 200);
     let uid_line = |pid: i32| {
@@ -549,7 +539,7 @@ fn syslog_receives_access_lines_and_errors() {
         "[log]\nsyslog = true\nfacility = \"local3\"\nsyslog_socket = \"{}\"\n",
         socket_path.display()
     );
-    let proxy = Proxy::start_with(options(&[&backends[0]], &extra));
+    let proxy = options(&[&backends[0]], &extra).start();
     let mut buf = vec![0u8; 4096];
     let mut next = || {
         let n = syslog.recv(&mut buf).unwrap();
@@ -605,7 +595,7 @@ fn every_flag_in_help_is_in_the_man_page() {
 #[test]
 fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
     let backends = Backend::start_many(1);
-    let proxy = Proxy::start_with_ulimit(ProxyOptions::new(&backends), &[], "-Sn 64");
+    let proxy = ProxyOptions::new(&backends).ulimit("-Sn 64").start();
     let limits = fs::read_to_string(format!("/proc/{}/limits", proxy.pid())).unwrap();
     let open_files: Vec<&str> = limits
         .lines()
@@ -626,7 +616,7 @@ fn the_soft_open_files_limit_is_raised_to_the_hard_one() {
 #[test]
 fn a_reload_gives_new_connections_its_timeouts() {
     let a = Backend::start("a");
-    let proxy = Proxy::start_with(options(&[&a], "client_body_timeout = 60\n"));
+    let proxy = options(&[&a], "client_body_timeout = 60\n").start();
     proxy.reload(&options(&[&a], "client_body_timeout = 0.5\n"));
     let mut client = Client::connect(proxy.addr);
     client.send(b"POST /sink HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc");

@@ -177,7 +177,7 @@ fn spliced_bodies_cut_short_either_way_leave_the_next_exchange_whole() {
     let backends = Backend::start_many(1);
     let mut options = ProxyOptions::new(&backends);
     options.extra = "[prefork]\nmin_spare = 1\nmax_spare = 1\nmax_workers = 1\n".into();
-    let proxy = Proxy::start_in(TempDir::new(), options, &["--model", "prefork"]);
+    let proxy = options.args(&["--model", "prefork"]).start();
 
     // Leaves after 100 KB of 4 MiB: the worker's write fails mid-pipe.
     let mut quitter = Client::connect(proxy.addr);
@@ -222,10 +222,7 @@ fn a_spliced_body_cut_short_by_the_backend_cuts_the_client_connection() {
     let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n".to_vec();
     answer.extend(std::iter::repeat_n(b'x', 300_000));
     let backend = RawBackend::start_answering(move |_| answer.clone());
-    let proxy = Proxy::start_with(ProxyOptions {
-        backends: vec![backend.addr.to_string()],
-        extra: String::new(),
-    });
+    let proxy = ProxyOptions::for_addrs(vec![backend.addr.to_string()]).start();
     let mut client = Client::connect(proxy.addr);
     client.send(b"GET /cut HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(client.head().header("content-length"), Some("1048576"));
@@ -278,7 +275,9 @@ impl RefusingBackend {
 /// body unread, closes after it.
 fn an_early_answer_is_relayed_at_once(chunked: bool) {
     let backend = RefusingBackend::start();
-    let proxy = Proxy::start_for(vec![backend.addr.to_string()], "backend_timeout = 600\n");
+    let proxy = ProxyOptions::for_addrs(vec![backend.addr.to_string()])
+        .config("backend_timeout = 600\n")
+        .start();
     let mut client = Client::connect(proxy.addr);
     post_head(&mut client, "/upload", chunked);
     // More than the socket buffers between client, pibl and backend hold.

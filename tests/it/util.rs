@@ -225,20 +225,60 @@ impl Backend {
     }
 }
 
-/// How to start a proxy under test.
+/// How to start a proxy under test: the one way to start one.
+///
+/// ```ignore
+/// let proxy = ProxyOptions::new(&backends).config("max_body = 10\n").start();
+/// ```
 #[derive(Clone)]
 pub struct ProxyOptions {
     pub backends: Vec<String>,
     /// More lines for pibl.conf.
     pub extra: String,
+    /// More command-line arguments.
+    args: Vec<String>,
+    /// A shell command run before pibl, in the shell that then execs it
+    /// (`ulimit -n 64`; `exec 7</dev/null`: pibl starts with one more file).
+    setup: Option<String>,
 }
 
 impl ProxyOptions {
     pub fn new(backends: &[Backend]) -> ProxyOptions {
+        ProxyOptions::for_addrs(backends.iter().map(|b| b.addr.to_string()).collect())
+    }
+
+    /// A proxy for the backends at these addresses.
+    pub fn for_addrs(backends: Vec<String>) -> ProxyOptions {
         ProxyOptions {
-            backends: backends.iter().map(|b| b.addr.to_string()).collect(),
+            backends,
             extra: String::new(),
+            args: Vec::new(),
+            setup: None,
         }
+    }
+
+    /// More lines of pibl.conf.
+    pub fn config(mut self, lines: &str) -> ProxyOptions {
+        self.extra.push_str(lines);
+        self
+    }
+
+    /// More command-line arguments.
+    pub fn args(mut self, args: &[&str]) -> ProxyOptions {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Started with sh's `ulimit {limit}` (`-n 64`: at most 64 open files,
+    /// soft and hard limit alike).
+    pub fn ulimit(self, limit: &str) -> ProxyOptions {
+        self.setup(&format!("ulimit {limit}"))
+    }
+
+    /// Started by sh once `setup`, a shell command, has run in that shell.
+    pub fn setup(mut self, setup: &str) -> ProxyOptions {
+        self.setup = Some(setup.to_string());
+        self
     }
 
     pub fn config_text(&self) -> String {
@@ -249,58 +289,29 @@ impl ProxyOptions {
             self.extra
         )
     }
-}
 
-/// pibl itself, in its own directory, listening on an ephemeral port.
-pub struct Proxy {
-    pub addr: SocketAddr,
-    pub dir: TempDir,
-    pub stdout: Lines,
-    pub stderr: Lines,
-    pub process: Process,
-}
-
-impl Proxy {
-    pub fn start(backends: &[Backend]) -> Proxy {
-        Proxy::start_with(ProxyOptions::new(backends))
+    /// Starts the proxy in a new directory.
+    pub fn start(self) -> Proxy {
+        self.start_in(TempDir::new())
     }
 
-    pub fn start_with(options: ProxyOptions) -> Proxy {
-        Proxy::start_in(TempDir::new(), options, &[])
-    }
-
-    /// A proxy in `dir` (perhaps one an earlier proxy used), with more
-    /// command-line arguments.
-    pub fn start_in(dir: TempDir, options: ProxyOptions, args: &[&str]) -> Proxy {
-        Proxy::spawn(dir, options, args, Command::new(PIBL))
-    }
-
-    /// A proxy started with sh's `ulimit {limit}` (`-n 64`: at most 64
-    /// open files, soft and hard limit alike).
-    pub fn start_with_ulimit(options: ProxyOptions, args: &[&str], limit: &str) -> Proxy {
-        Proxy::start_after(options, args, &format!("ulimit {limit}"))
-    }
-
-    /// A proxy started by sh once `setup`, a shell command, has run in
-    /// that shell (`exec 7</dev/null`: pibl starts with one more file).
-    pub fn start_after(options: ProxyOptions, args: &[&str], setup: &str) -> Proxy {
-        let mut sh = Command::new("sh");
-        sh.args(["-c", &format!("{setup} && exec \"$0\" \"$@\""), PIBL]);
-        Proxy::spawn(TempDir::new(), options, args, sh)
-    }
-
-    fn spawn(dir: TempDir, options: ProxyOptions, args: &[&str], mut command: Command) -> Proxy {
-        fs::write(dir.path().join("pibl.conf"), options.config_text()).unwrap();
-        let model = model();
-        let model_args = if args.contains(&"--model") {
-            vec![]
-        } else {
-            vec!["--model", model.as_str()]
+    /// Starts the proxy in `dir` (perhaps one an earlier proxy used).
+    pub fn start_in(self, dir: TempDir) -> Proxy {
+        fs::write(dir.path().join("pibl.conf"), self.config_text()).unwrap();
+        let mut command = match &self.setup {
+            None => Command::new(PIBL),
+            Some(setup) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", &format!("{setup} && exec \"$0\" \"$@\""), PIBL]);
+                sh
+            }
         };
+        command.args(["--port", "0"]);
+        if !self.args.iter().any(|a| a == "--model") {
+            command.args(["--model", model().as_str()]);
+        }
         let mut child = command
-            .args(["--port", "0"])
-            .args(model_args)
-            .args(args)
+            .args(&self.args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -316,6 +327,23 @@ impl Proxy {
             stderr,
             process: Process { child },
         }
+    }
+}
+
+/// pibl itself, in its own directory, listening on an ephemeral port.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    pub stdout: Lines,
+    pub stderr: Lines,
+    pub process: Process,
+}
+
+impl Proxy {
+    /// A proxy for `backends` with the test configuration and nothing more
+    /// (`ProxyOptions` for anything else).
+    pub fn start(backends: &[Backend]) -> Proxy {
+        ProxyOptions::new(backends).start()
     }
 
     pub fn pid(&self) -> i32 {
@@ -342,14 +370,6 @@ impl Proxy {
             .lines()
             .map(str::to_string)
             .collect()
-    }
-
-    /// A proxy for the backends at `backends`, with more lines of config.
-    pub fn start_for(backends: Vec<String>, extra: &str) -> Proxy {
-        Proxy::start_with(ProxyOptions {
-            backends,
-            extra: extra.to_string(),
-        })
     }
 
     /// Waits for a line on the proxy's standard error containing `text`,
