@@ -160,6 +160,18 @@ impl Reply<'_> {
         reply_maybe_head(stream, name, status, keep, fields, body, self.head_only)
     }
 
+    /// Writes a 200's head with `fields` (and `Connection: close` unless
+    /// the connection is kept); true when a body is to follow it.
+    fn head(&self, fields: &[(&str, &str)]) -> io::Result<bool> {
+        let mut fields = fields.to_vec();
+        if !self.keep {
+            fields.push(("Connection", "close"));
+        }
+        let mut out = self.stream;
+        out.write_all(response_head(200, self.name, &fields).as_bytes())?;
+        Ok(!self.head_only)
+    }
+
     /// A response with `body`, whatever the method.
     fn body(&self, status: u16, fields: &[(&str, &str)], body: &[u8]) -> io::Result<()> {
         reply(self.stream, self.name, status, self.keep, fields, body)
@@ -273,20 +285,15 @@ fn reply_maybe_head(
 }
 
 fn big(reply: &Reply<'_>, kb: u64) -> io::Result<()> {
-    let (stream, name, keep, head_only) = (reply.stream, reply.name, reply.keep, reply.head_only);
     let len = (kb * 1024).to_string();
-    let mut fields = vec![
+    let fields = [
         ("Content-Length", len.as_str()),
         ("Content-Type", "application/octet-stream"),
     ];
-    if !keep {
-        fields.push(("Connection", "close"));
-    }
-    let mut out = stream;
-    out.write_all(response_head(200, name, &fields).as_bytes())?;
-    if head_only {
+    if !reply.head(&fields)? {
         return Ok(());
     }
+    let mut out = reply.stream;
     let block = pattern_block();
     let mut left = kb * 1024;
     while left > 0 {
@@ -304,19 +311,14 @@ pub fn pattern_block() -> Vec<u8> {
 }
 
 fn chunked(reply: &Reply<'_>, n: u64) -> io::Result<()> {
-    let (stream, name, keep, head_only) = (reply.stream, reply.name, reply.keep, reply.head_only);
-    let mut fields = vec![
+    let fields = [
         ("Transfer-Encoding", "chunked"),
         ("Content-Type", "text/plain"),
     ];
-    if !keep {
-        fields.push(("Connection", "close"));
-    }
-    let mut out = stream;
-    out.write_all(response_head(200, name, &fields).as_bytes())?;
-    if head_only {
+    if !reply.head(&fields)? {
         return Ok(());
     }
+    let (mut out, name) = (reply.stream, reply.name);
     for i in 1..=n {
         let data = format!("chunk {i} of {n} from {name}\n");
         out.write_all(format!("{:x}\r\n{data}\r\n", data.len()).as_bytes())?;
