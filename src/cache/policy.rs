@@ -21,50 +21,116 @@ impl Cache {
     /// How long a response may be stored: the launch TTL, or less if the
     /// origin asks for less.  `None`: it may not be stored at all.
     pub fn lifetime(&self, req: &RequestHead, resp: &ResponseHead) -> Option<Duration> {
-        if req.method != "GET" || !CACHEABLE.contains(&resp.status) {
+        if req.method != "GET" || !storable(req, resp) {
             return None;
         }
-        let cc = http::tokens(&resp.fields, "cache-control");
-        let has = |d: &str| cc.iter().any(|t| t == d || t.starts_with(&format!("{d}=")));
-        let request_cc = http::tokens(&req.fields, "cache-control");
-        // no-cache lets a cache store the response but never serve it
-        // unvalidated (RFC 9111 §5.2.2.4): stored, it would be a request to
-        // the backend every time all the same, so it is not stored, as nginx
-        // does not store it.
-        let restricted = has("no-store") || has("no-cache") || has("private");
-        if restricted || request_cc.iter().any(|t| t == "no-store") {
-            return None;
-        }
-        if http::values(&resp.fields, "set-cookie").next().is_some() {
-            return None;
-        }
-        if http::values(&req.fields, "authorization").next().is_some()
-            && !(has("public") || has("s-maxage"))
-        {
-            return None;
-        }
-        if http::tokens(&resp.fields, "vary").iter().any(|v| v == "*") {
-            return None;
-        }
-        let seconds = |d: &str| {
-            cc.iter().find_map(|t| {
-                t.strip_prefix(&format!("{d}="))?
-                    .trim_matches('"')
-                    .parse::<u64>()
-                    .ok()
-            })
-        };
-        let asked = seconds("s-maxage")
-            .or_else(|| seconds("max-age"))
-            .map(Duration::from_secs);
+        let cc = Directives::of(&resp.fields);
         // The origin's lifetime runs from when it made the response, which
         // may have aged in another cache on the way (RFC 9111 §4.2.3).
-        let asked = asked
-            .or_else(|| expires_in(resp))
+        let explicit = cc.explicit_lifetime().or_else(|| expires_in(resp));
+        let asked = explicit
             .map(|a| a.saturating_sub(Duration::from_secs(age_when_received(&resp.fields))));
+        // Without explicit freshness, only the heuristically cacheable
+        // statuses (RFC 9110 §15.1), and any status marked `public`
+        // (RFC 9111 §4.2.2), take the launch TTL.
+        if asked.is_none() && !CACHEABLE.contains(&resp.status) && !cc.has("public") {
+            return None;
+        }
         let lifetime = asked.map_or(self.ttl, |a| a.min(self.ttl));
         (!lifetime.is_zero()).then_some(lifetime)
     }
+}
+
+/// Whether `resp` to `req` may be stored at all, whatever its lifetime
+/// (RFC 9111 §3): a final, whole response (not a 206, nor a 304 to a
+/// condition pibl passed on), that neither side forbids storing.
+fn storable(req: &RequestHead, resp: &ResponseHead) -> bool {
+    if resp.status < 200 || resp.status == 206 || resp.status == 304 {
+        return false;
+    }
+    let cc = Directives::of(&resp.fields);
+    // no-cache lets a cache store the response but never serve it
+    // unvalidated (RFC 9111 §5.2.2.4): stored, it would be a request to
+    // the backend every time all the same, so it is not stored, as nginx
+    // does not store it.
+    if cc.has("no-store") || cc.has("no-cache") || cc.has("private") {
+        return false;
+    }
+    if Directives::of(&req.fields).has("no-store") {
+        return false;
+    }
+    if http::values(&resp.fields, "set-cookie").next().is_some() {
+        return false;
+    }
+    // A response to a request with credentials is stored only when the
+    // origin says a shared cache may reuse it (RFC 9111 §3.5).
+    if http::values(&req.fields, "authorization").next().is_some()
+        && !(cc.has("public") || cc.has("s-maxage") || cc.has("must-revalidate"))
+    {
+        return false;
+    }
+    !http::tokens(&resp.fields, "vary").iter().any(|v| v == "*")
+}
+
+/// Largest delta-seconds a cache need represent: a greater one, or one
+/// that overflows, is taken as 2^31 (RFC 9111 §1.2.2).
+const MAX_DELTA_SECONDS: u64 = 1 << 31;
+
+/// A message's Cache-Control directives, lower-cased.
+struct Directives(Vec<String>);
+
+impl Directives {
+    fn of(fields: &[http::Field]) -> Directives {
+        Directives(http::tokens(fields, "cache-control"))
+    }
+
+    /// Whether `name` is present, with or without an argument.
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|t| directive_name(t) == name)
+    }
+
+    /// The argument of `name`, if present (`Some(None)`: present with none).
+    fn argument(&self, name: &str) -> Option<Option<&str>> {
+        self.0
+            .iter()
+            .find(|t| directive_name(t) == name)
+            .map(|t| t.split_once('=').map(|(_, v)| v.trim()))
+    }
+
+    /// The lifetime `s-maxage` (a shared cache's, first) or `max-age`
+    /// gives, if either is present.  One that is not delta-seconds (`-1`,
+    /// `'60'`, `1.5`, none at all) makes the response stale on arrival,
+    /// never fresh (RFC 9111 §4.2.1).
+    fn explicit_lifetime(&self) -> Option<Duration> {
+        let given = self
+            .argument("s-maxage")
+            .or_else(|| self.argument("max-age"))?;
+        Some(Duration::from_secs(
+            given.and_then(delta_seconds).unwrap_or(0),
+        ))
+    }
+}
+
+fn directive_name(token: &str) -> &str {
+    token.split_once('=').map_or(token, |(name, _)| name).trim()
+}
+
+/// A delta-seconds value (RFC 9111 §1.2.2): digits only, in the token form
+/// or, as recipients are to accept, the quoted-string form (RFC 9111
+/// §5.2); clamped to 2^31.  `None` for anything else.
+fn delta_seconds(value: &str) -> Option<u64> {
+    let digits = match value.strip_prefix('"') {
+        Some(quoted) => quoted.strip_suffix('"')?,
+        None => value,
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(
+        digits
+            .parse::<u64>()
+            .map_or(MAX_DELTA_SECONDS, |n| n.min(MAX_DELTA_SECONDS)),
+    )
 }
 
 /// The `Age` of a stored response now (RFC 9111 §4.2.3): its age when
@@ -133,4 +199,21 @@ pub fn validators(entry: &Entry) -> Vec<http::Field> {
         });
     }
     fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delta_seconds_are_digits_alone() {
+        assert_eq!(delta_seconds("3600"), Some(3600));
+        assert_eq!(delta_seconds("\"3600\""), Some(3600));
+        assert_eq!(delta_seconds("0"), Some(0));
+        for bad in ["-1", "'3600'", "1.5", "", "\"", "\"36", "0x10", "+5", "5 6"] {
+            assert_eq!(delta_seconds(bad), None, "{bad:?}");
+        }
+        assert_eq!(delta_seconds("99999999999999999999999"), Some(1 << 31));
+        assert_eq!(delta_seconds("4294967296"), Some(1 << 31));
+    }
 }

@@ -1128,3 +1128,148 @@ fn a_chunked_body_over_max_entry_lets_the_fill_lock_go_at_once() {
             .ends_with("together")
     );
 }
+
+/// Asks twice for `path` and says what the second answer's X-Cache was
+/// and how many requests reached the backend.
+fn second_look(backend: &RawBackend, proxy: &Proxy, path: &str) -> (Option<String>, usize) {
+    let first = get(proxy.addr, path);
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    let second = get(proxy.addr, path);
+    assert_eq!(second.status, first.status);
+    (second.header("x-cache").map(str::to_string), hits(backend))
+}
+
+/// A max-age or s-maxage that is not delta-seconds makes the response
+/// stale, never fresh (RFC 9111 §1.2.2, §4.2.1); a double-quoted one is
+/// accepted, as recipients are to (§5.2), and one too large for any clock
+/// is taken as 2^31 seconds, so the launch TTL bounds it.
+#[test]
+fn freshness_that_is_not_delta_seconds_is_stale() {
+    let stale: [&'static [u8]; 6] = [
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=-1\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age='3600'\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=1.5\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60x\r\nContent-Length: 1\r\n\r\nx",
+        // s-maxage wins over max-age in a shared cache, broken or not.
+        b"HTTP/1.1 200 OK\r\nCache-Control: s-maxage=soon, max-age=60\r\nContent-Length: 1\r\n\r\nx",
+    ];
+    for answer in stale {
+        let backend = RawBackend::start(answer);
+        let proxy = cached(&backend, 60);
+        let said = String::from_utf8_lossy(answer);
+        assert_eq!(
+            second_look(&backend, &proxy, "/s"),
+            (Some("MISS".into()), 2),
+            "{said}"
+        );
+        assert!(entries(&proxy.dir).is_empty(), "{said}");
+    }
+    let fresh: [&'static [u8]; 2] = [
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=\"3600\"\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=99999999999999999999999\r\nContent-Length: 1\r\n\r\nx",
+    ];
+    for answer in fresh {
+        let backend = RawBackend::start(answer);
+        let proxy = cached(&backend, 60);
+        get(proxy.addr, "/f");
+        wait_entries(&proxy.dir, 1);
+        let hit = get(proxy.addr, "/f");
+        let said = String::from_utf8_lossy(answer);
+        assert_eq!(hit.header("x-cache"), Some("HIT"), "{said}");
+        assert_eq!(hits(&backend), 1, "{said}");
+        let listing = pibl_cache_ls(&proxy.dir);
+        let left: i64 = listing[1]
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            (0..=60).contains(&left),
+            "the launch TTL bounds it: {listing:?}"
+        );
+    }
+}
+
+/// Any final status may be stored when the response has explicit
+/// freshness (RFC 9111 §3), unknown ones too; without it, only the
+/// heuristically cacheable statuses take the launch TTL, and `public`
+/// (§4.2.2).  A 206 is never stored.
+#[test]
+fn any_final_status_with_explicit_freshness_is_stored() {
+    let stored: [&'static [u8]; 8] = [
+        b"HTTP/1.1 302 Found\r\nLocation: /x\r\nCache-Control: max-age=3600\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /x\r\nCache-Control: max-age=3600\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 400 Bad Request\r\nCache-Control: max-age=3600\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 500 Internal Server Error\r\nCache-Control: s-maxage=3600\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 599 Unknown\r\nCache-Control: max-age=3600\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 299 Unknown\r\nCache-Control: max-age=3600\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 302 Found\r\nLocation: /x\r\nDate: Mon, 07 Dec 2026 12:00:00 GMT\r\nExpires: Mon, 07 Dec 2026 13:00:00 GMT\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 503 Service Unavailable\r\nCache-Control: public\r\nContent-Length: 1\r\n\r\nx",
+    ];
+    for answer in stored {
+        let backend = RawBackend::start(answer);
+        let proxy = cached(&backend, 60);
+        let said = String::from_utf8_lossy(answer);
+        let first = get(proxy.addr, "/r");
+        assert_eq!(first.header("x-cache"), Some("MISS"), "{said}");
+        wait_entries(&proxy.dir, 1);
+        let second = get(proxy.addr, "/r");
+        assert_eq!(
+            (second.status, second.header("x-cache")),
+            (first.status, Some("HIT")),
+            "{said}"
+        );
+        assert_eq!(hits(&backend), 1, "{said}");
+    }
+    let not_stored: [&'static [u8]; 3] = [
+        b"HTTP/1.1 599 Unknown\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 1\r\n\r\nx",
+        b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-0/2\r\nCache-Control: max-age=3600\r\nContent-Length: 1\r\n\r\nx",
+    ];
+    for answer in not_stored {
+        let backend = RawBackend::start(answer);
+        let proxy = cached(&backend, 60);
+        let said = String::from_utf8_lossy(answer);
+        assert_eq!(
+            second_look(&backend, &proxy, "/n"),
+            (Some("MISS".into()), 2),
+            "{said}"
+        );
+    }
+}
+
+/// A request with Authorization may be answered from the cache when the
+/// stored response says must-revalidate, public or s-maxage (RFC 9111
+/// §3.5).
+#[test]
+fn authorization_is_answered_from_a_response_that_says_must_revalidate() {
+    let backend = RawBackend::start(
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60, must-revalidate\r\nContent-Length: 1\r\n\r\nm",
+    );
+    let proxy = cached(&backend, 60);
+    for round in 0..2 {
+        let mut c = Client::connect(proxy.addr);
+        c.send(b"GET /m HTTP/1.1\r\nHost: test\r\nAuthorization: Basic eDp5\r\n\r\n");
+        let r = c.response("GET");
+        assert_eq!(r.header("x-cache"), Some(["MISS", "HIT"][round]));
+        if round == 0 {
+            wait_entries(&proxy.dir, 1);
+        }
+    }
+    assert_eq!(hits(&backend), 1);
+}
+
+/// `pibl cache ls` in the proxy's directory, line by line.
+fn pibl_cache_ls(dir: &TempDir) -> Vec<String> {
+    let out = std::process::Command::new(PIBL)
+        .args(["cache", "ls"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
