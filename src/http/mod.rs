@@ -289,11 +289,14 @@ pub fn response_framing(method: &str, resp: &ResponseHead) -> Result<Framing, &'
         if length.is_some() {
             return Err("both Transfer-Encoding and Content-Length");
         }
-        // Other codings pibl can neither decode nor pass on: it frames what
-        // it sends itself, and a client told nothing of them would take
-        // coded bytes for the content.  A 502, as nginx answers.
+        // A final coding other than chunked: the body ends when the
+        // backend closes (RFC 9112 §6.3, rule 4).  Codings before a final
+        // chunked pibl can neither decode nor pass on: it frames what it
+        // sends itself, and a client told nothing of them would take coded
+        // bytes for the content.  A 502, as nginx answers.
         return match tokens(&resp.fields, "transfer-encoding").as_slice() {
             [only] if only == "chunked" => Ok(Framing::Chunked),
+            [.., last] if last != "chunked" => Ok(Framing::UntilClose),
             _ => Err("unsupported transfer coding"),
         };
     }
@@ -651,10 +654,14 @@ mod tests {
         let both =
             resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
         assert!(response_framing("GET", &both).is_err());
-        for coded in ["gzip", "gzip, chunked", "identity"] {
+        // A final coding other than chunked: until the backend closes.
+        for coded in ["gzip", "identity", "chunked, gzip"] {
             let text = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {coded}\r\n\r\n");
-            assert!(response_framing("GET", &resp(&text)).is_err(), "{coded}");
+            let framing = response_framing("GET", &resp(&text));
+            assert_eq!(framing, Ok(Framing::UntilClose), "{coded}");
         }
+        let coded_then_chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        assert!(response_framing("GET", &resp(coded_then_chunked)).is_err());
     }
 
     #[test]

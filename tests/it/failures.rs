@@ -130,7 +130,6 @@ fn a_silent_backend_is_504_and_a_malformed_one_502() {
         b"SMTP ready\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\ncoded",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\ncoded\r\n0\r\n\r\n",
         b"HTTP/1.1 099 Odd\r\nContent-Length: 2\r\n\r\nok",
         b"HTTP/1.1 600 Odd\r\nContent-Length: 2\r\n\r\nok",
@@ -486,4 +485,28 @@ fn out_of_descriptors(setup: &str) {
         pauses <= most,
         "{setup}: {pauses} pauses said, {most} at most"
     );
+}
+
+/// A response whose Transfer-Encoding does not end in chunked is read
+/// until the backend closes (RFC 9112 §6.3, rule 4) and relayed without
+/// that field, framed by pibl: chunked for an HTTP/1.1 client, the close
+/// for an HTTP/1.0 one.  (For a request the rule stays strict: 400.)
+#[test]
+fn a_response_whose_coding_is_not_chunked_is_read_until_the_close() {
+    let raw = RawBackend::start(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\ncoded bytes");
+    let proxy = ProxyOptions::for_addrs(vec![raw.addr.to_string()]).start();
+    let mut client = Client::connect(proxy.addr);
+    client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = client.response("GET");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.text(), "coded bytes");
+    assert_eq!(client.get("/").text(), "coded bytes", "kept alive");
+
+    let mut old = Client::connect(proxy.addr);
+    old.send(b"GET / HTTP/1.0\r\n\r\n");
+    let r = old.response("GET");
+    assert_eq!((r.status, r.header("transfer-encoding")), (200, None));
+    assert_eq!(r.text(), "coded bytes");
+    assert!(old.is_closed());
 }
