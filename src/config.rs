@@ -31,6 +31,11 @@ pub const DEFAULT_MAX_WORKERS: i64 = 256;
 pub const DEFAULT_MAX_REQUESTS: i64 = 10_000;
 pub const DEFAULT_CACHE_MAX_ENTRY: i64 = 64 * 1024 * 1024;
 pub const DEFAULT_CACHE_MAX_SIZE: i64 = 1024 * 1024 * 1024;
+/// Bytes of a request body held in memory before a file takes the rest,
+/// by default, and at most.
+pub const DEFAULT_BUFFER_IN_MEMORY: i64 = 64 * 1024;
+pub const MAX_BUFFER_IN_MEMORY: usize = 64 << 20;
+pub const DEFAULT_TEMP_DIR: &str = "temp";
 /// Most backends one configuration may list: the balancer's shared page
 /// has a health slot for each.
 pub const MAX_BACKENDS: usize = 256;
@@ -115,6 +120,21 @@ pub struct Config {
     pub limits: Limits,
     pub health: Health,
     pub cache: CacheConfig,
+    pub buffering: Buffering,
+}
+
+/// What pibl holds whole before passing it on, and where.
+#[derive(Debug, Clone)]
+pub struct Buffering {
+    /// Read a request's whole body before a backend is chosen
+    /// (`request_buffering`).
+    pub request: bool,
+    /// Most bytes of a request body held in memory; more go to a file
+    /// (`client_body_buffer_size`).
+    pub body_in_memory: usize,
+    /// Where the temporary files are, relative to the working directory
+    /// (`temp_dir`).
+    pub temp_dir: PathBuf,
 }
 
 /// The response cache.
@@ -211,6 +231,9 @@ struct RawConfig {
     max_fails: Option<Spanned<i64>>,
     fail_timeout: Option<Spanned<f64>>,
     health_check: Option<Spanned<RawHealthCheck>>,
+    request_buffering: Option<bool>,
+    client_body_buffer_size: Option<Spanned<i64>>,
+    temp_dir: Option<Spanned<String>>,
     cache: Option<RawCache>,
 }
 
@@ -314,6 +337,7 @@ impl Config {
         let model = file.model(&raw.model)?;
         let prefork = file.prefork(raw.prefork.as_ref().unwrap_or(&RawPrefork::default()))?;
         let cache = file.cache(raw.cache.as_ref().unwrap_or(&RawCache::default()))?;
+        let buffering = file.buffering(&raw)?;
         Ok(Config {
             path: path.to_string(),
             model,
@@ -334,6 +358,7 @@ impl Config {
             limits,
             health,
             cache,
+            buffering,
         })
     }
 
@@ -535,6 +560,24 @@ impl Checker<'_> {
                 as usize,
             max_headers: self.count(&raw.max_headers, "max_headers", 100, 1)? as usize,
             max_body: self.count(&raw.max_body, "max_body", 0, 0)?,
+        })
+    }
+
+    fn buffering(&self, raw: &RawConfig) -> Result<Buffering, Error> {
+        let in_memory = |v, name, default| -> Result<usize, Error> {
+            let bytes = self.count(v, name, default, 1)?;
+            let most = MAX_BUFFER_IN_MEMORY as u64;
+            let problem = format!("{name}: must be at most {most} bytes");
+            Ok(self.at_most(v, bytes, most, problem)? as usize)
+        };
+        Ok(Buffering {
+            request: raw.request_buffering.unwrap_or(true),
+            body_in_memory: in_memory(
+                &raw.client_body_buffer_size,
+                "client_body_buffer_size",
+                DEFAULT_BUFFER_IN_MEMORY,
+            )?,
+            temp_dir: self.file_name(&raw.temp_dir, "temp_dir", DEFAULT_TEMP_DIR)?,
         })
     }
 

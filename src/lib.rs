@@ -87,8 +87,15 @@ fn serve(cli: &Cli) -> Result<(), Error> {
     })?;
     let listener = models::listener::bind(config.listen_addr())?;
     let ctx = Context::build(config)?;
+    let temp_dir = &ctx.config.buffering.temp_dir;
+    proxy::spool::clear_dir(temp_dir).map_err(|e| {
+        Error::os(
+            format!("cannot use temporary directory {}", temp_dir.display()),
+            e,
+        )
+    })?;
     let pid_file = cli.pid_file.as_deref().map(PidFile::write).transpose()?;
-    let mut writable = vec![ctx.config.log_file.as_path()];
+    let mut writable = vec![ctx.config.log_file.as_path(), temp_dir.as_path()];
     if ctx.cache.is_some() {
         writable.push(ctx.config.cache.dir.as_path());
     }

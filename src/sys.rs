@@ -7,10 +7,12 @@
 //! Elsewhere, `unsafe` stays with what it is about: fork(2) in
 //! `models::fork`, sigaction(2) in `signals`, mmap(2) in `shm`.
 
+use std::fs::File;
 use std::io;
 use std::mem;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::ops::Range;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 
 use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 
@@ -102,6 +104,22 @@ pub fn set_defer_accept(fd: &impl AsRawFd, seconds: libc::c_int) -> io::Result<(
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Copies the bytes `range` of `file` to `out` inside the kernel, with
+/// sendfile(2), to the end or an error.
+pub fn send_file(out: impl AsFd, file: &File, range: Range<u64>) -> io::Result<()> {
+    let mut offset = range.start as libc::off_t;
+    while (offset as u64) < range.end {
+        let left = (range.end - offset as u64).min(1 << 30) as usize;
+        match nix::sys::sendfile::sendfile(&out, file, Some(&mut offset), left) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }

@@ -113,7 +113,10 @@ pub fn send(out: &TcpStream, head: &[u8], entry: Entry, part: Range<u64>) -> io:
         }
         Body::InFile(entry) => {
             let sent = match io::Write::write_all(&mut { out }, head) {
-                Ok(()) if !part.is_empty() => send_file(out, &entry, part),
+                Ok(()) if !part.is_empty() => {
+                    let at = entry.body_offset;
+                    crate::sys::send_file(out, &entry.file, at + part.start..at + part.end)
+                }
                 other => other,
             };
             // After the reads: the kernel stamps reads with a coarser
@@ -122,20 +125,4 @@ pub fn send(out: &TcpStream, head: &[u8], entry: Entry, part: Range<u64>) -> io:
             sent
         }
     }
-}
-
-/// Copies the bytes `part` of the entry's body to `out` inside the kernel.
-fn send_file(out: &TcpStream, entry: &Entry, part: Range<u64>) -> io::Result<()> {
-    let mut offset = (entry.body_offset + part.start) as libc::off_t;
-    let end = entry.body_offset + part.end;
-    while (offset as u64) < end {
-        let left = (end - offset as u64).min(1 << 30) as usize;
-        match nix::sys::sendfile::sendfile(out, &entry.file, Some(&mut offset), left) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }

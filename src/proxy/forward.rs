@@ -14,14 +14,16 @@ use crate::cache::Status as CacheStatus;
 use crate::cache::plan::{self, Decision, Plan};
 use crate::config::Config;
 use crate::diag;
+use crate::error::describe_io;
 use crate::http::body::{self, CopyError, Encode};
 use crate::http::head::{HeadError, HeadRules, is_timeout, read_head};
-use crate::http::wire::{Reader, write_all_vectored};
+use crate::http::wire::Reader;
 use crate::http::{self, Framing, Persist, RequestHead, ResponseHead};
 use crate::proxy::exchange::{Client, Exchange, describe, send};
 use crate::proxy::pool::Pool;
 use crate::proxy::request::Request;
 use crate::proxy::response::{self, Relay, Wanted};
+use crate::proxy::spool::{Held, Spool};
 use crate::proxy::upload::Upload;
 use crate::proxy::{BUFFER_SIZE, Context, splice};
 
@@ -72,19 +74,33 @@ pub fn forward(
         }
         None => None,
     };
-    let kept = match read_replayable_body(client, req) {
+    let kept = match read_body(client, req, ctx) {
         Ok(kept) => kept,
-        Err(e) => return ex.refuse_body(client, &e),
+        Err(CopyError::Write(e)) => {
+            // pibl's own failure (a full disk): the client's body is left
+            // unread, and no backend saw a byte of it.
+            diag!("cannot hold a request body: {}", describe_io(&e));
+            ex.leave_body_unread();
+            return ex.refuse(client, 500);
+        }
+        Err(e) => return ex.refuse_body(client, &e.into()),
+    };
+    // A body held whole goes on with its length, however it came.
+    let framing = match (&kept, req.framing) {
+        (Some(held), Framing::Chunked) => Framing::Length(held.len()),
+        _ => req.framing,
     };
     let rewritten = plan.as_ref().and_then(|p| p.forwarded(req.head));
     let forwarding = Forwarding {
         client,
         req,
         sent: rewritten.as_ref().unwrap_or(req.head),
+        framing,
         ctx,
         pool,
         kept,
         head: Vec::with_capacity(1024),
+        cut_short: false,
         ex,
     };
     forwarding.run(plan)
@@ -96,12 +112,18 @@ struct Forwarding<'a, 'c> {
     req: &'a Request<'a>,
     /// The head sent: the client's, or the cache plan's rewriting of it.
     sent: &'a RequestHead,
+    /// The body's framing as sent: a chunked body held whole goes with
+    /// its length.
+    framing: Framing,
     ctx: &'a Context,
     pool: &'a mut Pool,
     /// The whole body, when pibl holds it and can send it again.
-    kept: Option<Vec<u8>>,
+    kept: Option<Held>,
     /// The head's bytes, as made for the backend being tried.
     head: Vec<u8>,
+    /// The backend answered before it took the whole request: its
+    /// connection cannot carry another.
+    cut_short: bool,
     ex: Exchange,
 }
 
@@ -162,7 +184,7 @@ impl Forwarding<'_, '_> {
             req.target,
             req.peer,
             &backend.name,
-            req.framing,
+            self.framing,
             replayable,
             &mut self.head,
         );
@@ -208,7 +230,7 @@ impl Forwarding<'_, '_> {
                 .then(|| response::part_of(client_head, &resp))
                 .flatten(),
         };
-        let keep = self.replayable().then_some(i);
+        let keep = (self.replayable() && !self.cut_short).then_some(i);
         let relay = Relay {
             resp,
             from_backend,
@@ -227,6 +249,7 @@ impl Forwarding<'_, '_> {
         idle: Option<Reader<TcpStream>>,
         addr: SocketAddr,
     ) -> Result<Answered, Failure> {
+        self.cut_short = false;
         let mut from_backend = match idle {
             Some(conn) => conn,
             None => self.pool.wrap(connect(addr, &self.ctx.config).map_err(|e| {
@@ -239,16 +262,28 @@ impl Forwarding<'_, '_> {
             })?),
         };
         let upstream = from_backend.get_ref();
-        let sent = match &self.kept {
-            Some(body) => write_all_vectored(&mut &*upstream, &[&self.head, body]),
-            None => (&*upstream).write_all(&self.head),
-        };
-        sent.map_err(|e| Failure::Sent(describe("sending the request", &e), 502))?;
-        if self.kept.is_none() {
+        let Some(body) = &self.kept else {
+            (&*upstream)
+                .write_all(&self.head)
+                .map_err(|e| Failure::Sent(describe("sending the request", &e), 502))?;
             self.send_body(upstream)?;
+            let resp = read_final_head(self.client, &mut from_backend, self.ex.minor)?;
+            return Ok((resp, from_backend));
+        };
+        // A backend that stopped reading may have answered early (a 413,
+        // a 401): its answer is read all the same, and relayed; the
+        // connection, its request cut short, is not kept.  The client's
+        // connection goes on, its body read whole.
+        let sent = body.send(&self.head, upstream);
+        let resp = read_final_head(self.client, &mut from_backend, self.ex.minor);
+        match (sent, resp) {
+            (Ok(()), resp) => Ok((resp?, from_backend)),
+            (Err(_), Ok(resp)) => {
+                self.cut_short = true;
+                Ok((resp, from_backend))
+            }
+            (Err(e), Err(_)) => Err(Failure::Sent(describe("sending the request", &e), 502)),
         }
-        let resp = read_final_head(self.client, &mut from_backend, self.ex.minor)?;
-        Ok((resp, from_backend))
     }
 
     /// Relays the request body from the client as it comes.
@@ -314,22 +349,30 @@ fn connect(addr: SocketAddr, config: &Config) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// Reads a whole small body, so the request can be sent more than once.
-fn read_replayable_body(
+/// Reads the request's body whole, before any backend is chosen, when
+/// pibl is to hold it: always with `request_buffering` (in memory up to
+/// `client_body_buffer_size`, then in a temporary file), and otherwise a
+/// small body of an idempotent request, so that it can be sent again.
+/// `None`: the body is to stream to the backend as it comes.  A body
+/// whose framing turns out bad is refused here, and no backend ever sees
+/// a byte of its request.
+fn read_body(
     client: &mut Client<'_>,
     req: &Request<'_>,
-) -> Result<Option<Vec<u8>>, io::Error> {
-    match req.framing {
-        Framing::Empty => Ok(Some(Vec::new())),
-        Framing::Length(n) if req.is_idempotent() && n <= REPLAY_BODY_MAX => {
-            req.send_continue(client);
-            let mut body = Vec::with_capacity(n as usize);
-            body::relay(client, &mut body, req.framing, Encode::Plain, 0)
-                .map_err(io::Error::from)?;
-            Ok(Some(body))
-        }
-        _ => Ok(None),
-    }
+    ctx: &Context,
+) -> Result<Option<Held>, CopyError> {
+    let buffering = &ctx.config.buffering;
+    let in_memory = match req.framing {
+        Framing::Empty => return Ok(Some(Held::empty())),
+        _ if buffering.request => buffering.body_in_memory,
+        Framing::Length(n) if req.is_idempotent() && n <= REPLAY_BODY_MAX => n as usize,
+        _ => return Ok(None),
+    };
+    req.send_continue(client);
+    let mut spool = Spool::new(in_memory, &buffering.temp_dir);
+    let max_body = ctx.config.limits.max_body;
+    body::relay(client, &mut spool, req.framing, Encode::Plain, max_body)?;
+    Ok(Some(spool.held()))
 }
 
 /// Reads a body no one needs — a hit's: it is on the wire before the next

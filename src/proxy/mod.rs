@@ -15,6 +15,7 @@ pub mod pool;
 pub mod request;
 pub mod response;
 pub mod splice;
+pub mod spool;
 pub mod upload;
 
 use crate::cache::Cache;
@@ -39,6 +40,13 @@ impl Context {
     /// reload.
     pub fn build(config: Config) -> Result<Context, Error> {
         let cache = Cache::open(&config)?;
+        let temp_dir = &config.buffering.temp_dir;
+        spool::make_dir(temp_dir).map_err(|e| {
+            Error::os(
+                format!("cannot use temporary directory {}", temp_dir.display()),
+                e,
+            )
+        })?;
         let balancer = Balancer::new(config.backends.clone(), config.health.clone())?;
         Ok(Context {
             config,

@@ -153,6 +153,13 @@ fn origin_form(req: &mut RequestHead) -> Result<String, Reject> {
     if authority.is_empty() {
         return Err(bad("empty authority"));
     }
+    // The authority replaces Host, but a Host no request may carry is
+    // refused as it is with a target in origin form: a space or a tab in
+    // it is a request another server in the chain may read otherwise.
+    let hosts_valid = http::values(&req.fields, "host").all(http::valid_host);
+    if !hosts_valid || !http::valid_host(authority.as_bytes()) {
+        return Err(bad("invalid Host"));
+    }
     let target = match path {
         "" => "/".to_string(),
         p if p.starts_with('?') => format!("/{p}"),

@@ -43,21 +43,35 @@ fn close_delimited_body_is_rechunked_so_the_connection_survives() {
 #[test]
 fn request_bodies_by_length_and_chunked() {
     let backends = Backend::start_many(1);
-    let proxy = Proxy::start(&backends);
-    let mut client = Client::connect(proxy.addr);
-    client.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world");
-    let r = client.response("POST");
-    assert_eq!((r.status, r.text().as_str()), (200, "hello world"));
-    // Extensions and trailers from the client do not reach the backend;
-    // the body does, re-chunked.
-    client.send(b"PUT /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5;name=v\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n");
-    let r = client.response("PUT");
-    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
-    assert_eq!(r.text(), "hello world");
-    client.send(b"POST /headers HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
-    let seen = client.response("POST").text();
-    assert!(seen.contains("Transfer-Encoding: chunked\r\n"), "{seen}");
-    assert!(!seen.contains("Content-Length"), "one framing only: {seen}");
+    // Held whole (request_buffering, the default), a chunked body goes on
+    // with its length; streamed, re-chunked.
+    for (buffered, framing) in [
+        (true, "Content-Length: 11"),
+        (false, "Transfer-Encoding: chunked"),
+    ] {
+        let proxy = ProxyOptions::new(&backends)
+            .config(&format!("request_buffering = {buffered}\n"))
+            .start();
+        let mut client = Client::connect(proxy.addr);
+        client.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello world");
+        let r = client.response("POST");
+        assert_eq!((r.status, r.text().as_str()), (200, "hello world"));
+        // Extensions and trailers from the client do not reach the
+        // backend; the body does.
+        client.send(b"PUT /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5;name=v\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n");
+        let r = client.response("PUT");
+        assert_eq!(r.text(), "hello world");
+        client.send(b"POST /headers HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+        let seen = client.response("POST").text();
+        assert!(seen.contains(&format!("{framing}\r\n")), "{seen}");
+        let other = if buffered {
+            "Transfer-Encoding"
+        } else {
+            "Content-Length"
+        };
+        assert!(!seen.contains(other), "one framing only: {seen}");
+        assert!(!seen.contains("X-Trailer"), "{seen}");
+    }
 }
 
 #[test]

@@ -7,6 +7,7 @@
 mod util;
 
 mod balancing;
+mod buffering;
 mod cache;
 mod config;
 mod demo;

@@ -276,7 +276,7 @@ impl RefusingBackend {
 fn an_early_answer_is_relayed_at_once(chunked: bool) {
     let backend = RefusingBackend::start();
     let proxy = ProxyOptions::for_addrs(vec![backend.addr.to_string()])
-        .config("backend_timeout = 600\n")
+        .config("backend_timeout = 600\nrequest_buffering = false\n")
         .start();
     let mut client = Client::connect(proxy.addr);
     post_head(&mut client, "/upload", chunked);
