@@ -35,6 +35,11 @@ pub const DEFAULT_CACHE_MAX_SIZE: i64 = 1024 * 1024 * 1024;
 /// by default, and at most.
 pub const DEFAULT_BUFFER_IN_MEMORY: i64 = 64 * 1024;
 pub const MAX_BUFFER_IN_MEMORY: usize = 64 << 20;
+/// Bytes of a response held in memory for a slow client, by default.
+pub const DEFAULT_RESPONSE_IN_MEMORY: i64 = 256 * 1024;
+/// Most bytes of a response held in a temporary file, by default (nginx's
+/// `proxy_max_temp_file_size`).
+pub const DEFAULT_MAX_TEMP_FILE: i64 = 1 << 30;
 pub const DEFAULT_TEMP_DIR: &str = "temp";
 /// Most backends one configuration may list: the balancer's shared page
 /// has a health slot for each.
@@ -132,6 +137,15 @@ pub struct Buffering {
     /// Most bytes of a request body held in memory; more go to a file
     /// (`client_body_buffer_size`).
     pub body_in_memory: usize,
+    /// Hold a response for a client slower than its backend, so that the
+    /// backend is read to the end and let go (`response_buffering`).
+    pub response: bool,
+    /// Most bytes of a response held in memory; more go to a file
+    /// (`response_buffer_size`).
+    pub response_in_memory: usize,
+    /// Most bytes of a response held in a file; beyond, the rest streams
+    /// at the client's pace (`max_temp_file_size`).
+    pub max_temp_file: u64,
     /// Where the temporary files are, relative to the working directory
     /// (`temp_dir`).
     pub temp_dir: PathBuf,
@@ -233,6 +247,9 @@ struct RawConfig {
     health_check: Option<Spanned<RawHealthCheck>>,
     request_buffering: Option<bool>,
     client_body_buffer_size: Option<Spanned<i64>>,
+    response_buffering: Option<bool>,
+    response_buffer_size: Option<Spanned<i64>>,
+    max_temp_file_size: Option<Spanned<i64>>,
     temp_dir: Option<Spanned<String>>,
     cache: Option<RawCache>,
 }
@@ -576,6 +593,18 @@ impl Checker<'_> {
                 &raw.client_body_buffer_size,
                 "client_body_buffer_size",
                 DEFAULT_BUFFER_IN_MEMORY,
+            )?,
+            response: raw.response_buffering.unwrap_or(true),
+            response_in_memory: in_memory(
+                &raw.response_buffer_size,
+                "response_buffer_size",
+                DEFAULT_RESPONSE_IN_MEMORY,
+            )?,
+            max_temp_file: self.count(
+                &raw.max_temp_file_size,
+                "max_temp_file_size",
+                DEFAULT_MAX_TEMP_FILE,
+                0,
             )?,
             temp_dir: self.file_name(&raw.temp_dir, "temp_dir", DEFAULT_TEMP_DIR)?,
         })

@@ -238,6 +238,8 @@ impl Forwarding<'_, '_> {
             store,
             pool: self.pool,
             keep,
+            buffering: &self.ctx.config.buffering,
+            send_timeout: self.ctx.config.timeouts.send,
         };
         response::relay(self.client, relay, self.ex)
     }

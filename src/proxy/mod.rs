@@ -6,6 +6,7 @@
 //! checks.  Runs in whatever the model made to serve — a child, a prefork
 //! worker or a thread — and knows nothing of which.
 
+pub mod absorb;
 pub mod balancer;
 pub mod connection;
 pub mod exchange;

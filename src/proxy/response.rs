@@ -8,6 +8,7 @@ use std::ops::Range;
 
 use crate::cache::hit::{self, Reply};
 use crate::cache::{self, Entry, Status as CacheStatus};
+use crate::config::Buffering;
 use crate::diag;
 use crate::http::body::{self, CopyError, Encode};
 use crate::http::conditional::{self, Answer};
@@ -15,9 +16,11 @@ use crate::http::head::is_timeout;
 use crate::http::wire::Reader;
 use crate::http::{self, Framing, RequestHead, ResponseHead, restated};
 use crate::proxy::End;
+use crate::proxy::absorb::Absorber;
 use crate::proxy::exchange::{Client, Exchange, describe, send};
 use crate::proxy::pool::Pool;
 use crate::proxy::splice;
+use std::time::Duration;
 
 /// What the client asked of a response: the method it is an answer to;
 /// whether it wants the head alone (a HEAD fetched as a GET); the part
@@ -38,6 +41,9 @@ pub struct Relay<'a> {
     pub pool: &'a mut Pool,
     /// The backend whose connection may be kept for the next request.
     pub keep: Option<usize>,
+    /// How the body is held for a client slower than the backend.
+    pub buffering: &'a Buffering,
+    pub send_timeout: Duration,
 }
 
 /// The part of the whole response `resp` the client's Range asks for,
@@ -68,13 +74,19 @@ pub fn relay(client: &Client<'_>, mut r: Relay<'_>, mut ex: Exchange) -> Exchang
     if r.wanted.head_only {
         return send_head_and_store(client, &head, r, framing, ex);
     }
-    match copy_body(client, &head, &mut r, framing, encode) {
+    let mut out = Absorber::new(client.get_ref(), r.buffering, r.send_timeout);
+    match copy_body(&mut out, &head, &mut r, framing, encode) {
         Ok(n) => {
             ex.body_bytes = n;
             if let Some(writer) = r.store {
                 writer.commit();
             }
+            // The backend is let go before a slow client has read what
+            // pibl holds for it.
             give_back(r.pool, r.keep, r.from_backend, &r.resp, framing);
+            if out.finish().is_err() {
+                ex.client_gone();
+            }
         }
         Err(CopyError::HeadUnsent(e)) => {
             // The backend failed before the body's first byte, so the
@@ -91,7 +103,9 @@ pub fn relay(client: &Client<'_>, mut r: Relay<'_>, mut ex: Exchange) -> Exchang
         }
         Err(CopyError::Read(e)) => {
             // The head is out: all that is left is to cut the connection,
-            // so the client sees the body is incomplete.
+            // so the client sees the body is incomplete — after what pibl
+            // holds for it, as it would have had it streamed.
+            let _ = out.finish();
             diag!(
                 "backend {}: {}; response cut short",
                 ex.backend(),
@@ -154,13 +168,12 @@ fn head_for_client(r: &Relay<'_>, to_client: Framing, ex: &mut Exchange) -> Vec<
 /// large plain one no one else needs, through a window onto the part
 /// asked for, or copied (and re-framed, and tapped for the cache).
 fn copy_body(
-    client: &Client<'_>,
+    out: &mut Absorber<'_>,
     head: &[u8],
     r: &mut Relay<'_>,
     framing: Framing,
     encode: Encode,
 ) -> Result<u64, CopyError> {
-    let mut out = *client.get_ref();
     if let Framing::Length(n) = framing
         && r.store.is_none()
         && r.wanted.part.is_none()
@@ -168,14 +181,17 @@ fn copy_body(
         && splice::worthwhile(n, r.from_backend.buffered().len())
         && let Some(pipe) = r.pool.pipe()
     {
-        return splice::relay_length(&mut r.from_backend, out, head, n, pipe);
+        return match out.plain() {
+            Some(client) => splice::relay_length(&mut r.from_backend, client, head, n, pipe),
+            None => out.splice_from(&mut r.from_backend, head, n, pipe),
+        };
     }
     let tap = r.store.as_mut().map(|w| w as &mut dyn std::io::Write);
     match &r.wanted.part {
         // The head alone, then the body through a window onto the part.
         Some((part, _)) => {
-            send(client, head).map_err(CopyError::Write)?;
-            let mut window = body::Window::new(out, part.clone());
+            std::io::Write::write_all(out, head).map_err(CopyError::Write)?;
+            let mut window = body::Window::new(&mut *out, part.clone());
             body::relay_tapped(
                 &mut r.from_backend,
                 &mut window,
@@ -187,7 +203,7 @@ fn copy_body(
             )
             .map(|_| part.end - part.start)
         }
-        None => body::relay_tapped(&mut r.from_backend, &mut out, head, framing, encode, 0, tap),
+        None => body::relay_tapped(&mut r.from_backend, out, head, framing, encode, 0, tap),
     }
 }
 

@@ -107,6 +107,74 @@ impl Pipe {
     }
 }
 
+impl Pipe {
+    /// Bytes in the pipe.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Splices up to `left` bytes (a pipeful at most) from `src` into the
+    /// pipe; how many.
+    pub fn fill(&mut self, src: impl AsFd, left: u64) -> io::Result<usize> {
+        let want = usize::try_from(left)
+            .unwrap_or(usize::MAX)
+            .min(self.capacity - self.held);
+        let n = retry(|| {
+            splice(
+                &src,
+                None,
+                &self.write,
+                None,
+                want,
+                SpliceFFlags::SPLICE_F_MOVE,
+            )
+        })?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.held += n;
+        Ok(n)
+    }
+
+    /// Splices what the pipe holds to `dst`, a non-blocking socket, while
+    /// it takes it: true once the pipe is empty, false when `dst` would
+    /// block with bytes still in the pipe.  `more`: more of the body
+    /// follows these bytes.
+    pub fn drain_to(&mut self, dst: &TcpStream, more: bool) -> io::Result<bool> {
+        let flags = if more {
+            SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_MORE
+        } else {
+            SpliceFFlags::SPLICE_F_MOVE
+        };
+        while self.held > 0 {
+            match retry(|| splice(&self.read, None, dst, None, self.held, flags)) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.held -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads what the pipe holds into `out`, emptying it.
+    pub fn take_into(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        let mut buf = vec![0u8; self.held.min(1 << 16)];
+        while self.held > 0 {
+            let want = self.held.min(buf.len());
+            let n = crate::sys::restarting(|| {
+                nix::unistd::read(&self.read, &mut buf[..want]).map_err(io::Error::from)
+            })?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            out.extend_from_slice(&buf[..n]);
+            self.held -= n;
+        }
+        Ok(())
+    }
+}
+
 /// Retries a splice(2) interrupted by a signal, as std's I/O does.
 fn retry(mut call: impl FnMut() -> nix::Result<usize>) -> io::Result<usize> {
     crate::sys::restarting(|| call().map_err(io::Error::from))

@@ -36,7 +36,7 @@ pub fn clear_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// A new temporary file in `dir` that no name leads to.
-fn unnamed_file(dir: &Path) -> io::Result<File> {
+pub fn unnamed_file(dir: &Path) -> io::Result<File> {
     let unnamed = OpenOptions::new()
         .read(true)
         .write(true)

@@ -304,3 +304,128 @@ fn open_fds_in(pid: i32, children: &[i32], suffix: &str) -> usize {
         .filter(|target| target.to_string_lossy().ends_with(suffix))
         .count()
 }
+
+/// A backend that answers one request at a time: `/big` with 10 MiB
+/// (by length, or chunked), anything else with "ok"; it notes when it has
+/// written each answer whole.
+struct Writer {
+    addr: std::net::SocketAddr,
+    written: Arc<Mutex<Vec<(String, Instant)>>>,
+}
+
+/// More than the sockets between backend, pibl and client hold, with the
+/// client's receive buffer kept small.
+const BIG: usize = 32 << 20;
+
+impl Writer {
+    fn start() -> Writer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let record = Arc::clone(&written);
+        thread::spawn(move || {
+            let block: Vec<u8> = (0..1 << 16).map(|i: u32| (i % 251) as u8).collect();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let head = read_head(&mut stream);
+                let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                let sent = match path.as_str() {
+                    "/big" => write_big(&mut stream, &block, false),
+                    "/big-chunked" => write_big(&mut stream, &block, true),
+                    _ => stream.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    ),
+                };
+                if sent.is_ok() {
+                    record.lock().unwrap().push((path, Instant::now()));
+                }
+            }
+        });
+        Writer { addr, written }
+    }
+
+    fn written(&self, path: &str) -> Option<Instant> {
+        let written = self.written.lock().unwrap();
+        written.iter().find(|(p, _)| p == path).map(|&(_, at)| at)
+    }
+}
+
+fn write_big(stream: &mut std::net::TcpStream, block: &[u8], chunked: bool) -> std::io::Result<()> {
+    let framing = if chunked {
+        "Transfer-Encoding: chunked".to_string()
+    } else {
+        format!("Content-Length: {BIG}")
+    };
+    stream.write_all(
+        format!("HTTP/1.1 200 OK\r\n{framing}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    for _ in 0..BIG / block.len() {
+        if chunked {
+            stream.write_all(format!("{:x}\r\n", block.len()).as_bytes())?;
+        }
+        stream.write_all(block)?;
+        if chunked {
+            stream.write_all(b"\r\n")?;
+        }
+    }
+    if chunked {
+        stream.write_all(b"0\r\n\r\n")?;
+    }
+    Ok(())
+}
+
+/// A client reading a 32 MiB response slowly holds its backend no longer
+/// than the backend takes to send it: pibl holds the rest (memory, then a
+/// temporary file), so the backend, serving one request at a time,
+/// answers other clients while the slow one still reads — spliced (a
+/// length) or copied (chunked, sent on to an HTTP/1.0 client as it is),
+/// and every byte arrives.
+#[test]
+fn a_slow_reader_frees_the_backend_long_before_it_finishes() {
+    for (path, version) in [("/big", "1.1"), ("/big-chunked", "1.0")] {
+        let backend = Writer::start();
+        let proxy = ProxyOptions::for_addrs(vec![backend.addr.to_string()]).start();
+        let mut client = Client::connect(proxy.addr);
+        nix::sys::socket::setsockopt(
+            client.stream(),
+            nix::sys::socket::sockopt::RcvBuf,
+            &(128 * 1024),
+        )
+        .unwrap();
+        let started = Instant::now();
+        client.send(format!("GET {path} HTTP/{version}\r\nHost: t\r\n\r\n").as_bytes());
+        let head = client.head();
+        assert_eq!(head.status, 200);
+        // About 8 MiB a second: four seconds for the whole.
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut other_answered = None;
+        let mut wrong = None;
+        while got < BIG {
+            let n = client.reader.read(&mut buf).unwrap();
+            assert!(n > 0, "{path}: the body ended at {got}");
+            if wrong.is_none() {
+                wrong = (0..n).find(|&i| buf[i] != (((got + i) % 65_536) % 251) as u8);
+            }
+            got += n;
+            thread::sleep(Duration::from_millis(8));
+            if other_answered.is_none() && backend.written(path).is_some() {
+                assert_eq!(get(proxy.addr, "/other").text(), "ok");
+                other_answered = Some(got);
+            }
+        }
+        let finished = Instant::now();
+        assert_eq!(wrong, None, "{path}: first wrong byte");
+        let freed = backend.written(path).expect("the backend wrote it all");
+        let (freed, whole) = (freed - started, finished - started);
+        assert!(
+            freed < whole / 3,
+            "{path}: backend freed after {freed:?}, the client took {whole:?}"
+        );
+        let at = other_answered.expect("another client was answered meanwhile");
+        assert!(
+            at < BIG / 2,
+            "{path}: another client answered after {at} bytes of {BIG}"
+        );
+    }
+}
