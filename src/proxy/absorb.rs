@@ -6,12 +6,14 @@
 //! connection let go, however slowly the client reads.  Beyond those
 //! bounds the writes wait for the client: the rest streams.
 //!
-//! The client's socket is non-blocking while an `Absorber` lives, so that
-//! a write tells at once whether the client keeps up; the waits it does do
-//! (`drain`) poll(2) with the send timeout, as a blocking write with
-//! SO_SNDTIMEO would.  A body spliced from socket to socket (`splice`)
-//! stays in the kernel while the client keeps up, and is held the moment
-//! it does not.
+//! Each write to the client is a send(2) with MSG_DONTWAIT, which tells at
+//! once whether the client keeps up, at no system call more than a plain
+//! write: a small response costs what it did.  A body spliced from socket
+//! to socket (`splice`), which has no such flag, makes the client's socket
+//! non-blocking for its length; it stays in the kernel while the client
+//! keeps up, and is held the moment it does not.  The waits an `Absorber`
+//! does poll(2) with the send timeout, as a blocking write with
+//! SO_SNDTIMEO would.
 
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
@@ -26,7 +28,7 @@ use crate::config::Buffering;
 use crate::http::Framing;
 use crate::http::body::{self, CopyError, Encode};
 use crate::http::wire::Reader;
-use crate::proxy::splice::Pipe;
+use crate::proxy::splice::{self, Pipe};
 use crate::proxy::spool::unnamed_file;
 
 /// Bytes held for a client that is behind, in order: what is in memory
@@ -59,7 +61,9 @@ pub struct Absorber<'a> {
     max_in_file: u64,
     temp_dir: &'a Path,
     send_timeout: Duration,
-    /// Whether the socket was left non-blocking by us (to undo).
+    /// Response buffering on: writes do not wait for the client.
+    buffering: bool,
+    /// Whether the socket is non-blocking (while a body is spliced).
     nonblocking: bool,
 }
 
@@ -71,7 +75,6 @@ impl<'a> Absorber<'a> {
         buffering: &'a Buffering,
         send_timeout: Duration,
     ) -> Absorber<'a> {
-        let nonblocking = buffering.response && out.set_nonblocking(true).is_ok();
         Absorber {
             out,
             held: Held {
@@ -85,14 +88,15 @@ impl<'a> Absorber<'a> {
             max_in_file: buffering.max_temp_file,
             temp_dir: &buffering.temp_dir,
             send_timeout,
-            nonblocking,
+            buffering: buffering.response,
+            nonblocking: false,
         }
     }
 
     /// The client's socket, when writes to it are plain blocking ones
     /// (response buffering off).
     pub fn plain(&self) -> Option<&'a TcpStream> {
-        (!self.nonblocking).then_some(self.out)
+        (!self.buffering).then_some(self.out)
     }
 
     /// Whether bytes wait for the client.
@@ -110,10 +114,7 @@ impl<'a> Absorber<'a> {
     /// all of it.
     fn drain(&mut self, wait: bool) -> io::Result<()> {
         while self.held.sent < self.held.memory.len() {
-            let n = self.send(
-                |out| (&mut { out }).write(&self.held.memory[self.held.sent..]),
-                wait,
-            )?;
+            let n = self.send(&[&self.held.memory[self.held.sent..]], wait)?;
             if n == 0 {
                 return Ok(());
             }
@@ -123,10 +124,12 @@ impl<'a> Absorber<'a> {
             self.held.memory.clear();
             self.held.sent = 0;
         }
-        while self.held.file_sent < self.held.file_len {
+        // sendfile(2) has no MSG_DONTWAIT: on a blocking socket, the file's
+        // part waits for a wait.
+        while self.held.file_sent < self.held.file_len && (wait || self.nonblocking) {
             let Some(file) = &self.held.file else { break };
             let (from, to) = (self.held.file_sent, self.held.file_len);
-            let n = self.send(|out| send_file_once(out, file, from, to), wait)?;
+            let n = self.retry(|out| send_file_once(out, file, from, to), wait)?;
             if n == 0 {
                 return Ok(());
             }
@@ -144,10 +147,27 @@ impl<'a> Absorber<'a> {
         Ok(())
     }
 
-    /// One write by `write`: the bytes written, 0 when the client takes
+    /// One send(2) of `parts`: the bytes sent, 0 when the client takes
     /// nothing now (unless `wait`: then it is waited for, within the send
     /// timeout).
-    fn send(
+    fn send(&self, parts: &[&[u8]], wait: bool) -> io::Result<usize> {
+        use nix::sys::socket::{MsgFlags, SockaddrStorage, sendmsg};
+        let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let flags = if wait {
+            MsgFlags::MSG_NOSIGNAL
+        } else {
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(self.out);
+        self.retry(
+            |_| sendmsg::<SockaddrStorage>(fd, &slices, &[], flags, None).map_err(io::Error::from),
+            wait,
+        )
+    }
+
+    /// One write by `write`, as `send` says; a blocking socket's own time
+    /// limit (SO_SNDTIMEO) ends a wait as the poll's would.
+    fn retry(
         &self,
         mut write: impl FnMut(&TcpStream) -> io::Result<usize>,
         wait: bool,
@@ -159,6 +179,9 @@ impl<'a> Absorber<'a> {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && !wait => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !self.nonblocking => {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     wait_writable(self.out, deadline)?
                 }
@@ -190,7 +213,7 @@ impl<'a> Absorber<'a> {
         self.drain(true)?;
         let mut rest = data;
         while !rest.is_empty() {
-            let n = self.send(|out| (&mut { out }).write(rest), true)?;
+            let n = self.send(&[rest], true)?;
             rest = &rest[n..];
         }
         Ok(())
@@ -206,6 +229,10 @@ impl<'a> Absorber<'a> {
         len: u64,
         pipe: &mut Pipe,
     ) -> Result<u64, CopyError> {
+        self.nonblocking = self.out.set_nonblocking(true).is_ok();
+        if !self.nonblocking {
+            return splice::relay_length(src, self.out, head, len, pipe);
+        }
         let take = src
             .buffered()
             .len()
@@ -232,16 +259,12 @@ impl<'a> Absorber<'a> {
     }
 
     fn write_all_vectored(&mut self, parts: &[&[u8]]) -> io::Result<()> {
-        let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
         let n = if self.held.is_empty() {
             let total: usize = parts.iter().map(|p| p.len()).sum();
             if total == 0 {
                 return Ok(());
             }
-            self.send(
-                |out| (&mut { out }).write_vectored(&slices),
-                !self.nonblocking,
-            )?
+            self.send(parts, !self.buffering)?
         } else {
             0
         };
@@ -263,7 +286,7 @@ impl Write for Absorber<'_> {
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        if !self.nonblocking {
+        if !self.buffering {
             return (&mut { self.out }).write_vectored(bufs);
         }
         self.drain(false)?;
