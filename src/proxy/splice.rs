@@ -64,33 +64,10 @@ impl Pipe {
     fn copy(&mut self, src: impl AsFd, dst: &TcpStream, len: u64) -> Result<(), CopyError> {
         let mut left = len;
         while left > 0 {
-            let want = usize::try_from(left)
-                .unwrap_or(usize::MAX)
-                .min(self.capacity);
-            let n = retry(|| {
-                splice(
-                    &src,
-                    None,
-                    &self.write,
-                    None,
-                    want,
-                    SpliceFFlags::SPLICE_F_MOVE,
-                )
-            })
-            .map_err(CopyError::Read)?;
-            if n == 0 {
-                return Err(CopyError::Read(io::ErrorKind::UnexpectedEof.into()));
-            }
-            self.held += n;
+            let n = self.fill(&src, left).map_err(CopyError::Read)?;
             left -= n as u64;
+            let flags = out_flags(left > 0);
             while self.held > 0 {
-                // MORE only while more follows: on the last bytes it would
-                // hold back the final segment.
-                let flags = if left > 0 {
-                    SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_MORE
-                } else {
-                    SpliceFFlags::SPLICE_F_MOVE
-                };
                 let n = match retry(|| splice(&self.read, None, dst, None, self.held, flags)) {
                     // A request body to a backend (`upload`): room, or an
                     // early answer.
@@ -141,11 +118,7 @@ impl Pipe {
     /// block with bytes still in the pipe.  `more`: more of the body
     /// follows these bytes.
     pub fn drain_to(&mut self, dst: &TcpStream, more: bool) -> io::Result<bool> {
-        let flags = if more {
-            SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_MORE
-        } else {
-            SpliceFFlags::SPLICE_F_MOVE
-        };
+        let flags = out_flags(more);
         while self.held > 0 {
             match retry(|| splice(&self.read, None, dst, None, self.held, flags)) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -172,6 +145,17 @@ impl Pipe {
             self.held -= n;
         }
         Ok(())
+    }
+}
+
+/// The flags of a splice(2) out of the pipe: MORE only while more of the
+/// body follows, for on the last bytes it would hold back the final
+/// segment.
+fn out_flags(more: bool) -> SpliceFFlags {
+    if more {
+        SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_MORE
+    } else {
+        SpliceFFlags::SPLICE_F_MOVE
     }
 }
 
