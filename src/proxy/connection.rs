@@ -128,7 +128,7 @@ impl Worker {
         loop {
             // The first request is usually there already, the kernel
             // having queued the connection once it came (TCP_DEFER_ACCEPT,
-            // `parent::bind`): one recv(2) then, not a ppoll(2) and a recv.
+            // `listener::bind`): one recv(2) then, not a ppoll(2) and a recv.
             let arrived = first && reader.buffered().is_empty() && reader.fill_now().is_ok();
             if reader.buffered().is_empty() && !arrived {
                 match self.wait_for_request(stream, idle_timeout, stop) {
