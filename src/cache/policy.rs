@@ -21,10 +21,10 @@ impl Cache {
     /// How long a response may be stored: the launch TTL, or less if the
     /// origin asks for less.  `None`: it may not be stored at all.
     pub fn lifetime(&self, req: &RequestHead, resp: &ResponseHead) -> Option<Duration> {
-        if req.method != "GET" || !storable(req, resp) {
+        let cc = Directives::of(&resp.fields);
+        if req.method != "GET" || !storable(req, resp, &cc) {
             return None;
         }
-        let cc = Directives::of(&resp.fields);
         // The origin's lifetime runs from when it made the response, which
         // may have aged in another cache on the way (RFC 9111 §4.2.3).
         let explicit = cc.explicit_lifetime().or_else(|| expires_in(resp));
@@ -41,14 +41,14 @@ impl Cache {
     }
 }
 
-/// Whether `resp` to `req` may be stored at all, whatever its lifetime
-/// (RFC 9111 §3): a final, whole response (not a 206, nor a 304 to a
-/// condition pibl passed on), that neither side forbids storing.
-fn storable(req: &RequestHead, resp: &ResponseHead) -> bool {
+/// Whether `resp` to `req`, whose directives are `cc`, may be stored at
+/// all, whatever its lifetime (RFC 9111 §3): a final, whole response (not
+/// a 206, nor a 304 to a condition pibl passed on), that neither side
+/// forbids storing.
+fn storable(req: &RequestHead, resp: &ResponseHead, cc: &Directives) -> bool {
     if resp.status < 200 || resp.status == 206 || resp.status == 304 {
         return false;
     }
-    let cc = Directives::of(&resp.fields);
     // no-cache lets a cache store the response but never serve it
     // unvalidated (RFC 9111 §5.2.2.4): stored, it would be a request to
     // the backend every time all the same, so it is not stored, as nginx

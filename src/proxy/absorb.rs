@@ -33,7 +33,7 @@ use crate::proxy::spool::unnamed_file;
 
 /// Bytes held for a client that is behind, in order: what is in memory
 /// goes first, then what is in the file.
-struct Held {
+struct Pending {
     memory: Vec<u8>,
     /// How much of `memory` has been sent.
     sent: usize,
@@ -43,7 +43,7 @@ struct Held {
     file_len: u64,
 }
 
-impl Held {
+impl Pending {
     fn len(&self) -> u64 {
         (self.memory.len() - self.sent) as u64 + (self.file_len - self.file_sent)
     }
@@ -56,7 +56,7 @@ impl Held {
 /// The client's side of a response body.
 pub struct Absorber<'a> {
     out: &'a TcpStream,
-    held: Held,
+    held: Pending,
     in_memory: usize,
     max_in_file: u64,
     temp_dir: &'a Path,
@@ -77,7 +77,7 @@ impl<'a> Absorber<'a> {
     ) -> Absorber<'a> {
         Absorber {
             out,
-            held: Held {
+            held: Pending {
                 memory: Vec::new(),
                 sent: 0,
                 file: None,
