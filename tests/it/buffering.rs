@@ -93,14 +93,22 @@ struct Served {
     came: Instant,
     whole: Instant,
     length: usize,
+    /// When its answer was all written, once it was.
+    written: Option<Instant>,
 }
 
 /// One request at a time, as a sync worker of gunicorn or a forking
-/// server: what it saw, and when each request was whole.
+/// server: `/big` gets 32 MiB by length, `/big-chunked` the same chunked,
+/// anything else "ok"; it notes what it saw, when each request was whole,
+/// and when each answer was written.
 struct OneAtATime {
     addr: std::net::SocketAddr,
     served: Arc<Mutex<Vec<Served>>>,
 }
+
+/// More than the sockets between backend, pibl and client hold, with the
+/// client's receive buffer kept small.
+const BIG: usize = 32 << 20;
 
 impl OneAtATime {
     fn start() -> OneAtATime {
@@ -109,6 +117,7 @@ impl OneAtATime {
         let served = Arc::new(Mutex::new(Vec::new()));
         let record = Arc::clone(&served);
         thread::spawn(move || {
+            let block: Vec<u8> = (0..1 << 16).map(|i: u32| (i % 251) as u8).collect();
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 let head = read_head(&mut stream);
@@ -125,18 +134,36 @@ impl OneAtATime {
                 stream.read_exact(&mut body).unwrap();
                 let whole = Instant::now();
                 let path = head.split(' ').nth(1).unwrap_or("").to_string();
-                record.lock().unwrap().push(Served {
-                    path,
-                    came,
-                    whole,
-                    length,
-                });
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                );
+                let at = {
+                    let mut served = record.lock().unwrap();
+                    served.push(Served {
+                        path: path.clone(),
+                        came,
+                        whole,
+                        length,
+                        written: None,
+                    });
+                    served.len() - 1
+                };
+                let sent = match path.as_str() {
+                    "/big" => write_big(&mut stream, &block, false),
+                    "/big-chunked" => write_big(&mut stream, &block, true),
+                    _ => stream.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    ),
+                };
+                if sent.is_ok() {
+                    record.lock().unwrap()[at].written = Some(Instant::now());
+                }
             }
         });
         OneAtATime { addr, served }
+    }
+
+    /// When the answer to `path` was all written, if it was.
+    fn written(&self, path: &str) -> Option<Instant> {
+        let served = self.served.lock().unwrap();
+        served.iter().find(|s| s.path == path)?.written
     }
 }
 
@@ -305,51 +332,6 @@ fn open_fds_in(pid: i32, children: &[i32], suffix: &str) -> usize {
         .count()
 }
 
-/// A backend that answers one request at a time: `/big` with 10 MiB
-/// (by length, or chunked), anything else with "ok"; it notes when it has
-/// written each answer whole.
-struct Writer {
-    addr: std::net::SocketAddr,
-    written: Arc<Mutex<Vec<(String, Instant)>>>,
-}
-
-/// More than the sockets between backend, pibl and client hold, with the
-/// client's receive buffer kept small.
-const BIG: usize = 32 << 20;
-
-impl Writer {
-    fn start() -> Writer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let written = Arc::new(Mutex::new(Vec::new()));
-        let record = Arc::clone(&written);
-        thread::spawn(move || {
-            let block: Vec<u8> = (0..1 << 16).map(|i: u32| (i % 251) as u8).collect();
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let head = read_head(&mut stream);
-                let path = head.split(' ').nth(1).unwrap_or("").to_string();
-                let sent = match path.as_str() {
-                    "/big" => write_big(&mut stream, &block, false),
-                    "/big-chunked" => write_big(&mut stream, &block, true),
-                    _ => stream.write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                    ),
-                };
-                if sent.is_ok() {
-                    record.lock().unwrap().push((path, Instant::now()));
-                }
-            }
-        });
-        Writer { addr, written }
-    }
-
-    fn written(&self, path: &str) -> Option<Instant> {
-        let written = self.written.lock().unwrap();
-        written.iter().find(|(p, _)| p == path).map(|&(_, at)| at)
-    }
-}
-
 fn write_big(stream: &mut std::net::TcpStream, block: &[u8], chunked: bool) -> std::io::Result<()> {
     let framing = if chunked {
         "Transfer-Encoding: chunked".to_string()
@@ -383,7 +365,7 @@ fn write_big(stream: &mut std::net::TcpStream, block: &[u8], chunked: bool) -> s
 #[test]
 fn a_slow_reader_frees_the_backend_long_before_it_finishes() {
     for (path, version) in [("/big", "1.1"), ("/big-chunked", "1.0")] {
-        let backend = Writer::start();
+        let backend = OneAtATime::start();
         let proxy = ProxyOptions::for_addrs(vec![backend.addr.to_string()]).start();
         let mut client = Client::connect(proxy.addr);
         nix::sys::socket::setsockopt(
