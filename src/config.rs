@@ -57,8 +57,13 @@ const MIN_SECONDS: f64 = 0.001;
 /// One replica of the application, as written in the config and as resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Backend {
+    /// `host:port`, as written (without its scheme).
     pub name: String,
     pub addr: SocketAddr,
+    /// Written `https://`: reached over TLS, its certificate verified for
+    /// `host` (a name, or an IP address).
+    pub tls: bool,
+    pub host: String,
 }
 
 /// How connections are given to code that serves them.
@@ -126,6 +131,35 @@ pub struct Config {
     pub health: Health,
     pub cache: CacheConfig,
     pub buffering: Buffering,
+    /// The `[tls]` table: HTTPS, and the backends' TLS.
+    pub tls: Option<TlsConfig>,
+}
+
+/// HTTPS beside HTTP, and how backends reached over TLS are verified.
+#[derive(Debug, Clone, Default)]
+pub struct TlsConfig {
+    /// The HTTPS port, on the same address; `None`: no HTTPS listener.
+    pub port: Option<u16>,
+    /// Certificate and key files; the first is the default, the others
+    /// chosen by the name a client asks for (SNI).
+    pub certificates: Vec<CertFiles>,
+    /// Plain-HTTP requests answered with a 308 to the HTTPS port.
+    pub redirect_http: bool,
+    /// `Strict-Transport-Security: max-age=` on HTTPS responses.
+    pub hsts: Option<u64>,
+    /// Session ticket keys shared with other hosts; the first seals.
+    pub ticket_key_files: Vec<PathBuf>,
+    /// CA certificates backends' certificates are verified against,
+    /// instead of the system's.
+    pub backend_ca: Option<PathBuf>,
+    /// pibl's own certificate and key, for backends that ask for one.
+    pub backend_client: Option<CertFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// What pibl holds whole before passing it on, and where.
@@ -252,6 +286,37 @@ struct RawConfig {
     max_temp_file_size: Option<Spanned<i64>>,
     temp_dir: Option<Spanned<String>>,
     cache: Option<RawCache>,
+    tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    port: Option<Spanned<i64>>,
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    certificates: Option<Vec<Spanned<RawCertFiles>>>,
+    redirect_http: Option<Spanned<bool>>,
+    hsts: Option<Spanned<i64>>,
+    ticket_key_file: Option<Spanned<OneOrMany>>,
+    backend_ca: Option<Spanned<String>>,
+    backend_cert: Option<Spanned<String>>,
+    backend_key: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertFiles {
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+}
+
+/// A file name, or a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Deserialize, Default)]
@@ -355,12 +420,14 @@ impl Config {
         let prefork = file.prefork(raw.prefork.as_ref().unwrap_or(&RawPrefork::default()))?;
         let cache = file.cache(raw.cache.as_ref().unwrap_or(&RawCache::default()))?;
         let buffering = file.buffering(&raw)?;
+        let port = raw.port.unwrap_or(DEFAULT_PORT);
+        let tls = raw.tls.as_ref().map(|t| file.tls(t, port)).transpose()?;
         Ok(Config {
             path: path.to_string(),
             model,
             prefork,
             listen,
-            port: raw.port.unwrap_or(DEFAULT_PORT),
+            port,
             backends,
             log_file: log.file,
             log_buffer: log.buffer,
@@ -376,11 +443,18 @@ impl Config {
             health,
             cache,
             buffering,
+            tls,
         })
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
         SocketAddr::new(self.listen, self.port)
+    }
+
+    /// The HTTPS listener's address, when there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        let port = self.tls.as_ref()?.port?;
+        Some(SocketAddr::new(self.listen, port))
     }
 }
 
@@ -685,9 +759,100 @@ impl Checker<'_> {
     }
 }
 
+impl Checker<'_> {
+    fn tls(&self, t: &Spanned<RawTls>, plain_port: u16) -> Result<TlsConfig, Error> {
+        let raw = t.get_ref();
+        let port = match &raw.port {
+            None => None,
+            Some(p) => match u16::try_from(*p.get_ref()) {
+                Err(_) => {
+                    return Err(self.at(p.span(), "port: must be from 0 to 65535".into()));
+                }
+                Ok(n) if n == plain_port && n != 0 => {
+                    let problem = format!("port: {n} is the plain HTTP port too");
+                    return Err(self.at(p.span(), problem));
+                }
+                Ok(n) => Some(n),
+            },
+        };
+        let mut certificates = Vec::new();
+        if let Some(pair) = self.cert_files(&raw.cert, &raw.key, "")? {
+            certificates.push(pair);
+        }
+        for c in raw.certificates.iter().flatten() {
+            let pair = self.cert_files(&c.get_ref().cert, &c.get_ref().key, "")?;
+            certificates.extend(pair);
+        }
+        if port.is_some() && certificates.is_empty() {
+            return Err(self.at(
+                t.span(),
+                "tls: a port needs a certificate: set cert and key".into(),
+            ));
+        }
+        let redirect_http = raw.redirect_http.as_ref().is_some_and(|r| *r.get_ref());
+        if let (true, None, Some(r)) = (redirect_http, port, &raw.redirect_http) {
+            return Err(self.at(r.span(), "redirect_http: needs an HTTPS port".into()));
+        }
+        let hsts = match &raw.hsts {
+            None => None,
+            Some(h) => Some(self.count(&Some(h.clone()), "hsts", 0, 0)?),
+        };
+        let ticket_key_files = match raw.ticket_key_file.as_ref().map(Spanned::get_ref) {
+            None => Vec::new(),
+            Some(OneOrMany::One(f)) => vec![PathBuf::from(f)],
+            Some(OneOrMany::Many(fs)) => fs.iter().map(PathBuf::from).collect(),
+        };
+        if let Some(f) = &raw.ticket_key_file
+            && ticket_key_files.iter().any(|p| p.as_os_str().is_empty())
+        {
+            return Err(self.at(f.span(), "ticket_key_file: is empty".into()));
+        }
+        let backend_ca = match &raw.backend_ca {
+            None => None,
+            Some(_) => Some(self.file_name(&raw.backend_ca, "backend_ca", "")?),
+        };
+        let backend_client = self.cert_files(&raw.backend_cert, &raw.backend_key, "backend_")?;
+        Ok(TlsConfig {
+            port,
+            certificates,
+            redirect_http,
+            hsts,
+            ticket_key_files,
+            backend_ca,
+            backend_client,
+        })
+    }
+
+    /// `{prefix}cert` and `{prefix}key`, both or neither.
+    fn cert_files(
+        &self,
+        cert: &Option<Spanned<String>>,
+        key: &Option<Spanned<String>>,
+        prefix: &str,
+    ) -> Result<Option<CertFiles>, Error> {
+        let (c, k) = (format!("{prefix}cert"), format!("{prefix}key"));
+        match (cert, key) {
+            (None, None) => Ok(None),
+            (Some(v), None) => Err(self.at(v.span(), format!("{c}: needs {k} beside it"))),
+            (None, Some(v)) => Err(self.at(v.span(), format!("{k}: needs {c} beside it"))),
+            (Some(_), Some(_)) => Ok(Some(CertFiles {
+                cert: self.file_name(cert, &c, "")?,
+                key: self.file_name(key, &k, "")?,
+            })),
+        }
+    }
+}
+
 /// "host:port" → a backend; hosts are resolved now, the first address wins.
-fn resolve_backend(name: &str) -> Result<Backend, String> {
-    let problem = |what: &str| format!("backend \"{name}\": {what}");
+fn resolve_backend(written: &str) -> Result<Backend, String> {
+    let problem = |what: &str| format!("backend \"{written}\": {what}");
+    let (tls, name) = match written.split_once("://") {
+        None => (false, written),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (false, rest),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (true, rest),
+        Some(_) => return Err(problem("the scheme must be http:// or https://")),
+    };
+    let name = name.strip_suffix('/').unwrap_or(name);
     let Some((host, port)) = name.rsplit_once(':') else {
         return Err(problem("expected host:port"));
     };
@@ -704,9 +869,12 @@ fn resolve_backend(name: &str) -> Result<Backend, String> {
         })?
         .next()
         .ok_or_else(|| problem("no address"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     Ok(Backend {
         name: name.to_string(),
         addr,
+        tls,
+        host: host.to_string(),
     })
 }
 

@@ -11,6 +11,8 @@
 //! - `models`: fork, prefork and thread — what serves connections;
 //! - `proxy`: one connection, one exchange with a backend, the balancer;
 //! - `cache`: the disk cache, its policy and its janitor;
+//! - `tls`: HTTPS on rustls — handshakes, certificates, shared session
+//!   tickets, and TLS to backends;
 //! - `http`: message heads, bodies and conditional requests;
 //! - process-wide pieces: `cli`, `config`, `log`, `signals`, `shm`, `sys`,
 //!   `privileges`, `rlimit`, `sched`, `clock`, `error`.
@@ -33,6 +35,7 @@ mod sched;
 mod shm;
 mod signals;
 mod sys;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -73,6 +76,7 @@ pub fn run() -> ExitCode {
 fn serve(cli: &Cli) -> Result<(), Error> {
     let config = cli.load_config()?;
     if cli.check {
+        tls::check(&config)?;
         eprintln!("pibl: {}: configuration ok", config.path);
         return Ok(());
     }
@@ -85,8 +89,9 @@ fn serve(cli: &Cli) -> Result<(), Error> {
             e,
         )
     })?;
-    let listener = models::listener::bind(config.listen_addr())?;
-    let ctx = Context::build(config)?;
+    let listeners = models::listener::Listeners::bind(&config)?;
+    let mut ctx = Context::build(config)?;
+    ctx.https_port = listeners.https_port();
     let temp_dir = &ctx.config.buffering.temp_dir;
     proxy::spool::clear_dir(temp_dir).map_err(|e| {
         Error::os(
@@ -108,7 +113,7 @@ fn serve(cli: &Cli) -> Result<(), Error> {
         path: cli.config.clone(),
         overrides: cli.overrides(),
     };
-    let result = models::run(listener, ctx, reloader);
+    let result = models::run(listeners, ctx, reloader);
     drop(pid_file);
     result
 }

@@ -46,6 +46,8 @@ pub struct Entry<'a> {
     pub pid: u32,
     /// HIT, MISS, EXPIRED or BYPASS; `-` without a cache.
     pub cache: Option<&'a str>,
+    /// The TLS protocol (nginx's `$ssl_protocol`); `-` for plain HTTP.
+    pub tls: Option<&'a str>,
 }
 
 /// The log line, newline included.
@@ -53,7 +55,7 @@ pub fn format_line(e: &Entry<'_>) -> String {
     let mut line = String::with_capacity(256);
     let _ = writeln!(
         line,
-        "{} - - [{}] \"{}\" {} {} \"{}\" \"{}\" {} {}.{:03} {} {}",
+        "{} - - [{}] \"{}\" {} {} \"{}\" \"{}\" {} {}.{:03} {} {} {}",
         e.client,
         clock::clf_time(e.time),
         escape(e.request.as_bytes()),
@@ -66,6 +68,7 @@ pub fn format_line(e: &Entry<'_>) -> String {
         e.duration.subsec_millis(),
         e.pid,
         e.cache.unwrap_or("-"),
+        e.tls.unwrap_or("-"),
     );
     line
 }
@@ -378,10 +381,11 @@ mod tests {
             duration: Duration::from_millis(1234),
             pid: 42,
             cache: Some("HIT"),
+            tls: Some("TLSv1.3"),
         };
         assert_eq!(
             format_line(&e),
-            "127.0.0.1 - - [23/Nov/2026:19:00:00 +0000] \"GET /a\\x22b HTTP/1.1\" 200 612 \"-\" \"curl/8.5.0 \\x01\" 127.0.0.1:9001 1.234 42 HIT\n"
+            "127.0.0.1 - - [23/Nov/2026:19:00:00 +0000] \"GET /a\\x22b HTTP/1.1\" 200 612 \"-\" \"curl/8.5.0 \\x01\" 127.0.0.1:9001 1.234 42 HIT TLSv1.3\n"
         );
     }
 }

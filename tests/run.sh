@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs pibl's whole test suite: the unit and integration tests (which start
 # the built binary against real backends on loopback, once per concurrency
-# model), then lint of the man
-# pages and the systemd unit.  Installs mandoc, groff and systemd-analyze
+# model), then lint of the man pages and the systemd unit.  Installs mandoc,
+# groff, systemd-analyze, and the HTTPS tests' openssl, curl and sslscan
 # from Debian's packages when they are missing and it runs as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,10 @@ command -v mandoc >/dev/null || need+=(mandoc)
 command -v groff >/dev/null || need+=(groff-base)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v nohup >/dev/null || need+=(coreutils)
+# The HTTPS tests' clients and scanner.
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
+command -v sslscan >/dev/null || need+=(sslscan)
 if ((${#need[@]})); then
     if ((EUID == 0)); then
         apt-get update -qq

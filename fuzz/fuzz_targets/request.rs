@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     };
 
     let mut forwarded = Vec::new();
-    http::forward_request(&req, &req.target, "192.0.2.1".parse().unwrap(), "backend:80", framing, false, &mut forwarded);
+    http::forward_request(&req, &req.target, http::ClientSide { addr: "192.0.2.1".parse().unwrap(), https: false }, "backend:80", framing, false, &mut forwarded);
     match http::parse_request(&forwarded, http::MAX_FIELDS) {
         Ok(Parsed::Done(again, n)) => {
             assert_eq!(n, forwarded.len(), "forwarded head has trailing bytes");

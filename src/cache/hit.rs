@@ -6,7 +6,6 @@
 
 use std::borrow::Cow;
 use std::io;
-use std::net::TcpStream;
 use std::ops::Range;
 
 use super::entry::{Body, Entry, touch};
@@ -15,6 +14,7 @@ use super::policy::age;
 use crate::http::conditional::{self, Answer};
 use crate::http::wire::write_all_vectored;
 use crate::http::{Framing, RequestHead, ResponseHead, restated};
+use crate::tls::Stream;
 
 /// Representation fields a 304 leaves out, as nginx's does: the client
 /// keeps those of its own copy (RFC 9110 §15.4.5).
@@ -104,7 +104,7 @@ pub fn reply<'e>(req: &RequestHead, entry: &'e Entry, status: Status) -> Reply<'
 
 /// Sends a hit's `head` (bytes) and the bytes `part` of the entry's body
 /// to `out`.
-pub fn send(out: &TcpStream, head: &[u8], entry: Entry, part: Range<u64>) -> io::Result<()> {
+pub fn send(out: Stream<'_>, head: &[u8], entry: Entry, part: Range<u64>) -> io::Result<()> {
     match entry.into_body() {
         // Read whole to check the entry: the head and body in one write.
         Body::InMemory(body) => {
@@ -115,7 +115,7 @@ pub fn send(out: &TcpStream, head: &[u8], entry: Entry, part: Range<u64>) -> io:
             let sent = match io::Write::write_all(&mut { out }, head) {
                 Ok(()) if !part.is_empty() => {
                     let at = entry.body_offset;
-                    crate::sys::send_file(out, &entry.file, at + part.start..at + part.end)
+                    out.send_file(&entry.file, at + part.start..at + part.end)
                 }
                 other => other,
             };

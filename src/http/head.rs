@@ -2,13 +2,13 @@
 //! sets: its size, its first line's length, and the time it may take.
 //! Used for requests, responses and health checks alike.
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsFd;
 use std::time::Instant;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use super::wire::Reader;
+use super::wire::{Reader, Socket};
 use super::{Parsed, Reject};
 
 /// Why a head could not be read.
@@ -67,7 +67,7 @@ fn wait_readable(fd: impl AsFd, deadline: Instant) -> io::Result<()> {
 
 /// Reads one head with `parse`, leaving what follows it buffered.
 /// `Ok(None)`: the stream ended before its first byte.
-pub fn read_head<R: Read + AsFd, T>(
+pub fn read_head<R: Socket, T>(
     reader: &mut Reader<R>,
     rules: &HeadRules,
     parse: impl Fn(&[u8]) -> Result<Parsed<T>, Reject>,
@@ -99,8 +99,10 @@ pub fn read_head<R: Read + AsFd, T>(
             }
         }
         let idle = reader.buffered().is_empty();
-        if let (false, Some(deadline)) = (idle, rules.deadline) {
-            wait_readable(reader.get_ref(), deadline).map_err(HeadError::Io)?;
+        if let (false, Some(deadline)) = (idle, rules.deadline)
+            && !reader.get_ref().pending()
+        {
+            wait_readable(reader.get_ref().fd(), deadline).map_err(HeadError::Io)?;
         }
         match reader.fill() {
             Ok(0) if idle => return Ok(None),

@@ -394,6 +394,14 @@ fn push_framing(out: &mut Vec<u8>, framing: Framing) {
     }
 }
 
+/// Who sent a request, as a backend is told (X-Forwarded-For, -Proto).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSide {
+    pub addr: IpAddr,
+    /// The request came over HTTPS.
+    pub https: bool,
+}
+
 /// The head pibl sends to a backend: HTTP/1.1, origin-form target, Host
 /// kept, hop-by-hop fields dropped, X-Forwarded-For/-Proto and Via added, one
 /// unambiguous framing, and `Connection: close` unless pibl means to keep
@@ -401,7 +409,7 @@ fn push_framing(out: &mut Vec<u8>, framing: Framing) {
 pub fn forward_request(
     req: &RequestHead,
     target: &str,
-    client: IpAddr,
+    client: ClientSide,
     backend_host: &str,
     framing: Framing,
     keep_alive: bool,
@@ -412,16 +420,17 @@ pub fn forward_request(
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    push_end_to_end(out, &req.fields, &["x-forwarded-for"]);
+    push_end_to_end(out, &req.fields, &["x-forwarded-for", "x-forwarded-proto"]);
     if values(&req.fields, "host").next().is_none() {
         push_field(out, "Host", backend_host.as_bytes());
     }
     push_field(
         out,
         "X-Forwarded-For",
-        &appended(&req.fields, "x-forwarded-for", &client.to_string()),
+        &appended(&req.fields, "x-forwarded-for", &client.addr.to_string()),
     );
-    push_field(out, "X-Forwarded-Proto", b"http");
+    let proto: &[u8] = if client.https { b"https" } else { b"http" };
+    push_field(out, "X-Forwarded-Proto", proto);
     push_field(out, "Via", &appended(&req.fields, "via", via(req.minor)));
     push_framing(out, framing);
     // An empty body the client announced is announced again: some servers
@@ -503,6 +512,7 @@ pub fn reason(status: u16) -> &'static str {
         200 => "OK",
         206 => "Partial Content",
         304 => "Not Modified",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         404 => "Not Found",
         408 => "Request Timeout",
@@ -687,7 +697,10 @@ mod tests {
         forward_request(
             &r,
             "/x",
-            "127.0.0.2".parse().unwrap(),
+            ClientSide {
+                addr: "127.0.0.2".parse().unwrap(),
+                https: false,
+            },
             "b:1",
             Framing::Length(3),
             false,
@@ -709,7 +722,10 @@ mod tests {
             forward_request(
                 &r,
                 "/",
-                "127.0.0.2".parse().unwrap(),
+                ClientSide {
+                    addr: "127.0.0.2".parse().unwrap(),
+                    https: false,
+                },
                 "b:1",
                 framing,
                 true,
@@ -733,7 +749,10 @@ mod tests {
         forward_request(
             &r,
             "/",
-            "::1".parse().unwrap(),
+            ClientSide {
+                addr: "::1".parse().unwrap(),
+                https: false,
+            },
             "b:1",
             Framing::Empty,
             true,

@@ -9,7 +9,7 @@
 //! each page not touched is a page fault not taken.
 
 use std::io::{self, IoSlice, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 /// The first stretch of a buffer that reads may use; it doubles each
 /// time a read fills what there is, up to the capacity, so a long body is
@@ -149,14 +149,43 @@ impl<R: Read> Reader<R> {
     }
 }
 
-impl<R: Read + AsFd> Reader<R> {
+/// A stream `Reader` reads from that is a socket underneath: what a
+/// wait in poll(2) and a read that must not wait need of it.
+pub trait Socket: Read {
+    /// The socket, to poll.
+    fn fd(&self) -> BorrowedFd<'_>;
+
+    /// Reads what has come, without waiting: a WouldBlock error when
+    /// nothing has.
+    fn read_now(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use nix::sys::socket::{MsgFlags, recv};
+        recv(self.fd().as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)
+    }
+
+    /// Whether bytes wait to be read that poll(2) on the socket would not
+    /// show (a TLS layer's decrypted plaintext).
+    fn pending(&self) -> bool {
+        false
+    }
+}
+
+impl Socket for &std::net::TcpStream {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.as_fd()
+    }
+}
+
+impl Socket for std::net::TcpStream {
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.as_fd()
+    }
+}
+
+impl<R: Socket> Reader<R> {
     /// `fill` without waiting: a WouldBlock error when the socket has
     /// nothing yet.
     pub fn fill_now(&mut self) -> io::Result<usize> {
-        use nix::sys::socket::{MsgFlags, recv};
-        self.fill_by(|inner, buf| {
-            recv(inner.as_fd().as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)
-        })
+        self.fill_by(|inner, buf| inner.read_now(buf))
     }
 }
 

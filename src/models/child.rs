@@ -9,7 +9,7 @@ use std::panic::{self, AssertUnwindSafe};
 
 use nix::sys::signal::SigSet;
 
-use crate::proxy::connection::Worker;
+use crate::proxy::connection::{Port, Worker};
 use crate::proxy::{Context, End};
 use crate::sched;
 use crate::signals::{self, StopWatch};
@@ -21,11 +21,17 @@ pub const EXIT_BACKEND_FAULT: i32 = 2;
 pub const EXIT_INTERNAL: i32 = 3;
 
 /// Serves the connection and exits; never returns to the accept loop.
-pub fn serve(stream: TcpStream, peer: SocketAddr, ctx: &Context, parent_mask: &SigSet) -> ! {
+pub fn serve(
+    stream: TcpStream,
+    port: Port,
+    peer: SocketAddr,
+    ctx: &Context,
+    parent_mask: &SigSet,
+) -> ! {
     let idle_mask = signals::install_child(parent_mask);
     sched::apply(ctx.config.sched_batch);
     let code = panic::catch_unwind(AssertUnwindSafe(|| {
-        let end = Worker::new(ctx).serve(&stream, peer, ctx, StopWatch::Signals(idle_mask));
+        let end = Worker::new(ctx).serve(&stream, port, peer, ctx, StopWatch::Signals(idle_mask));
         exit_code(end)
     }))
     .unwrap_or(EXIT_INTERNAL);

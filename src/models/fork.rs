@@ -7,12 +7,13 @@
 //! exist in the child.
 
 use std::io::{self, Write};
-use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
 use nix::unistd::{ForkResult, Pid};
+
+use crate::models::listener::Listeners;
 
 /// How to start a process.
 #[derive(Default)]
@@ -20,7 +21,7 @@ pub struct Spawn<'a> {
     /// A listener the new process must not keep open: one that never
     /// accepts (a connection's child, a helper) would otherwise hold the
     /// port after pibl stops listening.
-    pub close: Option<&'a TcpListener>,
+    pub close: Option<&'a Listeners>,
     /// Held until the parent has forked a whole batch (`ForkGate`).
     pub gate: Option<&'a ForkGate>,
     /// The process has no purpose without its parent: the kernel sends it
@@ -46,8 +47,10 @@ pub fn spawn(how: &Spawn<'_>, run: impl FnOnce()) -> nix::Result<Pid> {
         ForkResult::Child => {
             // The child never returns to the frames that own these, so it
             // closes the descriptors directly.
-            if let Some(listener) = how.close {
-                let _ = nix::unistd::close(listener.as_raw_fd());
+            if let Some(listeners) = how.close {
+                for (listener, _) in listeners.each() {
+                    let _ = nix::unistd::close(listener.as_raw_fd());
+                }
             }
             if let Some(gate) = how.gate {
                 gate.wait();

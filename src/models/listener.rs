@@ -12,6 +12,7 @@ use nix::errno::Errno;
 use crate::config::{Config, Model, Timeouts};
 use crate::diag;
 use crate::error::{Error, describe_io};
+pub use crate::proxy::connection::Port;
 
 /// Connections the kernel completes and queues while the parent is busy
 /// or at max_clients; nginx's default.  (std's TcpListener uses 128, too
@@ -59,15 +60,143 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
     Ok(TcpListener::from(fd))
 }
 
+/// The listening sockets: plain HTTP's, and HTTPS's when `[tls]` has a
+/// port.
+pub struct Listeners {
+    pub plain: TcpListener,
+    pub tls: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds what `config` asks for.
+    pub fn bind(config: &Config) -> Result<Listeners, Error> {
+        Ok(Listeners {
+            plain: bind(config.listen_addr())?,
+            tls: config.tls_addr().map(bind).transpose()?,
+        })
+    }
+
+    /// Each listener, with the kind of connections it accepts.
+    pub fn each(&self) -> impl Iterator<Item = (&TcpListener, Port)> {
+        std::iter::once((&self.plain, Port::Plain)).chain(self.tls.as_ref().map(|l| (l, Port::Tls)))
+    }
+
+    /// The HTTPS listener's port, as bound.
+    pub fn https_port(&self) -> Option<u16> {
+        Some(self.tls.as_ref()?.local_addr().ok()?.port())
+    }
+
+    pub fn get(&self, port: Port) -> &TcpListener {
+        match (port, &self.tls) {
+            (Port::Tls, Some(tls)) => tls,
+            _ => &self.plain,
+        }
+    }
+
+    pub fn try_clone(&self) -> io::Result<Listeners> {
+        Ok(Listeners {
+            plain: self.plain.try_clone()?,
+            tls: self.tls.as_ref().map(TcpListener::try_clone).transpose()?,
+        })
+    }
+
+    /// Sets on each what `config` asks (`configure`).
+    pub fn configure(&self, config: &Config) -> Result<(), Error> {
+        let all: Vec<&TcpListener> = self.each().map(|(l, _)| l).collect();
+        configure_all(&all, config)
+    }
+
+    /// `stop_listening` on each.
+    pub fn stop_listening(&self) {
+        self.each()
+            .for_each(|(listener, _)| stop_listening(listener));
+    }
+
+    /// For a reload from `current` to `config`: a listener bound for each
+    /// address that changed — `Some(None)` for an HTTPS port no longer
+    /// wanted — made before anything is changed.
+    pub fn rebound_for(current: &Config, config: &Config) -> Result<Rebound, Error> {
+        let plain = match config.listen_addr() != current.listen_addr() {
+            true => Some(bind(config.listen_addr())?),
+            false => None,
+        };
+        let tls = match config.tls_addr() != current.tls_addr() {
+            true => Some(config.tls_addr().map(bind).transpose()?),
+            false => None,
+        };
+        Ok(Rebound { plain, tls })
+    }
+
+    /// The listeners `rebound` leaves: the new ones where there are, else
+    /// these.
+    pub fn with<'a>(&'a self, rebound: &'a Rebound) -> Vec<&'a TcpListener> {
+        let plain = rebound.plain.as_ref().unwrap_or(&self.plain);
+        let tls = match &rebound.tls {
+            Some(tls) => tls.as_ref(),
+            None => self.tls.as_ref(),
+        };
+        std::iter::once(plain).chain(tls).collect()
+    }
+
+    /// Puts `rebound` in place; returns the listeners it replaced.
+    pub fn replace(&mut self, rebound: Rebound) -> Vec<TcpListener> {
+        let mut old = Vec::new();
+        if let Some(plain) = rebound.plain {
+            old.push(std::mem::replace(&mut self.plain, plain));
+        }
+        if let Some(tls) = rebound.tls {
+            old.extend(std::mem::replace(&mut self.tls, tls));
+        }
+        old
+    }
+
+    /// Accepts one connection.  With one listener, accept(2) on it as it
+    /// is configured (a prefork worker's blocks, `configure`); with two, a
+    /// wait of at most `wait` for either, then accept(2) on the one ready.
+    pub fn accept_any(&self, wait: Duration) -> io::Result<(TcpStream, SocketAddr, Port)> {
+        let Some(tls) = &self.tls else {
+            let (stream, peer) = accept(&self.plain)?;
+            return Ok((stream, peer, Port::Plain));
+        };
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut fds = [
+            PollFd::new(self.plain.as_fd(), PollFlags::POLLIN),
+            PollFd::new(tls.as_fd(), PollFlags::POLLIN),
+        ];
+        let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+        poll(&mut fds, timeout)?;
+        let port = match fds[1].any() {
+            Some(true) => Port::Tls,
+            _ => Port::Plain,
+        };
+        let (stream, peer) = accept(self.get(port))?;
+        Ok((stream, peer, port))
+    }
+}
+
+/// A listener a reload binds anew, for each address that changed.
+pub struct Rebound {
+    plain: Option<TcpListener>,
+    tls: Option<Option<TcpListener>>,
+}
+
+/// `configure` on every listener of `all`.
+pub fn configure_all(all: &[&TcpListener], config: &Config) -> Result<(), Error> {
+    let blocking = all.len() == 1;
+    all.iter()
+        .try_for_each(|listener| configure(listener, config, blocking))
+}
+
 /// Sets on `listener` what `config` asks of it, at start and at each
 /// reload: the options every connection inherits, and, in the prefork
-/// model, blocking accepts that wake every `PREFORK_ACCEPT_WAKEUP` — set
-/// after, so that a reload cannot undo it (each worker then gives the
-/// connections it accepts a request body's timeout itself).
-pub fn configure(listener: &TcpListener, config: &Config) -> Result<(), Error> {
+/// model with one listener (`blocking`), blocking accepts that wake every
+/// `PREFORK_ACCEPT_WAKEUP` — set after, so that a reload cannot undo it
+/// (each worker then gives the connections it accepts a request body's
+/// timeout itself).  With two, workers wait in poll(2) for either.
+fn configure(listener: &TcpListener, config: &Config, blocking: bool) -> Result<(), Error> {
     let fail = |e: io::Error| Error::os("cannot set the listening socket's options", e);
     set_inherited_options(listener, &config.timeouts).map_err(fail)?;
-    if config.model == Model::Prefork {
+    if config.model == Model::Prefork && blocking {
         listener.set_nonblocking(false).map_err(fail)?;
         set_receive_timeout(listener, PREFORK_ACCEPT_WAKEUP).map_err(fail)?;
     }

@@ -16,19 +16,18 @@ pub mod prefork;
 pub mod supervise;
 pub mod thread;
 
-use std::net::TcpListener;
-
 use crate::config::Model;
 use crate::error::Error;
 use crate::proxy::Context;
+use listener::Listeners;
 use supervise::Reloader;
 
-/// Serves connections on `listener` with the configured model until pibl
-/// is told to stop.
-pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<(), Error> {
-    listener::configure(&listener, &ctx.config)?;
+/// Serves connections on `listeners` with the configured model until
+/// pibl is told to stop.
+pub fn run(listeners: Listeners, ctx: Context, reloader: Reloader) -> Result<(), Error> {
+    listeners.configure(&ctx.config)?;
     match ctx.config.model {
-        Model::Thread => thread::run(listener, ctx, reloader),
-        Model::Fork | Model::Prefork => parent::run(listener, ctx, reloader),
+        Model::Thread => thread::run(listeners, ctx, reloader),
+        Model::Fork | Model::Prefork => parent::run(listeners, ctx, reloader),
     }
 }

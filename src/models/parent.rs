@@ -15,7 +15,7 @@
 //! most `shutdown_timeout`); SIGQUIT stops at once.
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ use crate::diag;
 use crate::error::Error;
 use crate::models::child;
 use crate::models::fork::{self, ForkGate, Spawn};
-use crate::models::listener::{self, accept_failed, waiting_connections};
+use crate::models::listener::{self, Listeners, Port, accept_failed, waiting_connections};
 use crate::models::prefork::Prefork;
 use crate::models::supervise::{self, Helper, Reloader, say_full};
 use crate::proxy::Context;
@@ -47,7 +47,7 @@ const GATE_FROM: usize = 8;
 /// The parent's state: the listener, the context children are forked
 /// with, and the live children.
 struct Parent {
-    listener: TcpListener,
+    listeners: Listeners,
     ctx: Context,
     children: HashSet<Pid>,
     /// The helper processes: health checker, cache janitor.
@@ -58,7 +58,7 @@ struct Parent {
 }
 
 /// The fork and prefork models, until pibl is told to stop.
-pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<(), Error> {
+pub fn run(listeners: Listeners, ctx: Context, reloader: Reloader) -> Result<(), Error> {
     let wait_mask = signals::install_parent()
         .map_err(|e| Error::os("cannot install signal handlers", e.into()))?;
     let prefork = match ctx.config.model {
@@ -66,7 +66,7 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
         _ => None,
     };
     let mut parent = Parent {
-        listener,
+        listeners,
         ctx,
         children: HashSet::new(),
         helpers: Vec::new(),
@@ -74,7 +74,7 @@ pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<()
         wait_mask,
     };
     parent.start_helpers();
-    supervise::announce(&parent.listener, &parent.ctx)?;
+    supervise::announce(&parent.listeners, &parent.ctx)?;
     while !stopping() {
         parent.serve_once(&reloader);
     }
@@ -99,38 +99,49 @@ impl Parent {
             self.reopen_logs();
         }
         if let Some(pool) = &mut self.prefork {
-            let next = pool.maintain(&self.listener, &self.ctx, &self.wait_mask);
+            let next = pool.maintain(&self.listeners, &self.ctx, &self.wait_mask);
             self.wait_for_event(next.on_connection, Some(next.after));
             return;
         }
         let room = self.children.len() < self.ctx.config.max_clients;
-        if self.wait_for_event(room, None) {
-            self.accept_clients();
+        let ready = self.wait_for_event(room, None);
+        for port in [Port::Plain, Port::Tls] {
+            if ready.contains(&Some(port)) {
+                self.accept_clients(port);
+            }
         }
     }
 
     /// Sleeps until a signal arrives, `timeout` passes, or (when `listen`)
-    /// a client connects.  True when the listener is readable.
-    fn wait_for_event(&self, listen: bool, timeout: Option<Duration>) -> bool {
-        let mut fds = Vec::with_capacity(1);
+    /// a client connects.  The kinds of listener that are readable.
+    fn wait_for_event(&self, listen: bool, timeout: Option<Duration>) -> [Option<Port>; 2] {
+        let mut fds = Vec::with_capacity(2);
+        let mut ports = [None; 2];
         if listen {
-            fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+            for (i, (listener, port)) in self.listeners.each().enumerate() {
+                fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+                ports[i] = Some(port);
+            }
         }
-        signals::wait_events(&mut fds, timeout, self.wait_mask)
-            && fds.first().and_then(PollFd::any).unwrap_or(false)
+        if !signals::wait_events(&mut fds, timeout, self.wait_mask) {
+            return [None; 2];
+        }
+        let readable = |i: usize| fds.get(i).and_then(PollFd::any).unwrap_or(false);
+        [0, 1].map(|i| ports[i].filter(|_| readable(i)))
     }
 
     /// Accepts a connection and forks its child — or, when a burst has
     /// filled the accept queue, every connection in it, their children
     /// gated, so that the last is not kept waiting behind the first ones'
     /// requests.
-    fn accept_clients(&mut self) {
+    fn accept_clients(&mut self, port: Port) {
+        let listener = self.listeners.get(port);
         let room = self
             .ctx
             .config
             .max_clients
             .saturating_sub(self.children.len());
-        let waiting = waiting_connections(&self.listener);
+        let waiting = waiting_connections(listener);
         let burst = waiting >= GATE_FROM;
         let batch = if burst {
             waiting.min(MAX_BATCH).min(room.max(1))
@@ -139,8 +150,8 @@ impl Parent {
         };
         let gate = if burst { ForkGate::new() } else { None };
         for _ in 0..batch {
-            match self.listener.accept() {
-                Ok((stream, peer)) => self.spawn_child(stream, peer, gate.as_ref()),
+            match self.listeners.get(port).accept() {
+                Ok((stream, peer)) => self.spawn_child(stream, port, peer, gate.as_ref()),
                 Err(e) => {
                     accept_failed(&e);
                     break;
@@ -149,14 +160,20 @@ impl Parent {
         }
     }
 
-    fn spawn_child(&mut self, stream: TcpStream, peer: SocketAddr, gate: Option<&ForkGate>) {
+    fn spawn_child(
+        &mut self,
+        stream: TcpStream,
+        port: Port,
+        peer: SocketAddr,
+        gate: Option<&ForkGate>,
+    ) {
         let how = Spawn {
-            close: Some(&self.listener),
+            close: Some(&self.listeners),
             gate,
             dies_with_parent: false,
         };
         let (ctx, wait_mask) = (&self.ctx, &self.wait_mask);
-        match fork::spawn(&how, || child::serve(stream, peer, ctx, wait_mask)) {
+        match fork::spawn(&how, || child::serve(stream, port, peer, ctx, wait_mask)) {
             Ok(child) => {
                 self.children.insert(child);
                 if self.children.len() == self.ctx.config.max_clients {
@@ -178,7 +195,7 @@ impl Parent {
 
     fn start_helper(&mut self, helper: Helper) {
         let how = Spawn {
-            close: Some(&self.listener),
+            close: Some(&self.listeners),
             gate: None,
             dies_with_parent: true,
         };
@@ -206,7 +223,7 @@ impl Parent {
     /// they were forked with; an invalid file changes nothing.
     fn reload(&mut self, reloader: &Reloader) {
         let Some((ctx, moved_from)) =
-            supervise::reload_context(reloader, &self.ctx, &mut self.listener)
+            supervise::reload_context(reloader, &self.ctx, &mut self.listeners)
         else {
             return;
         };
@@ -216,10 +233,10 @@ impl Parent {
         }
         // Prefork workers still serving hold the old listener: it stops
         // listening for them all, once they know not to accept again.
-        if let Some(old) = moved_from {
-            listener::stop_listening(&old);
+        for old in &moved_from {
+            listener::stop_listening(old);
         }
-        supervise::say_reloaded(&self.listener, &self.ctx);
+        supervise::say_reloaded(&self.listeners, &self.ctx);
         self.stop_helpers();
         self.start_helpers();
     }
@@ -261,7 +278,7 @@ impl Parent {
     /// request in flight, within `shutdown_timeout` (none after SIGQUIT).
     fn stop(self) {
         let Parent {
-            listener,
+            listeners,
             ctx,
             mut children,
             helpers,
@@ -275,7 +292,7 @@ impl Parent {
         } else {
             ctx.config.shutdown_timeout
         };
-        stop_children(&mut children, listener, timeout, &wait_mask);
+        stop_children(&mut children, listeners, timeout, &wait_mask);
     }
 }
 
@@ -294,15 +311,15 @@ fn signal_all(children: impl IntoIterator<Item = Pid>, signal: Signal) {
 /// at most `timeout` (a second SIGQUIT cuts it short); then kills the rest.
 fn stop_children(
     children: &mut HashSet<Pid>,
-    listener: TcpListener,
+    listeners: Listeners,
     timeout: Duration,
     wait_mask: &SigSet,
 ) {
     signals::announce_stop();
-    // Prefork workers still serving hold the listener open.  After the
+    // Prefork workers still serving hold the listeners open.  After the
     // announcement: an idle one woken in accept(2) by this reads it.
-    listener::stop_listening(&listener);
-    drop(listener);
+    listeners.stop_listening();
+    drop(listeners);
     supervise::say_stopping(timeout);
     signal_all(children.iter().copied(), Signal::SIGTERM);
     let deadline = Instant::now() + timeout;

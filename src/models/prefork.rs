@@ -27,7 +27,6 @@
 //! (`listener::configure`).
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::process;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -39,7 +38,7 @@ use crate::config::MAX_WORKERS;
 use crate::diag;
 use crate::error::Error;
 use crate::models::fork::{self, ForkGate, Spawn};
-use crate::models::listener::{self, accept_failed, waiting_connections};
+use crate::models::listener::{self, Listeners, accept_failed, waiting_connections};
 use crate::models::supervise::say_full;
 use crate::proxy::Context;
 use crate::proxy::connection::Worker;
@@ -126,12 +125,7 @@ impl Prefork {
     /// Starts or stops workers so that between `min_spare` and `max_spare`
     /// of them are idle.  A worker still starting counts as idle.  Returns
     /// when to look again.
-    pub fn maintain(
-        &mut self,
-        listener: &TcpListener,
-        ctx: &Context,
-        parent_mask: &SigSet,
-    ) -> Wait {
+    pub fn maintain(&mut self, listeners: &Listeners, ctx: &Context, parent_mask: &SigSet) -> Wait {
         let limits = &ctx.config.prefork;
         let idle: Vec<Pid> = self
             .workers
@@ -142,7 +136,7 @@ impl Prefork {
         let room = limits.max_workers.saturating_sub(self.workers.len());
         // Connections already waiting for a worker need one each, on top of
         // the spares: a burst is met at once, not over doublings 10 ms apart.
-        let waiting = waiting_connections(listener);
+        let waiting: usize = listeners.each().map(|(l, _)| waiting_connections(l)).sum();
         let need = (limits.min_spare + waiting).saturating_sub(idle.len());
         if waiting > idle.len() && room == 0 {
             say_full("prefork.max_workers", limits.max_workers);
@@ -152,7 +146,7 @@ impl Prefork {
             // A lone worker has no batch to wait for.
             let gate = if want > 1 { ForkGate::new() } else { None };
             for _ in 0..want {
-                self.spawn(listener, ctx, parent_mask, gate.as_ref());
+                self.spawn(listeners, ctx, parent_mask, gate.as_ref());
             }
             drop(gate);
             self.spawn_rate = (want * 2).min(MAX_SPAWN_RATE);
@@ -190,7 +184,7 @@ impl Prefork {
 
     fn spawn(
         &mut self,
-        listener: &TcpListener,
+        listeners: &Listeners,
         ctx: &Context,
         parent_mask: &SigSet,
         gate: Option<&ForkGate>,
@@ -209,7 +203,7 @@ impl Prefork {
             gate,
             dies_with_parent: true,
         };
-        match fork::spawn(&how, || work(listener, ctx, record, parent_mask)) {
+        match fork::spawn(&how, || work(listeners, ctx, record, parent_mask)) {
             Ok(child) => {
                 self.workers.insert(child, slot);
             }
@@ -265,7 +259,7 @@ impl Prefork {
 
 /// A worker's life: accept, serve, until told to stop or `max_requests`.
 fn work(
-    listener: &TcpListener,
+    listeners: &Listeners,
     ctx: &Context,
     slot: &'static WorkerSlot,
     parent_mask: &SigSet,
@@ -288,15 +282,15 @@ fn work(
         if signals::winding_down() {
             break;
         }
-        let accepted = listener::accept(listener);
+        let accepted = listeners.accept_any(listener::PREFORK_ACCEPT_WAKEUP);
         let _ = serving_mask.thread_set_mask();
         match accepted {
-            Ok((stream, peer)) => {
+            Ok((stream, peer, port)) => {
                 slot.state.store(SLOT_BUSY, Ordering::Relaxed);
                 // The listener's timeout is the accept wake-up (`listener::configure`).
                 // Cannot fail on a socket just accepted.
                 let _ = listener::set_receive_timeout(&stream, ctx.config.timeouts.client_body);
-                worker.serve(&stream, peer, ctx, StopWatch::Signals(idle_mask));
+                worker.serve(&stream, port, peer, ctx, StopWatch::Signals(idle_mask));
                 served += 1;
                 slot.served.store(served, Ordering::Relaxed);
             }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::config::{Config, Model, Overrides};
 use crate::error::Error;
-use crate::models::listener;
+use crate::models::listener::{self, Listeners};
 use crate::proxy::Context;
 use crate::{diag, notice};
 
@@ -18,25 +18,20 @@ pub struct Reloader {
 }
 
 /// Re-reads the configuration for `current`'s model and, when it is
-/// valid, returns the new context and, if the address changed, the old
-/// listener (`listener` is then the new one).  Everything is made before
-/// anything is changed: a reload that fails at any step returns `None` and
-/// leaves pibl exactly as it was.
+/// valid, returns the new context and the listeners it no longer uses
+/// (`listeners` then holds new ones for the addresses that changed).
+/// Everything is made before anything is changed: a reload that fails at
+/// any step returns `None` and leaves pibl exactly as it was.
 pub fn reload_context(
     reloader: &Reloader,
     current: &Context,
-    listener: &mut TcpListener,
-) -> Option<(Context, Option<TcpListener>)> {
-    let listen = current.config.listen_addr();
+    listeners: &mut Listeners,
+) -> Option<(Context, Vec<TcpListener>)> {
     let model = current.config.model;
     let prepared = Config::load_with(&reloader.path, &reloader.overrides).and_then(|config| {
         let config = keep_model(config, model);
-        let rebound = if config.listen_addr() != listen {
-            Some(listener::bind(config.listen_addr())?)
-        } else {
-            None
-        };
-        listener::configure(rebound.as_ref().unwrap_or(listener), &config)?;
+        let rebound = Listeners::rebound_for(&current.config, &config)?;
+        listener::configure_all(&listeners.with(&rebound), &config)?;
         Ok((Context::build(config)?, rebound))
     });
     let (ctx, rebound) = match prepared {
@@ -46,7 +41,9 @@ pub fn reload_context(
             return None;
         }
     };
-    let moved_from = rebound.map(|rebound| std::mem::replace(listener, rebound));
+    let moved_from = listeners.replace(rebound);
+    let mut ctx = ctx;
+    ctx.https_port = listeners.https_port();
     crate::log::set_diag_syslog(ctx.config.syslog.clone());
     Some((ctx, moved_from))
 }
@@ -110,24 +107,38 @@ impl Helper {
 /// Says where pibl listens.  Said only once every signal has its handler
 /// and the helpers run, so whoever waits for this line may act on it at
 /// once.
-pub fn announce(listener: &TcpListener, ctx: &Context) -> Result<(), Error> {
-    let bound = listener
+pub fn announce(listeners: &Listeners, ctx: &Context) -> Result<(), Error> {
+    let bound = listeners
+        .plain
         .local_addr()
         .map_err(|e| Error::os("cannot read the listening address", e))?;
     notice!(
-        "listening on {bound}, {}, {} model",
+        "listening on {bound}, {}{}, {} model",
+        https_address(listeners),
         backend_count(ctx),
         ctx.config.model.name()
     );
     Ok(())
 }
 
+/// "HTTPS on ADDRESS, " when there is an HTTPS listener.
+fn https_address(listeners: &Listeners) -> String {
+    match listeners.tls.as_ref().and_then(|l| l.local_addr().ok()) {
+        Some(addr) => format!("HTTPS on {addr}, "),
+        None => String::new(),
+    }
+}
+
 /// Says that `ctx` serves new connections from now on.  Called once the
 /// caller has put it in place: a client that reads this may rely on it.
-pub fn say_reloaded(listener: &TcpListener, ctx: &Context) {
+pub fn say_reloaded(listeners: &Listeners, ctx: &Context) {
     notice!(
-        "configuration reloaded: listening on {}, {}",
-        listener.local_addr().map_or("?".into(), |a| a.to_string()),
+        "configuration reloaded: listening on {}, {}{}",
+        listeners
+            .plain
+            .local_addr()
+            .map_or("?".into(), |a| a.to_string()),
+        https_address(listeners),
         backend_count(ctx)
     );
 }

@@ -33,7 +33,7 @@
 //! the cache janitor are threads too.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -48,7 +48,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::signal::SigSet;
 
 use crate::error::{Error, describe_io};
-use crate::models::listener::{self, accept_failed};
+use crate::models::listener::{self, Listeners, Port, accept_failed};
 use crate::models::supervise::{self, Helper, Reloader, say_full, say_reloaded};
 use crate::proxy::Context;
 use crate::proxy::connection::Worker;
@@ -71,21 +71,21 @@ const SPARE_LIFETIME: Duration = Duration::from_secs(5);
 const SPARE_RETRY: Duration = Duration::from_secs(1);
 
 /// A client connection and its peer's address.
-type Conn = (TcpStream, SocketAddr);
+type Conn = (TcpStream, SocketAddr, Port);
 
 /// A configuration's listener, and how its threads learn that a reload has
 /// replaced it.
 struct Generation {
-    listener: TcpListener,
+    listeners: Listeners,
     /// Made readable, and `retired` set, once a reload replaces it.
     retire: (OwnedFd, OwnedFd),
     retired: AtomicBool,
 }
 
 impl Generation {
-    fn new(listener: TcpListener) -> Result<Generation, Error> {
+    fn new(listeners: Listeners) -> Result<Generation, Error> {
         Ok(Generation {
-            listener,
+            listeners,
             retire: pipe()?,
             retired: AtomicBool::new(false),
         })
@@ -302,7 +302,7 @@ impl ConnThread {
         self.apply_sched();
         // Started as a spare, counted as one already.
         let mut next = self.wait_for_client();
-        while let Some((stream, peer)) = next {
+        while let Some((stream, peer, port)) = next {
             // Short of descriptors for the new configuration's epoll set
             // and log, the connection in hand is served with the old one
             // rather than dropped unanswered; the thread tries again
@@ -321,7 +321,7 @@ impl ConnThread {
             }
             let stop = StopWatch::Pipe(self.shared.stop.0.as_raw_fd());
             let served = panic::catch_unwind(AssertUnwindSafe(|| {
-                self.worker.serve(&stream, peer, &self.ctx, stop);
+                self.worker.serve(&stream, port, peer, &self.ctx, stop);
             }));
             drop(stream);
             self.shared.end();
@@ -372,13 +372,15 @@ impl ConnThread {
                 return None;
             }
             // Once before sleeping: a connection may be waiting already.
-            match listener::accept(&self.generation.listener) {
-                Ok(conn) => {
-                    self.shared.leave_idle();
-                    return Some(conn);
+            for (listener, port) in self.generation.listeners.each() {
+                match listener::accept(listener) {
+                    Ok((stream, peer)) => {
+                        self.shared.leave_idle();
+                        return Some((stream, peer, port));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => accept_failed(&e),
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => accept_failed(&e),
             }
             let due = self.worker.log_due();
             self.name(true);
@@ -402,7 +404,7 @@ impl ConnThread {
         let left = until.saturating_duration_since(Instant::now());
         // In whole milliseconds, rounded up: not woken just before `until`.
         let timeout = EpollTimeout::try_from(left.as_millis() + 1).unwrap_or(EpollTimeout::MAX);
-        let mut events = [EpollEvent::empty(); 3];
+        let mut events = [EpollEvent::empty(); 4];
         match self.epoll.wait(&mut events, timeout) {
             Ok(n) => n > 0,
             // A signal, or a stop and continue (^Z, fg): see signal(7).
@@ -416,12 +418,16 @@ impl ConnThread {
     }
 }
 
-/// A spare's epoll set: the listener, which wakes one spare per connection
-/// (EPOLLEXCLUSIVE), and the stop and retire pipes, which wake them all.
+/// A spare's epoll set: the listeners, each of which wakes one spare per
+/// connection (EPOLLEXCLUSIVE), and the stop and retire pipes, which wake
+/// them all.
 fn spare_epoll(shared: &Shared, generation: &Generation) -> io::Result<Epoll> {
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     let one = EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE;
-    epoll.add(&generation.listener, EpollEvent::new(one, 0))?;
+    for (listener, port) in generation.listeners.each() {
+        let key = if port == Port::Tls { 3 } else { 0 };
+        epoll.add(listener, EpollEvent::new(one, key))?;
+    }
     epoll.add(&shared.stop.0, EpollEvent::new(EpollFlags::EPOLLIN, 1))?;
     epoll.add(
         &generation.retire.0,
@@ -439,18 +445,18 @@ struct Server {
     helpers: Vec<Arc<AtomicBool>>,
 }
 
-pub fn run(listener: TcpListener, ctx: Context, reloader: Reloader) -> Result<(), Error> {
+pub fn run(listeners: Listeners, ctx: Context, reloader: Reloader) -> Result<(), Error> {
     let wait_mask = signals::install_parent()
         .map_err(|e| Error::os("cannot install signal handlers", e.into()))?;
     let (done_read, done_write) = pipe()?;
     arena_per_thread(ctx.config.max_clients);
-    supervise::announce(&listener, &ctx)?;
+    supervise::announce(&listeners, &ctx)?;
     let mut server = Server {
         shared: Arc::new(Shared {
             max_threads: AtomicUsize::new(ctx.config.max_clients),
             current: Mutex::new(Current {
                 ctx,
-                generation: Arc::new(Generation::new(listener)?),
+                generation: Arc::new(Generation::new(listeners)?),
             }),
             threads: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
@@ -493,7 +499,9 @@ impl Server {
         let generation = listen.then(|| Arc::clone(&self.shared.current().generation));
         let mut fds = vec![PollFd::new(self.done.as_fd(), PollFlags::POLLIN)];
         if let Some(generation) = &generation {
-            fds.push(PollFd::new(generation.listener.as_fd(), PollFlags::POLLIN));
+            for (listener, _) in generation.listeners.each() {
+                fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+            }
         }
         if !signals::wait_events(&mut fds, timeout, self.wait_mask) {
             return false;
@@ -501,7 +509,7 @@ impl Server {
         if fds[0].any() == Some(true) {
             drain(&self.done);
         }
-        fds.get(1).and_then(PollFd::any).unwrap_or(false)
+        fds[1..].iter().any(|fd| fd.any().unwrap_or(false))
     }
 
     fn start_helpers(&mut self) {
@@ -529,8 +537,8 @@ impl Server {
     fn reload(&mut self, reloader: &Reloader) {
         let mut current = self.shared.current();
         let old = Arc::clone(&current.generation);
-        let mut listener = match old.listener.try_clone() {
-            Ok(listener) => listener,
+        let mut listeners = match old.listeners.try_clone() {
+            Ok(listeners) => listeners,
             Err(e) => {
                 diag!(
                     "reload refused, configuration unchanged: cannot duplicate the listener: {}",
@@ -540,11 +548,11 @@ impl Server {
             }
         };
         let Some((ctx, moved_from)) =
-            supervise::reload_context(reloader, &current.ctx, &mut listener)
+            supervise::reload_context(reloader, &current.ctx, &mut listeners)
         else {
             return; // said why
         };
-        let generation = match Generation::new(listener) {
+        let generation = match Generation::new(listeners) {
             Ok(generation) => generation,
             Err(e) => {
                 diag!("reload refused, configuration unchanged: {e}");
@@ -562,11 +570,11 @@ impl Server {
         // the old generation's) stops listening at once, as the process
         // models close theirs, though busy threads still hold it: a client
         // is refused, not left in a queue no one reads.
-        if let Some(old_listener) = moved_from {
-            listener::stop_listening(&old_listener);
+        for old_listener in &moved_from {
+            listener::stop_listening(old_listener);
         }
         old.retire();
-        say_reloaded(&current.generation.listener, &current.ctx);
+        say_reloaded(&current.generation.listeners, &current.ctx);
         drop(current);
         for running in self.helpers.drain(..) {
             running.store(false, Ordering::Relaxed);
@@ -581,7 +589,7 @@ impl Server {
         // Threads still serving hold the listener open.  Before they are
         // told: a connection answered with `Connection: close` is not to
         // find its client's next one queued.
-        listener::stop_listening(&self.shared.current().generation.listener);
+        self.shared.current().generation.listeners.stop_listening();
         let _ = nix::unistd::write(&self.shared.stop.1, b"x");
         let timeout = if signals::is_set(&GOT_SIGQUIT) {
             Duration::ZERO

@@ -27,9 +27,13 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use crate::config::Buffering;
 use crate::http::Framing;
 use crate::http::body::{self, CopyError, Encode};
-use crate::http::wire::Reader;
+use crate::http::wire::{Reader, Socket};
 use crate::proxy::splice::{self, Pipe};
 use crate::proxy::spool::unnamed_file;
+use crate::tls::{Stream, Tls, Upstream};
+
+/// How much of the held file goes to a TLS client at a time.
+const FILE_PART: u64 = 64 * 1024;
 
 /// Bytes held for a client that is behind, in order: what is in memory
 /// goes first, then what is in the file.
@@ -55,7 +59,7 @@ impl Pending {
 
 /// The client's side of a response body.
 pub struct Absorber<'a> {
-    out: &'a TcpStream,
+    out: Stream<'a>,
     held: Pending,
     in_memory: usize,
     max_in_file: u64,
@@ -70,11 +74,7 @@ pub struct Absorber<'a> {
 impl<'a> Absorber<'a> {
     /// Writes to `out` held as `buffering` says, or (with response
     /// buffering off) as a plain blocking socket.
-    pub fn new(
-        out: &'a TcpStream,
-        buffering: &'a Buffering,
-        send_timeout: Duration,
-    ) -> Absorber<'a> {
+    pub fn new(out: Stream<'a>, buffering: &'a Buffering, send_timeout: Duration) -> Absorber<'a> {
         Absorber {
             out,
             held: Pending {
@@ -94,9 +94,14 @@ impl<'a> Absorber<'a> {
     }
 
     /// The client's socket, when writes to it are plain blocking ones
-    /// (response buffering off).
+    /// (response buffering off, no TLS).
     pub fn plain(&self) -> Option<&'a TcpStream> {
-        (!self.buffering).then_some(self.out)
+        self.out.plain().filter(|_| !self.buffering)
+    }
+
+    /// Whether bytes may be spliced to the client: not through TLS.
+    pub fn can_splice(&self) -> bool {
+        self.out.plain().is_some()
     }
 
     /// Whether bytes wait for the client.
@@ -107,7 +112,11 @@ impl<'a> Absorber<'a> {
     /// Sends everything held, waiting for the client as long as the send
     /// timeout allows each write: after the backend has been let go.
     pub fn finish(&mut self) -> io::Result<()> {
-        self.drain(true)
+        self.drain(true)?;
+        if let Stream::Tls(tls) = self.out {
+            tls.send_held(true).map_err(timed_out)?;
+        }
+        Ok(())
     }
 
     /// Sends what is held: as much as the client takes now, or (`wait`)
@@ -125,11 +134,15 @@ impl<'a> Absorber<'a> {
             self.held.sent = 0;
         }
         // sendfile(2) has no MSG_DONTWAIT: on a blocking socket, the file's
-        // part waits for a wait.
-        while self.held.file_sent < self.held.file_len && (wait || self.nonblocking) {
+        // part waits for a wait.  TLS reads it and sends it as memory.
+        let tls = matches!(self.out, Stream::Tls(_));
+        while self.held.file_sent < self.held.file_len && (wait || self.nonblocking || tls) {
             let Some(file) = &self.held.file else { break };
             let (from, to) = (self.held.file_sent, self.held.file_len);
-            let n = self.retry(|out| send_file_once(out, file, from, to), wait)?;
+            let n = match self.out {
+                Stream::Tls(t) => send_file_part(t, file, from, to, wait)?,
+                Stream::Plain(_) => self.retry(|out| send_file_once(out, file, from, to), wait)?,
+            };
             if n == 0 {
                 return Ok(());
             }
@@ -152,13 +165,16 @@ impl<'a> Absorber<'a> {
     /// timeout).
     fn send(&self, parts: &[&[u8]], wait: bool) -> io::Result<usize> {
         use nix::sys::socket::{MsgFlags, SockaddrStorage, sendmsg};
+        if let Stream::Tls(tls) = self.out {
+            return tls.send_some(parts, wait).map_err(timed_out);
+        }
         let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
         let flags = if wait {
             MsgFlags::MSG_NOSIGNAL
         } else {
             MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT
         };
-        let fd = std::os::fd::AsRawFd::as_raw_fd(self.out);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(self.out.socket());
         self.retry(
             |_| sendmsg::<SockaddrStorage>(fd, &slices, &[], flags, None).map_err(io::Error::from),
             wait,
@@ -173,8 +189,9 @@ impl<'a> Absorber<'a> {
         wait: bool,
     ) -> io::Result<usize> {
         let deadline = Instant::now() + self.send_timeout;
+        let out = self.out.socket();
         loop {
-            match write(self.out) {
+            match write(out) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -182,9 +199,7 @@ impl<'a> Absorber<'a> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && !self.nonblocking => {
                     return Err(io::ErrorKind::TimedOut.into());
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    wait_writable(self.out, deadline)?
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_writable(out, deadline)?,
                 Err(e) => return Err(e),
             }
         }
@@ -224,14 +239,19 @@ impl<'a> Absorber<'a> {
     /// not, read and held, so that the backend is read to the end.
     pub fn splice_from(
         &mut self,
-        src: &mut Reader<TcpStream>,
+        src: &mut Reader<Upstream>,
         head: &[u8],
         len: u64,
         pipe: &mut Pipe,
     ) -> Result<u64, CopyError> {
-        self.nonblocking = self.out.set_nonblocking(true).is_ok();
+        let (Some(out), Upstream::Plain(_)) = (self.out.plain(), src.get_ref()) else {
+            self.write_all_vectored(&[head])
+                .map_err(CopyError::HeadUnsent)?;
+            return body::relay(src, self, Framing::Length(len), Encode::Plain, 0);
+        };
+        self.nonblocking = out.set_nonblocking(true).is_ok();
         if !self.nonblocking {
-            return splice::relay_length(src, self.out, head, len, pipe);
+            return splice::relay_length(src, out, head, len, pipe);
         }
         let take = src
             .buffered()
@@ -242,10 +262,12 @@ impl<'a> Absorber<'a> {
         src.consume(take);
         let mut left = len - take as u64;
         while left > 0 && !self.is_holding() {
-            let n = pipe.fill(src.get_ref(), left).map_err(CopyError::Read)?;
+            let n = pipe
+                .fill(src.get_ref().fd(), left)
+                .map_err(CopyError::Read)?;
             left -= n as u64;
             let more = left > 0;
-            if !pipe.drain_to(self.out, more).map_err(CopyError::Write)? {
+            if !pipe.drain_to(out, more).map_err(CopyError::Write)? {
                 // The client is behind: what the pipe holds is held here.
                 let mut bytes = Vec::with_capacity(pipe.held());
                 pipe.take_into(&mut bytes).map_err(CopyError::Read)?;
@@ -287,7 +309,7 @@ impl Write for Absorber<'_> {
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         if !self.buffering {
-            return (&mut { self.out }).write_vectored(bufs);
+            return { self.out }.write_vectored(bufs);
         }
         self.drain(false)?;
         let parts: Vec<&[u8]> = bufs.iter().map(|b| &**b).collect();
@@ -304,7 +326,7 @@ impl Drop for Absorber<'_> {
     /// The socket blocking again, for the next request and its timeouts.
     fn drop(&mut self) {
         if self.nonblocking {
-            let _ = self.out.set_nonblocking(false);
+            let _ = self.out.socket().set_nonblocking(false);
         }
     }
 }
@@ -319,6 +341,30 @@ fn wait_writable(out: &TcpStream, deadline: Instant) -> io::Result<()> {
         0 => Err(io::ErrorKind::TimedOut.into()),
         _ => Ok(()),
     }
+}
+
+/// What a blocking TLS send that ran out of time says: SO_SNDTIMEO's
+/// EAGAIN, told as the time-out it is.
+fn timed_out(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        io::ErrorKind::TimedOut.into()
+    } else {
+        e
+    }
+}
+
+/// Sends some of the bytes `from..to` of `file` over TLS, as `send` sends
+/// memory: 0 when the client takes nothing now (unless `wait`).
+fn send_file_part(tls: &Tls, file: &File, from: u64, to: u64, wait: bool) -> io::Result<usize> {
+    if !tls.send_held(wait).map_err(timed_out)? {
+        return Ok(0);
+    }
+    let mut buf = vec![0u8; (to - from).min(FILE_PART) as usize];
+    let n = std::os::unix::fs::FileExt::read_at(file, &mut buf, from)?;
+    if n == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    tls.send_some(&[&buf[..n]], wait).map_err(timed_out)
 }
 
 /// One sendfile(2) of the bytes `from..to` of `file` to `out`.

@@ -13,14 +13,17 @@ use std::process;
 use std::time::{Duration, Instant};
 
 use crate::diag;
-use crate::http::wire::Reader;
+use crate::http;
+use crate::http::wire::{Reader, Socket};
 use crate::log::{self, AccessLog, Entry};
-use crate::proxy::exchange::Exchange;
+use crate::proxy::exchange::{self, Client, Exchange};
 use crate::proxy::forward;
 use crate::proxy::pool::Pool;
 use crate::proxy::request::{self, Incoming, Next, Request};
 use crate::proxy::{BUFFER_SIZE, Context, End};
 use crate::signals::{self, Idle, StopWatch};
+use crate::tls::{Stream, Tls};
+use std::sync::Arc;
 
 /// How long a connection idle as pibl stops (or as its prefork worker is
 /// retired by a reload) is given to send its next request: one accepted
@@ -38,7 +41,9 @@ const LINGER_TIMEOUT: Duration = Duration::from_secs(5);
 /// until the client closes too.  Closed at once, with bytes unread, the
 /// connection would be reset, and a client still writing its body would
 /// get the reset instead of the answer it has yet to read.
-fn linger(stream: &TcpStream) {
+fn linger(stream: Stream<'_>) {
+    stream.close_notify();
+    let stream = stream.socket();
     if stream.shutdown(std::net::Shutdown::Write).is_err() {
         return;
     }
@@ -53,6 +58,67 @@ fn linger(stream: &TcpStream) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
+    }
+}
+
+/// What a client that sends plain HTTP to the HTTPS port is told.
+const PLAIN_HTTP_ON_TLS_PORT: &str =
+    "400 Bad Request: this port speaks HTTPS; the plain HTTP request was sent to the HTTPS port.\n";
+
+/// Which listener a connection came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    Plain,
+    Tls,
+}
+
+/// The first byte a client sends, waited for until `deadline` and left
+/// unread; `None` if it closes or sends nothing by then.
+fn first_byte(stream: &TcpStream, deadline: Instant) -> Option<u8> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if !signals::wait_readable(stream.as_fd(), left) {
+        return None;
+    }
+    let mut byte = [0u8; 1];
+    match stream.peek(&mut byte) {
+        Ok(1) => Some(byte[0]),
+        _ => None,
+    }
+}
+
+/// A plain-HTTP request answered with a 308 to the same target on the
+/// HTTPS port (`redirect_http`), as nginx's `return 308 https://...`.
+fn redirect_to_https(client: &Client<'_>, incoming: Incoming, port: Option<u16>) -> Exchange {
+    let Incoming {
+        head, target, ex, ..
+    } = incoming;
+    let mut ex = ex;
+    if head.method != "GET" && head.method != "HEAD" && http::announces_body(&head) {
+        ex.leave_body_unread();
+    }
+    let local = client.get_ref().socket().local_addr().map(|a| a.ip());
+    let host = http::value(&head.fields, "host")
+        .map(|h| strip_port(h).to_string())
+        .or_else(|| {
+            local.ok().map(|ip| match ip {
+                std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                v4 => v4.to_string(),
+            })
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let location = match port {
+        Some(443) | None => format!("https://{host}{target}"),
+        Some(p) => format!("https://{host}:{p}{target}"),
+    };
+    ex.send_error_with(client, 308, &[("Location", &location)]);
+    ex
+}
+
+/// A Host field's host, without its port.
+fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
     }
 }
 
@@ -107,11 +173,93 @@ impl Worker {
         }
     }
 
-    /// Serves `stream` until it is done; returns the worst way an exchange
-    /// on it ended.
+    /// Serves the connection `stream`, accepted on a `port` of that kind,
+    /// until it is done; returns the worst way an exchange on it ended.
     pub fn serve(
         &mut self,
         stream: &TcpStream,
+        port: Port,
+        peer: SocketAddr,
+        ctx: &Context,
+        stop: StopWatch,
+    ) -> End {
+        match (port, &ctx.tls_server) {
+            (Port::Tls, Some(config)) => self.serve_tls(stream, config, peer, ctx, stop),
+            _ => self.serve_stream(Stream::Plain(stream), peer, ctx, stop),
+        }
+    }
+
+    /// Serves an HTTPS connection: its handshake, within the time a request
+    /// head may take, then its requests as on plain HTTP.  A handshake
+    /// that fails or times out ends the connection without a word in the
+    /// access log (there was no request), as with nginx.
+    fn serve_tls(
+        &mut self,
+        stream: &TcpStream,
+        config: &Arc<rustls::ServerConfig>,
+        peer: SocketAddr,
+        ctx: &Context,
+        stop: StopWatch,
+    ) -> End {
+        let deadline = Instant::now() + ctx.config.timeouts.client_header;
+        match first_byte(stream, deadline) {
+            Some(b) if b.is_ascii_alphabetic() => {
+                return self.refuse_plain_http(stream, peer, ctx);
+            }
+            Some(_) => {}
+            None => return End::ClientFault,
+        }
+        let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+            return End::ClientFault;
+        };
+        // The relay and rustls both need the socket; a second descriptor
+        // for it costs a dup(2), once per connection.
+        let Ok(sock) = stream.try_clone() else {
+            return End::ClientFault;
+        };
+        let tls = Tls::new(conn, sock);
+        if tls.handshake(deadline).is_err() {
+            return End::ClientFault;
+        }
+        let end = self.serve_stream(Stream::Tls(&tls), peer, ctx, stop);
+        tls.close_notify();
+        end
+    }
+
+    /// Plain HTTP sent to the HTTPS port: its head is read, and answered
+    /// with a 400 that says so in plain words (nginx's 497 case), and the
+    /// connection closed.
+    fn refuse_plain_http(&mut self, stream: &TcpStream, peer: SocketAddr, ctx: &Context) -> End {
+        let mut reader = Reader::with_capacity(Stream::Plain(stream), BUFFER_SIZE);
+        let mut ex = match request::read(&mut reader, ctx) {
+            Next::Closed => return End::ClientFault,
+            Next::Refused(ex) => ex,
+            Next::Request(incoming) => {
+                let mut ex = incoming.ex;
+                let text = PLAIN_HTTP_ON_TLS_PORT;
+                let response = format!(
+                    "HTTP/1.1 400 Bad Request\r\nServer: pibl\r\nContent-Type: text/plain\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                if exchange::send(&reader, response.as_bytes()).is_ok() {
+                    ex.status = 400;
+                    ex.body_bytes = text.len() as u64;
+                }
+                ex.end = End::ClientFault;
+                ex
+            }
+        };
+        ex.keep_alive = false;
+        self.record(peer, &ex);
+        linger(Stream::Plain(stream));
+        End::ClientFault
+    }
+
+    /// Serves requests on `stream` until the connection is done.
+    fn serve_stream(
+        &mut self,
+        stream: Stream<'_>,
         peer: SocketAddr,
         ctx: &Context,
         stop: StopWatch,
@@ -139,7 +287,7 @@ impl Worker {
                     // of RFC 9112 §9.5).  It gets the grace to send it, and
                     // an answer with `Connection: close`; an idle one is
                     // closed after the grace.
-                    Idle::Stop if signals::wait_readable(stream.as_fd(), STOP_GRACE) => {}
+                    Idle::Stop if signals::wait_readable(stream.fd(), STOP_GRACE) => {}
                     _ => break,
                 }
             }
@@ -154,7 +302,7 @@ impl Worker {
                 let unread = ex.body_unread
                     || !reader.buffered().is_empty()
                     || (ex.end == End::ClientFault
-                        && signals::wait_readable(stream.as_fd(), Duration::ZERO));
+                        && signals::wait_readable(stream.fd(), Duration::ZERO));
                 if unread {
                     linger(stream);
                 }
@@ -172,7 +320,7 @@ impl Worker {
     /// client closed (or idled out) cleanly between requests.
     fn exchange(
         &mut self,
-        reader: &mut Reader<&TcpStream>,
+        reader: &mut Client<'_>,
         peer: SocketAddr,
         ctx: &Context,
     ) -> Option<Exchange> {
@@ -181,6 +329,12 @@ impl Worker {
             Next::Refused(ex) => return Some(ex),
             Next::Request(incoming) => incoming,
         };
+        if let Some(tls) = &ctx.config.tls
+            && tls.redirect_http
+            && incoming.ex.tls.is_none()
+        {
+            return Some(redirect_to_https(reader, incoming, ctx.https_port));
+        }
         let Incoming {
             head,
             target,
@@ -198,21 +352,24 @@ impl Worker {
 
     /// Waits for the next request as `signals::wait_idle` does, writing the
     /// access log's held lines when they fall due meanwhile.
-    fn wait_for_request(&mut self, stream: &TcpStream, timeout: Duration, stop: StopWatch) -> Idle {
+    fn wait_for_request(&mut self, stream: Stream<'_>, timeout: Duration, stop: StopWatch) -> Idle {
+        if stream.pending() {
+            return Idle::Ready;
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let now = Instant::now();
             match self.log_due() {
                 Some(due) if due < deadline => {
                     let wait = due.saturating_duration_since(now);
-                    match signals::wait_idle(stream.as_fd(), wait, stop) {
+                    match signals::wait_idle(stream.fd(), wait, stop) {
                         Idle::TimedOut => self.flush_log(),
                         other => return other,
                     }
                 }
                 _ => {
                     let wait = deadline.saturating_duration_since(now);
-                    return signals::wait_idle(stream.as_fd(), wait, stop);
+                    return signals::wait_idle(stream.fd(), wait, stop);
                 }
             }
         }
@@ -248,6 +405,7 @@ impl Worker {
             duration: ex.started.elapsed(),
             pid: self.pid,
             cache: ex.cache.map(|c| c.as_str()),
+            tls: ex.tls,
         });
         match &mut self.log {
             Some(log) => {

@@ -2,7 +2,6 @@
 //! decides whether to go on, and the replies pibl makes itself.
 
 use std::io::{self, Write};
-use std::net::TcpStream;
 use std::time::{Instant, SystemTime};
 
 use crate::cache::Status as CacheStatus;
@@ -10,6 +9,7 @@ use crate::http::head::is_timeout;
 use crate::http::wire::Reader;
 use crate::http::{self, Persist};
 use crate::proxy::End;
+use crate::tls::Stream;
 
 /// What happened, for the access log.
 pub struct Exchange {
@@ -33,10 +33,15 @@ pub struct Exchange {
     pub end: End,
     /// What the cache did, when there is one.
     pub cache: Option<CacheStatus>,
+    /// The TLS protocol the request came over; `None` for plain HTTP.
+    pub tls: Option<&'static str>,
+    /// Strict-Transport-Security's value, for an HTTPS response when
+    /// `hsts` is set.
+    pub hsts: Option<String>,
 }
 
 /// A client connection, as the exchange writes to it.
-pub type Client<'a> = Reader<&'a TcpStream>;
+pub type Client<'a> = Reader<Stream<'a>>;
 
 impl Exchange {
     pub fn new() -> Exchange {
@@ -54,6 +59,8 @@ impl Exchange {
             body_unread: false,
             end: End::Served,
             cache: None,
+            tls: None,
+            hsts: None,
         }
     }
 
@@ -143,10 +150,21 @@ impl Exchange {
     }
 
     pub fn send_error_with(&mut self, client: &Client<'_>, status: u16, extra: &[(&str, &str)]) {
-        let response = http::error_response_with(status, self.persist(), extra);
+        let persist = self.persist();
+        let mut extra = extra.to_vec();
+        self.add_hsts(&mut extra);
+        let response = http::error_response_with(status, persist, &extra);
         if send(client, &response).is_ok() {
             self.status = status;
             self.body_bytes = (response.len() - head_len(&response)) as u64;
+        }
+    }
+
+    /// Adds Strict-Transport-Security to a response's `fields`, when the
+    /// exchange is on HTTPS and `hsts` asks for it.
+    pub fn add_hsts<'a>(&'a self, fields: &mut Vec<(&'a str, &'a str)>) {
+        if let Some(value) = &self.hsts {
+            fields.push(("Strict-Transport-Security", value));
         }
     }
 

@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 
 use crate::cache::Status as CacheStatus;
 use crate::cache::plan::{self, Decision, Plan};
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::diag;
 use crate::error::describe_io;
 use crate::http::body::{self, CopyError, Encode};
@@ -26,6 +26,7 @@ use crate::proxy::response::{self, Relay, Wanted};
 use crate::proxy::spool::{Held, Spool};
 use crate::proxy::upload::Upload;
 use crate::proxy::{BUFFER_SIZE, Context, splice};
+use crate::tls::Upstream;
 
 /// Largest request body kept in memory so an idempotent request can be
 /// sent again to another backend.
@@ -47,7 +48,7 @@ enum Failure {
 }
 
 /// A backend connection with the final response head read off it.
-type Answered = (ResponseHead, Reader<TcpStream>);
+type Answered = (ResponseHead, Reader<Upstream>);
 
 /// Answers `req` from the cache, or forwards it and relays the response.
 pub fn forward(
@@ -182,19 +183,22 @@ impl Forwarding<'_, '_> {
         http::forward_request(
             self.sent,
             req.target,
-            req.peer,
+            http::ClientSide {
+                addr: req.peer,
+                https: self.ex.tls.is_some(),
+            },
             &backend.name,
             self.framing,
             replayable,
             &mut self.head,
         );
         let Some(idle) = replayable.then(|| self.pool.take(i)).flatten() else {
-            return self.attempt(None, backend.addr);
+            return self.attempt(None, backend);
         };
-        match self.attempt(Some(idle), backend.addr) {
+        match self.attempt(Some(idle), backend) {
             // The backend closed the kept connection as pibl sent on it:
             // no fault of the backend's; the same request on a new one.
-            Err(Failure::Sent(_, 502)) => self.attempt(None, backend.addr),
+            Err(Failure::Sent(_, 502)) => self.attempt(None, backend),
             result => result,
         }
     }
@@ -248,24 +252,18 @@ impl Forwarding<'_, '_> {
     /// to it, is given), send the request, read the final response head.
     fn attempt(
         &mut self,
-        idle: Option<Reader<TcpStream>>,
-        addr: SocketAddr,
+        idle: Option<Reader<Upstream>>,
+        backend: &Backend,
     ) -> Result<Answered, Failure> {
         self.cut_short = false;
         let mut from_backend = match idle {
             Some(conn) => conn,
-            None => self.pool.wrap(connect(addr, &self.ctx.config).map_err(|e| {
-                let why = describe("connect", &e);
-                if is_local_shortage(&e) {
-                    Failure::Local(why)
-                } else {
-                    Failure::NotSent(why)
-                }
-            })?),
+            None => self.pool.wrap(connect(backend, self.ctx)?),
         };
         let upstream = from_backend.get_ref();
         let Some(body) = &self.kept else {
-            (&*upstream)
+            upstream
+                .stream()
                 .write_all(&self.head)
                 .map_err(|e| Failure::Sent(describe("sending the request", &e), 502))?;
             self.send_body(upstream)?;
@@ -276,7 +274,7 @@ impl Forwarding<'_, '_> {
         // a 401): its answer is read all the same, and relayed; the
         // connection, its request cut short, is not kept.  The client's
         // connection goes on, its body read whole.
-        let sent = body.send(&self.head, upstream);
+        let sent = body.send(&self.head, upstream.stream());
         let resp = read_final_head(self.client, &mut from_backend, self.ex.minor);
         match (sent, resp) {
             (Ok(()), resp) => Ok((resp?, from_backend)),
@@ -289,7 +287,7 @@ impl Forwarding<'_, '_> {
     }
 
     /// Relays the request body from the client as it comes.
-    fn send_body(&mut self, upstream: &TcpStream) -> Result<(), Failure> {
+    fn send_body(&mut self, upstream: &Upstream) -> Result<(), Failure> {
         let (client, req) = (&mut *self.client, self.req);
         req.send_continue(client);
         let encode = if req.framing == Framing::Chunked {
@@ -297,23 +295,38 @@ impl Forwarding<'_, '_> {
         } else {
             Encode::Plain
         };
+        let plain = match (client.get_ref().plain(), upstream) {
+            (Some(_), Upstream::Plain(to)) => Some(to),
+            _ => None,
+        };
         let pipe = match req.framing {
-            Framing::Length(n) if splice::worthwhile(n, client.buffered().len()) => {
+            Framing::Length(n)
+                if plain.is_some() && splice::worthwhile(n, client.buffered().len()) =>
+            {
                 self.pool.pipe()
             }
             _ => None,
         };
-        // Dropped, blocking again, before the answer is read.
-        let upload = Upload::begin(upstream)
-            .map_err(|e| Failure::Sent(describe("sending the request", &e), 502))?;
         let max_body = self.ctx.config.limits.max_body;
-        let copied = match (req.framing, pipe) {
-            (Framing::Length(n), Some(pipe)) => {
-                splice::relay_length(client, upstream, &[], n, pipe)
+        let copied = match upstream {
+            // Written through TLS as it comes: a backend that answers
+            // early is heard once the body is out or its writes time out.
+            Upstream::Tls(_) => {
+                let mut to = upstream.stream();
+                body::relay(client, &mut to, req.framing, encode, max_body)
             }
-            _ => body::relay(client, &mut upload.sink(), req.framing, encode, max_body),
+            Upstream::Plain(to) => {
+                // Dropped, blocking again, before the answer is read.
+                let upload = Upload::begin(to)
+                    .map_err(|e| Failure::Sent(describe("sending the request", &e), 502))?;
+                match (req.framing, pipe) {
+                    (Framing::Length(n), Some(pipe)) => {
+                        splice::relay_length(client, to, &[], n, pipe)
+                    }
+                    _ => body::relay(client, &mut upload.sink(), req.framing, encode, max_body),
+                }
+            }
         };
-        drop(upload);
         match copied {
             Ok(_) => Ok(()),
             Err(CopyError::Read(e) | CopyError::HeadUnsent(e)) => {
@@ -343,7 +356,34 @@ fn is_local_shortage(e: &io::Error) -> bool {
     crate::error::is_out_of_resources(e) || e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
 }
 
-fn connect(addr: SocketAddr, config: &Config) -> io::Result<TcpStream> {
+/// A new connection to `backend`, over TLS when it is written `https://`:
+/// the handshake is part of the connect, and bound by `connect_timeout`
+/// with it (as nginx's proxy_connect_timeout).
+fn connect(backend: &Backend, ctx: &Context) -> Result<Upstream, Failure> {
+    let config = &ctx.config;
+    let started = std::time::Instant::now();
+    let failed = |what: &str, e: io::Error| {
+        let why = describe(what, &e);
+        if is_local_shortage(&e) {
+            Failure::Local(why)
+        } else {
+            Failure::NotSent(why)
+        }
+    };
+    let stream = connect_tcp(backend.addr, config).map_err(|e| failed("connect", e))?;
+    if !backend.tls {
+        return Ok(Upstream::Plain(stream));
+    }
+    let Some(client) = &ctx.tls_client else {
+        return Err(Failure::NotSent("TLS is not configured".into()));
+    };
+    let deadline = started + config.timeouts.connect;
+    crate::tls::client::connect(client, &backend.host, stream, deadline)
+        .map(|tls| Upstream::Tls(Box::new(tls)))
+        .map_err(|e| failed("TLS handshake", e))
+}
+
+fn connect_tcp(addr: SocketAddr, config: &Config) -> io::Result<TcpStream> {
     let stream = TcpStream::connect_timeout(&addr, config.timeouts.connect)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(config.timeouts.backend))?;
@@ -398,7 +438,7 @@ fn drop_body(client: &mut Client<'_>, req: &Request<'_>, max_body: u64) -> io::R
 /// (other than 100, which pibl already sent or the client did not ask for).
 fn read_final_head(
     client: &Client<'_>,
-    upstream: &mut Reader<TcpStream>,
+    upstream: &mut Reader<Upstream>,
     client_minor: u8,
 ) -> Result<ResponseHead, Failure> {
     let rules = HeadRules::for_response(BUFFER_SIZE);

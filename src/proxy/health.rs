@@ -10,12 +10,14 @@
 use std::io::Write;
 use std::net::TcpStream;
 use std::thread;
+use std::time::Instant;
 
-use crate::config::{Backend, Config, HealthCheck};
+use crate::config::{Backend, HealthCheck};
 use crate::http;
 use crate::http::head::{HeadRules, read_head};
 use crate::http::wire::Reader;
 use crate::proxy::Context;
+use crate::tls::Upstream;
 
 /// Runs in the helper (a process, or a thread in the thread model) until
 /// `keep_going` says no (a process: until SIGTERM).
@@ -25,7 +27,7 @@ pub fn run(ctx: &Context, keep_going: &dyn Fn() -> bool) {
     };
     while keep_going() {
         for i in 0..ctx.balancer.len() {
-            let result = probe(ctx.balancer.backend(i), check, &ctx.config);
+            let result = probe(ctx.balancer.backend(i), check, ctx);
             let why = result.as_ref().err().cloned().unwrap_or_default();
             ctx.balancer.set_checked(i, result.is_ok(), &why);
         }
@@ -33,20 +35,33 @@ pub fn run(ctx: &Context, keep_going: &dyn Fn() -> bool) {
     }
 }
 
-/// One probe of one backend: `Ok` when it answers 2xx or 3xx.
-fn probe(backend: &Backend, check: &HealthCheck, config: &Config) -> Result<(), String> {
+/// One probe of one backend: `Ok` when it answers 2xx or 3xx.  Over TLS
+/// for an `https://` backend, its certificate verified as for requests.
+fn probe(backend: &Backend, check: &HealthCheck, ctx: &Context) -> Result<(), String> {
+    let config = &ctx.config;
+    let started = Instant::now();
     let stream = TcpStream::connect_timeout(&backend.addr, config.timeouts.connect)
         .map_err(|e| format!("connect: {}", crate::error::describe_io(&e)))?;
     let _ = stream.set_read_timeout(Some(config.timeouts.backend));
     let _ = stream.set_write_timeout(Some(config.timeouts.backend));
+    let upstream = match (&ctx.tls_client, backend.tls) {
+        (Some(client), true) => {
+            let deadline = started + config.timeouts.connect;
+            crate::tls::client::connect(client, &backend.host, stream, deadline)
+                .map(|tls| Upstream::Tls(Box::new(tls)))
+                .map_err(|e| format!("TLS handshake: {}", crate::error::describe_io(&e)))?
+        }
+        _ => Upstream::Plain(stream),
+    };
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: pibl-health-check\r\nConnection: close\r\n\r\n",
         check.path, backend.name
     );
-    (&stream)
+    upstream
+        .stream()
         .write_all(request.as_bytes())
         .map_err(|e| format!("send: {}", crate::error::describe_io(&e)))?;
-    let mut reader = Reader::with_capacity(&stream, 16 * 1024);
+    let mut reader = Reader::with_capacity(upstream.stream(), 16 * 1024);
     let rules = HeadRules::for_response(16 * 1024);
     match read_head(&mut reader, &rules, http::parse_response_head) {
         Ok(Some(head)) if (200..400).contains(&head.status) => Ok(()),

@@ -19,6 +19,8 @@ pub mod splice;
 pub mod spool;
 pub mod upload;
 
+use std::sync::Arc;
+
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::Error;
@@ -33,6 +35,13 @@ pub struct Context {
     pub balancer: Balancer,
     /// The response cache, when its TTL is not zero.
     pub cache: Option<Cache>,
+    /// What HTTPS handshakes are made with, when there is an HTTPS port.
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// What handshakes with `https://` backends are made with.
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
+    /// The HTTPS listener's port as bound (the configured one, unless
+    /// that is 0): where `redirect_http` sends clients.
+    pub https_port: Option<u16>,
 }
 
 impl Context {
@@ -48,11 +57,24 @@ impl Context {
                 e,
             )
         })?;
+        let tls = config.tls.as_ref();
+        let tls_server = match tls {
+            Some(t) if t.port.is_some() => Some(crate::tls::server::config(t)?),
+            _ => None,
+        };
+        let tls_client = match config.backends.iter().any(|b| b.tls) {
+            true => Some(crate::tls::client::config(tls)?),
+            false => None,
+        };
         let balancer = Balancer::new(config.backends.clone(), config.health.clone())?;
+        let https_port = config.tls_addr().map(|a| a.port());
         Ok(Context {
             config,
             balancer,
             cache,
+            https_port,
+            tls_server,
+            tls_client,
         })
     }
 
@@ -63,6 +85,9 @@ impl Context {
             config: self.config.clone(),
             balancer: self.balancer.clone(),
             cache: self.cache.as_ref().map(Cache::for_thread),
+            tls_server: self.tls_server.clone(),
+            tls_client: self.tls_client.clone(),
+            https_port: self.https_port,
         }
     }
 }

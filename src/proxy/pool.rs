@@ -19,14 +19,13 @@
 //! allocates (and the kernel faults in) one backend buffer, not one per
 //! request.  The pipe large bodies are spliced through is kept here too.
 
-use std::net::TcpStream;
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use crate::http::wire::Reader;
+use crate::http::wire::{Reader, Socket};
 use crate::proxy::splice::Pipe;
+use crate::tls::Upstream;
 
 /// How long a connection may have been idle and still be used without a
 /// look: less than any server's idle timeout.
@@ -34,7 +33,7 @@ const FRESH: Duration = Duration::from_secs(1);
 
 /// An idle connection and when it became idle.
 struct Idle {
-    conn: Reader<TcpStream>,
+    conn: Reader<Upstream>,
     since: Instant,
 }
 
@@ -67,14 +66,14 @@ impl Pool {
 
     /// The idle connection to backend `i`, unless the backend has closed
     /// it (or sent something unasked, which makes it unusable too).
-    pub fn take(&mut self, i: usize) -> Option<Reader<TcpStream>> {
+    pub fn take(&mut self, i: usize) -> Option<Reader<Upstream>> {
         let Idle { conn, since } = self.idle.get_mut(i)?.take()?;
         if since.elapsed() < FRESH {
             return Some(conn);
         }
-        let mut fds = [PollFd::new(conn.get_ref().as_fd(), PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(conn.get_ref().fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::ZERO) {
-            Ok(0) => Some(conn),
+            Ok(0) if !conn.get_ref().pending() => Some(conn),
             _ => {
                 self.discard(conn);
                 None
@@ -83,7 +82,7 @@ impl Pool {
     }
 
     /// A new connection, read through a recycled buffer when there is one.
-    pub fn wrap(&mut self, stream: TcpStream) -> Reader<TcpStream> {
+    pub fn wrap(&mut self, stream: Upstream) -> Reader<Upstream> {
         match self.spare.pop() {
             Some(buf) => Reader::with_buffer(stream, buf),
             None => Reader::with_capacity(stream, self.buffer_size),
@@ -91,7 +90,7 @@ impl Pool {
     }
 
     /// Keeps `conn` to backend `i` for the next request.
-    pub fn put(&mut self, i: usize, conn: Reader<TcpStream>) {
+    pub fn put(&mut self, i: usize, conn: Reader<Upstream>) {
         if let Some(slot) = self.idle.get_mut(i) {
             let since = Instant::now();
             if let Some(old) = slot.replace(Idle { conn, since }) {
@@ -101,7 +100,7 @@ impl Pool {
     }
 
     /// Closes `conn`, keeping its buffer.
-    pub fn discard(&mut self, conn: Reader<TcpStream>) {
+    pub fn discard(&mut self, conn: Reader<Upstream>) {
         let (_, buf) = conn.into_parts();
         self.spare.push(buf);
     }

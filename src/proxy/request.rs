@@ -32,6 +32,12 @@ pub struct Incoming {
 /// Reads the next request from `client` and checks it.
 pub fn read(client: &mut Client<'_>, ctx: &Context) -> Next {
     let mut ex = Exchange::new();
+    ex.tls = client.get_ref().protocol();
+    if ex.tls.is_some()
+        && let Some(max_age) = ctx.config.tls.as_ref().and_then(|t| t.hsts)
+    {
+        ex.hsts = Some(format!("max-age={max_age}"));
+    }
     let mut req = match read_request(client, ctx) {
         Ok(None) => return Next::Closed,
         // Reset with not a byte of a request sent (a browser dropping a

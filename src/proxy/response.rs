@@ -3,7 +3,6 @@
 //! stored in the cache as it passes), or from the cache (`serve_hit`).
 
 use std::borrow::Cow;
-use std::net::TcpStream;
 use std::ops::Range;
 
 use crate::cache::hit::{self, Reply};
@@ -20,6 +19,7 @@ use crate::proxy::absorb::Absorber;
 use crate::proxy::exchange::{Client, Exchange, describe, send};
 use crate::proxy::pool::Pool;
 use crate::proxy::splice;
+use crate::tls::Upstream;
 use std::time::Duration;
 
 /// What the client asked of a response: the method it is an answer to;
@@ -34,7 +34,7 @@ pub struct Wanted<'a> {
 /// A backend's response, its head read, and where it goes.
 pub struct Relay<'a> {
     pub resp: ResponseHead,
-    pub from_backend: Reader<TcpStream>,
+    pub from_backend: Reader<Upstream>,
     pub wanted: Wanted<'a>,
     /// The cache's copy of the body, when it is stored.
     pub store: Option<cache::Writer>,
@@ -74,7 +74,7 @@ pub fn relay(client: &Client<'_>, mut r: Relay<'_>, mut ex: Exchange) -> Exchang
     if r.wanted.head_only {
         return send_head_and_store(client, &head, r, framing, ex);
     }
-    let mut out = Absorber::new(client.get_ref(), r.buffering, r.send_timeout);
+    let mut out = Absorber::new(*client.get_ref(), r.buffering, r.send_timeout);
     match copy_body(&mut out, &head, &mut r, framing, encode) {
         Ok(n) => {
             ex.body_bytes = n;
@@ -154,12 +154,14 @@ fn head_for_client(r: &Relay<'_>, to_client: Framing, ex: &mut Exchange) -> Vec<
     if let Some(range) = &content_range {
         extra.push(("Content-Range", range.as_str()));
     }
+    let persist = ex.persist();
+    ex.add_hsts(&mut extra);
     let shown = match &r.wanted.part {
         Some(_) => Cow::Owned(restated(&r.resp, 206, &[])),
         None => Cow::Borrowed(&r.resp),
     };
     let mut head = Vec::with_capacity(1024);
-    http::forward_response_with(&shown, to_client, ex.persist(), &extra, &mut head);
+    http::forward_response_with(&shown, to_client, persist, &extra, &mut head);
     ex.status = shown.status;
     head
 }
@@ -179,6 +181,8 @@ fn copy_body(
         && r.wanted.part.is_none()
         && encode == Encode::Plain
         && splice::worthwhile(n, r.from_backend.buffered().len())
+        && out.can_splice()
+        && matches!(r.from_backend.get_ref(), Upstream::Plain(_))
         && let Some(pipe) = r.pool.pipe()
     {
         return match out.plain() {
@@ -213,7 +217,7 @@ fn copy_body(
 fn give_back(
     pool: &mut Pool,
     keep: Option<usize>,
-    from_backend: Reader<TcpStream>,
+    from_backend: Reader<Upstream>,
     resp: &ResponseHead,
     framing: Framing,
 ) {
@@ -288,11 +292,13 @@ pub fn serve_hit(
     };
     let mut head = Vec::with_capacity(1024);
     let persist = ex.persist();
-    http::forward_response_with(&hit.head, hit.framing, persist, &hit.fields(), &mut head);
+    let mut fields = hit.fields();
+    ex.add_hsts(&mut fields);
+    http::forward_response_with(&hit.head, hit.framing, persist, &fields, &mut head);
     ex.status = hit.head.status;
     let part = hit.part.clone();
     drop(hit);
-    match hit::send(client.get_ref(), &head, entry, part.clone()) {
+    match hit::send(*client.get_ref(), &head, entry, part.clone()) {
         Ok(()) => ex.body_bytes = part.end - part.start,
         Err(_) => ex.client_gone(),
     }

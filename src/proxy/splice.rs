@@ -6,14 +6,14 @@
 //! Only plain bytes can go this way: a body pibl must re-frame (chunked) or
 //! copy into the cache goes through the reader's buffer (see `body`).
 
-use std::io::{self, Read};
+use std::io;
 use std::net::TcpStream;
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 
 use crate::http::body::CopyError;
-use crate::http::wire::{Reader, write_all_vectored};
+use crate::http::wire::{Reader, Socket, write_all_vectored};
 use crate::proxy::upload::{self, Sending};
 
 /// Bodies shorter than this (after what the reader already holds) are
@@ -173,7 +173,7 @@ pub fn worthwhile(len: u64, buffered: usize) -> bool {
 /// Sends `head` and a body of exactly `len` bytes from `src` to `dst`: the
 /// head with whatever of the body `src` already read, in one writev(2),
 /// then the rest spliced through `pipe`, which must be clean.
-pub fn relay_length<R: Read + AsFd>(
+pub fn relay_length<R: Socket>(
     src: &mut Reader<R>,
     dst: &TcpStream,
     head: &[u8],
@@ -188,6 +188,6 @@ pub fn relay_length<R: Read + AsFd>(
     write_all_vectored(&mut Sending(dst), &[head, &src.buffered()[..take]])
         .map_err(CopyError::Write)?;
     src.consume(take);
-    pipe.copy(src.get_ref().as_fd(), dst, len - take as u64)?;
+    pipe.copy(src.get_ref().fd(), dst, len - take as u64)?;
     Ok(len)
 }

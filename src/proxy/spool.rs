@@ -11,12 +11,12 @@
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
-use std::net::TcpStream;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::http::wire::write_all_vectored;
+use crate::tls::Stream;
 
 /// Makes `dir`, mode 0700 (at start-up and at each reload).
 pub fn make_dir(dir: &Path) -> io::Result<()> {
@@ -146,12 +146,12 @@ impl Held {
     /// Sends `head` and the body to `out`: a body in memory with it in one
     /// writev(2), one in a file after it with sendfile(2).  As often as
     /// asked: a request is sent again this way to another backend.
-    pub fn send(&self, head: &[u8], out: &TcpStream) -> io::Result<()> {
+    pub fn send(&self, head: &[u8], out: Stream<'_>) -> io::Result<()> {
         match self {
             Held::Memory(body) => write_all_vectored(&mut { out }, &[head, body]),
             Held::File { file, len } => {
-                (&mut { out }).write_all(head)?;
-                crate::sys::send_file(out, file, 0..*len)
+                { out }.write_all(head)?;
+                out.send_file(file, 0..*len)
             }
         }
     }

@@ -61,8 +61,7 @@ fn strict_rotation_over_one_keep_alive_connection() {
     assert!(counts.values().all(|&n| n == 10), "{counts:?}");
     // All 30 were served by one child.
     let log = proxy.wait_log(30);
-    let pids: std::collections::HashSet<&str> =
-        log.iter().map(|l| l.rsplit(' ').nth(1).unwrap()).collect();
+    let pids: std::collections::HashSet<i32> = log.iter().map(|l| log_pid(l)).collect();
     assert_eq!(pids.len(), 1, "{log:?}");
 }
 

@@ -101,7 +101,7 @@ fn a_hit_reaches_no_backend_and_head_is_served_from_a_get_entry() {
         "only the first request reached the backend"
     );
     let log = proxy.wait_log(4);
-    let status: Vec<&str> = log.iter().map(|l| l.rsplit(' ').next().unwrap()).collect();
+    let status: Vec<&str> = log.iter().map(|l| log_cache(l)).collect();
     assert_eq!(status, ["MISS", "HIT", "HIT", "HIT"]);
     assert!(log[1].contains(" - "), "a hit names no backend: {}", log[1]);
     // Another connection, another child: the same file.

@@ -38,10 +38,7 @@ fn a_refused_connection_fails_over_invisibly() {
     proxy.wait_stderr(&format!("backend {dead}: connect: Connection refused"));
     proxy.wait_stderr(&format!("backend {dead} marked down"));
     // Marked down, the dead backend is skipped: a and c alternate exactly.
-    let later: Vec<&str> = log[3..]
-        .iter()
-        .map(|l| l.split(' ').nth_back(3).unwrap())
-        .collect();
+    let later: Vec<&str> = log[3..].iter().map(|l| log_upstream(l)).collect();
     assert!(later.windows(2).all(|w| w[0] != w[1]), "{later:?}");
 }
 
@@ -283,7 +280,7 @@ fn backend_connections_are_kept_for_later_requests() {
     // connection that served all twenty (one per request would leave only
     // the client's), and the listener unless it is a forked child.
     let log = proxy.wait_log(20);
-    let server: i32 = log[19].rsplit(' ').nth(1).unwrap().parse().unwrap();
+    let server = log_pid(&log[19]);
     let sockets = |pid: i32| {
         let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()

@@ -22,7 +22,7 @@ struct Line {
 }
 
 fn parse(line: &str) -> Line {
-    // 127.0.0.1 - - [23/Nov/2026:19:26:19 +0000] "GET / HTTP/1.1" 200 176 "-" "ua" 127.0.0.1:9001 0.000 3860 -
+    // 127.0.0.1 - - [23/Nov/2026:19:26:19 +0000] "GET / HTTP/1.1" 200 176 "-" "ua" 127.0.0.1:9001 0.000 3860 - -
     let (client, rest) = line
         .split_once(" - - [")
         .unwrap_or_else(|| panic!("{line:?}"));
@@ -31,8 +31,9 @@ fn parse(line: &str) -> Line {
     assert!(time.ends_with(" +0000"));
     let (request, rest) = rest.split_once("\" ").unwrap();
     let parts: Vec<&str> = rest.split(' ').collect();
-    assert_eq!(parts.len(), 8, "{line:?}");
+    assert_eq!(parts.len(), 9, "{line:?}");
     assert_eq!(parts[7], "-", "no cache configured");
+    assert_eq!(parts[8], "-", "plain HTTP");
     assert_eq!(parts[2], "\"-\"");
     Line {
         client: client.to_string(),

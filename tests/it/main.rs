@@ -19,3 +19,4 @@ mod logging;
 mod processes;
 mod service;
 mod streaming;
+mod tls;

@@ -12,11 +12,6 @@ use nix::sys::signal::Signal;
 
 use crate::util::*;
 
-/// The pid field (the last but one) of an access-log line.
-fn pid_of(line: &str) -> i32 {
-    line.rsplit(' ').nth(1).unwrap().parse().unwrap()
-}
-
 #[test]
 fn a_child_per_connection_serves_all_its_requests() {
     let backends = Backend::start_many(3);
@@ -29,7 +24,7 @@ fn a_child_per_connection_serves_all_its_requests() {
         }
         drop(client);
         let log = proxy.wait_log((c + 1) * 4);
-        let pids: HashSet<i32> = log[c * 4..].iter().map(|l| pid_of(l)).collect();
+        let pids: HashSet<i32> = log[c * 4..].iter().map(|l| log_pid(l)).collect();
         assert_eq!(pids.len(), 1, "one process per connection: {log:?}");
         pids_by_connection.push(*pids.iter().next().unwrap());
     }
@@ -254,7 +249,7 @@ fn grow_and_shrink(proxy: &Proxy) {
     }
     // Six busy, and the pool tops up its spares, within max_workers.
     wait_until("spare workers beside the busy ones", || workers(proxy) == 8);
-    let pids: HashSet<i32> = proxy.wait_log(6).iter().map(|l| pid_of(l)).collect();
+    let pids: HashSet<i32> = proxy.wait_log(6).iter().map(|l| log_pid(l)).collect();
     assert_eq!(pids.len(), 6, "one worker per connection at a time");
     drop(clients);
     wait_until("the idle workers to shrink to max_spare", || {
@@ -272,7 +267,7 @@ fn a_prefork_worker_exits_after_max_requests_connections() {
     for _ in 0..6 {
         assert_eq!(get(proxy.addr, "/whoami").status, 200);
     }
-    let pids: Vec<i32> = proxy.wait_log(6).iter().map(|l| pid_of(l)).collect();
+    let pids: Vec<i32> = proxy.wait_log(6).iter().map(|l| log_pid(l)).collect();
     // One worker at a time, each replaced after two connections.
     for pair in pids.chunks(2) {
         assert_eq!(pair[0], pair[1], "{pids:?}");
@@ -302,7 +297,7 @@ fn the_thread_model_serves_from_one_process() {
     assert!(proxy.children().0.is_empty(), "no child process");
     let distinct: HashSet<&String> = seen.iter().collect();
     assert_eq!(distinct.len(), 3, "round robin over threads: {seen:?}");
-    let pids: HashSet<i32> = proxy.wait_log(3).iter().map(|l| pid_of(l)).collect();
+    let pids: HashSet<i32> = proxy.wait_log(3).iter().map(|l| log_pid(l)).collect();
     assert_eq!(pids, HashSet::from([proxy.pid()]));
 }
 
@@ -359,7 +354,7 @@ fn policy_of(pid: i32, tid: i32) -> u32 {
 /// The policies of the tasks serving connections now: the process of the
 /// log line `line`, or in the thread model the threads named so.
 fn serving_policies(line: &str) -> Vec<u32> {
-    let pid = pid_of(line);
+    let pid = log_pid(line);
     if model() != "thread" {
         return vec![policy_of(pid, pid)];
     }

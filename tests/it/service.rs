@@ -523,7 +523,7 @@ fn root_drops_to_the_configured_user() {
     };
     assert_eq!(uid_line(proxy.pid()), "65534 65534 65534 65534");
     let log = proxy.wait_log(1);
-    let server: i32 = log[0].rsplit(' ').nth(1).unwrap().parse().unwrap();
+    let server = log_pid(&log[0]);
     assert_eq!(uid_line(server), "65534 65534 65534 65534");
     assert_eq!(proxy.log_lines().len(), 1, "the log file stays writable");
 }

@@ -2,10 +2,7 @@
 //! memory flat.
 
 use std::io::{Read, Write};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
-use std::time::Duration;
 
 use crate::util::*;
 
@@ -16,43 +13,6 @@ const SIZE: u64 = 256 * MIB;
 /// the rest is the program itself.
 const PSS_BOUND_KIB: u64 = 32 * 1024;
 
-/// Samples the summed PSS of the proxy and its children until stopped;
-/// returns the peak in KiB and how many samples saw a child.
-struct RssSampler {
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
-    handle: thread::JoinHandle<u64>,
-}
-
-impl RssSampler {
-    fn start(parent: i32) -> RssSampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(0));
-        let (s, p) = (Arc::clone(&stop), Arc::clone(&peak));
-        let handle = thread::spawn(move || {
-            let mut with_child = 0;
-            while !s.load(Ordering::Relaxed) {
-                let (children, _) = children_of(parent);
-                // A thread of the proxy's own, in the thread model.
-                let threads =
-                    std::fs::read_dir(format!("/proc/{parent}/task")).map_or(0, |d| d.count());
-                with_child += u64::from(!children.is_empty() || threads > 1);
-                let total = pss_kib(parent) + children.iter().map(|&c| pss_kib(c)).sum::<u64>();
-                p.fetch_max(total, Ordering::Relaxed);
-                thread::sleep(Duration::from_millis(20));
-            }
-            with_child
-        });
-        RssSampler { stop, peak, handle }
-    }
-
-    fn finish(self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        let samples = self.handle.join().unwrap();
-        (self.peak.load(Ordering::Relaxed), samples)
-    }
-}
-
 /// The byte `pibl backend` sends at `offset` of /big.
 fn pattern_at(offset: u64) -> u8 {
     ((offset % 65_536) % 251) as u8
@@ -62,7 +22,7 @@ fn pattern_at(offset: u64) -> u8 {
 fn a_256_mib_response_streams_in_flat_memory() {
     let backends = Backend::start_many(1);
     let proxy = Proxy::start(&backends);
-    let sampler = RssSampler::start(proxy.pid());
+    let sampler = PssSampler::start(proxy.pid());
     let mut client = Client::connect(proxy.addr);
     client.send(format!("GET /big?kb={} HTTP/1.1\r\nHost: t\r\n\r\n", SIZE / 1024).as_bytes());
     let head = client.head();
@@ -129,7 +89,7 @@ fn send_block(
 fn upload(chunked: bool) {
     let backends = Backend::start_many(1);
     let proxy = Proxy::start(&backends);
-    let sampler = RssSampler::start(proxy.pid());
+    let sampler = PssSampler::start(proxy.pid());
     let mut client = Client::connect(proxy.addr);
     post_head(&mut client, "/sink", chunked);
     let block: Vec<u8> = (0..1 << 16)

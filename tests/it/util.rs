@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -171,24 +171,23 @@ impl Lines {
 /// "listening on ", and hands the rest of stderr to a collector.
 /// The address in pibl's "listening on" line; the lines before it (a
 /// warning, say) stay in what is collected.
-fn read_listen_line(stderr: ChildStderr) -> (SocketAddr, Lines) {
+fn read_listen_line(stderr: ChildStderr) -> (SocketAddr, Option<SocketAddr>, Lines) {
     let mut reader = BufReader::new(stderr);
     let mut before = Vec::new();
-    let addr = loop {
+    let after = |line: &str, what: &str| -> Option<SocketAddr> {
+        let rest = line.split(what).nth(1)?;
+        Some(rest.split([',', ' ', '\n']).next()?.parse().unwrap())
+    };
+    let (addr, tls) = loop {
         let mut line = String::new();
         reader.read_line(&mut line).unwrap();
         assert!(!line.is_empty(), "pibl ended before listening: {before:?}");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest
-                .split([',', ' ', '\n'])
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
+        if let Some(addr) = after(&line, "listening on ") {
+            break (addr, after(&line, "HTTPS on "));
         }
         before.push(line.trim_end().to_string());
     };
-    (addr, Lines::collect_after(before, reader))
+    (addr, tls, Lines::collect_after(before, reader))
 }
 
 /// A demo replica (`pibl backend`) on an ephemeral loopback port.
@@ -212,7 +211,7 @@ impl Backend {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (addr, _) = read_listen_line(child.stderr.take().unwrap());
+        let (addr, _, _) = read_listen_line(child.stderr.take().unwrap());
         Backend {
             addr,
             name: name.to_string(),
@@ -319,9 +318,10 @@ impl ProxyOptions {
             .spawn()
             .unwrap();
         let stdout = Lines::collect(child.stdout.take().unwrap());
-        let (addr, stderr) = read_listen_line(child.stderr.take().unwrap());
+        let (addr, tls_addr, stderr) = read_listen_line(child.stderr.take().unwrap());
         Proxy {
             addr,
+            tls_addr,
             dir,
             stdout,
             stderr,
@@ -333,6 +333,8 @@ impl ProxyOptions {
 /// pibl itself, in its own directory, listening on an ephemeral port.
 pub struct Proxy {
     pub addr: SocketAddr,
+    /// The HTTPS listener's, when `[tls]` has a port.
+    pub tls_addr: Option<SocketAddr>,
     pub dir: TempDir,
     pub stdout: Lines,
     pub stderr: Lines,
@@ -593,9 +595,10 @@ impl Response {
     }
 }
 
-/// A client connection with a buffered reader.
-pub struct Client {
-    pub reader: BufReader<TcpStream>,
+/// A client connection with a buffered reader: over TCP, or over TLS
+/// (`tls::connect`).
+pub struct Client<S: Read + Write = TcpStream> {
+    pub reader: BufReader<S>,
 }
 
 impl Client {
@@ -610,7 +613,9 @@ impl Client {
     pub fn stream(&self) -> &TcpStream {
         self.reader.get_ref()
     }
+}
 
+impl<S: Read + Write> Client<S> {
     pub fn send(&mut self, bytes: &[u8]) {
         self.reader.get_mut().write_all(bytes).unwrap();
     }
@@ -796,4 +801,63 @@ impl RawBackend {
         });
         RawBackend { addr, seen }
     }
+}
+
+/// Samples the summed PSS of the proxy and its children until stopped;
+/// returns the peak in KiB and how many samples saw a child.
+pub struct PssSampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    handle: thread::JoinHandle<u64>,
+}
+
+impl PssSampler {
+    pub fn start(parent: i32) -> PssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
+        let (s, p) = (Arc::clone(&stop), Arc::clone(&peak));
+        let handle = thread::spawn(move || {
+            let mut with_child = 0;
+            while !s.load(Ordering::Relaxed) {
+                let (children, _) = children_of(parent);
+                // A thread of the proxy's own, in the thread model.
+                let threads =
+                    std::fs::read_dir(format!("/proc/{parent}/task")).map_or(0, |d| d.count());
+                with_child += u64::from(!children.is_empty() || threads > 1);
+                let total = pss_kib(parent) + children.iter().map(|&c| pss_kib(c)).sum::<u64>();
+                p.fetch_max(total, Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(20));
+            }
+            with_child
+        });
+        PssSampler { stop, peak, handle }
+    }
+
+    pub fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let samples = self.handle.join().unwrap();
+        (self.peak.load(Ordering::Relaxed), samples)
+    }
+}
+
+/// An access-log line's fields from the end: `… duration pid cache tls`.
+fn log_field_from_end(line: &str, n: usize) -> &str {
+    line.rsplit(' ')
+        .nth(n)
+        .unwrap_or_else(|| panic!("{line:?}"))
+}
+
+/// The pid that served an access-log line.
+pub fn log_pid(line: &str) -> i32 {
+    log_field_from_end(line, 2).parse().unwrap()
+}
+
+/// What the cache did, as an access-log line says (`-` without one).
+pub fn log_cache(line: &str) -> &str {
+    log_field_from_end(line, 1)
+}
+
+/// The backends tried, as an access-log line says.
+pub fn log_upstream(line: &str) -> &str {
+    log_field_from_end(line, 4)
 }
