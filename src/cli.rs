@@ -71,8 +71,9 @@ impl Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the demo: one replica per configured backend, and the proxy
-    Demo,
+    /// Run the demo: one replica per configured backend, and the proxy,
+    /// serving HTTPS too
+    Demo(DemoArgs),
     /// Run one replica of the demo web application on --port (and --listen,
     /// default 127.0.0.1)
     Backend(BackendArgs),
@@ -90,6 +91,13 @@ pub enum CacheCommand {
         /// The URL whose entry goes; none: all of them
         url: Option<String>,
     },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// HTTPS port, when pibl.conf has no [tls] of its own (0: any free port)
+    #[arg(long, value_name = "N", default_value_t = 8443)]
+    pub https_port: u16,
 }
 
 #[derive(Args, Debug, Clone)]

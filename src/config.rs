@@ -1108,4 +1108,57 @@ mod tests {
         assert!(err("backends = [\n").starts_with("t.conf:"));
         assert!(!err("backends = [\n").contains('\n'));
     }
+
+    #[test]
+    fn tls_keys() {
+        let c = Config::parse(
+            "t.conf",
+            "backends = [\"https://localhost:1\", \"http://127.0.0.1:2/\"]\n[tls]\nport = 8443\n\
+             cert = \"a.pem\"\nkey = \"a.key\"\nhsts = 60\nticket_key_file = [\"t1\", \"t2\"]\n\
+             [[tls.certificates]]\ncert = \"b.pem\"\nkey = \"b.key\"\n",
+        )
+        .unwrap();
+        assert!(c.backends[0].tls && !c.backends[1].tls);
+        assert_eq!(c.backends[0].host, "localhost");
+        assert_eq!(c.backends[1].name, "127.0.0.1:2");
+        let tls = c.tls.as_ref().unwrap();
+        assert_eq!(c.tls_addr().unwrap().port(), 8443);
+        assert_eq!(tls.certificates.len(), 2);
+        assert_eq!(tls.certificates[1].key, PathBuf::from("b.key"));
+        assert_eq!((tls.hsts, tls.redirect_http), (Some(60), false));
+        assert_eq!(tls.ticket_key_files.len(), 2);
+        // A [tls] without a port only configures the backends.
+        let c = Config::parse(
+            "t.conf",
+            "backends = [\"https://[::1]:1\"]\n[tls]\nbackend_ca = \"ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.tls_addr(), None);
+        assert_eq!(c.backends[0].host, "::1");
+        let b = "backends = [\"127.0.0.1:1\"]\n";
+        assert_eq!(
+            err(&format!("{b}[tls]\nport = 8443\n")),
+            "t.conf:2: tls: a port needs a certificate: set cert and key"
+        );
+        assert_eq!(
+            err(&format!("{b}[tls]\nbackend_key = \"k\"\n")),
+            "t.conf:3: backend_key: needs backend_cert beside it"
+        );
+        assert_eq!(
+            err(&format!(
+                "port = 8080\n{b}[tls]\nport = 8080\ncert = \"c\"\nkey = \"k\"\n"
+            )),
+            "t.conf:4: port: 8080 is the plain HTTP port too"
+        );
+        assert_eq!(
+            err(&format!(
+                "{b}[tls]\ncert = \"c\"\nkey = \"k\"\nredirect_http = true\n"
+            )),
+            "t.conf:5: redirect_http: needs an HTTPS port"
+        );
+        assert_eq!(
+            err("backends = [\"ftp://h:1\"]\n"),
+            "t.conf:1: backend \"ftp://h:1\": the scheme must be http:// or https://"
+        );
+    }
 }

@@ -56,7 +56,7 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         None => serve(&cli),
-        Some(Command::Demo) => demo::run(&cli),
+        Some(Command::Demo(args)) => demo::run(&cli, args),
         Some(Command::Backend(args)) => demo::backend::run(&cli, args),
         Some(Command::Cache(command)) => cli
             .load_config()

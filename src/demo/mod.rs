@@ -1,10 +1,14 @@
 //! `pibl demo`: one replica of the demo application per configured backend,
 //! and the proxy, in the foreground.  Ctrl-C (or SIGTERM) stops them all.
 //!
+//! It serves HTTPS too, with a certificate it makes (`tls`), and says how
+//! to try it.
+//!
 //! Each piece is this same binary, started as its own process, exactly as a
 //! user would start it by hand; the demo only starts, watches and stops them.
 
 pub mod backend;
+mod tls;
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -14,14 +18,15 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill};
 use nix::unistd::Pid;
 
-use crate::cli::Cli;
+use crate::cli::{Cli, DemoArgs};
 use crate::error::Error;
 
 /// How long a replica may take to start listening.
 const REPLICA_START_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub fn run(cli: &Cli) -> Result<(), Error> {
+pub fn run(cli: &Cli, args: &DemoArgs) -> Result<(), Error> {
     let config = cli.load_config()?;
+    let https = tls::prepare(&cli.config, &config, args.https_port)?;
     let exe =
         std::env::current_exe().map_err(|e| Error::os("cannot find the pibl executable", e))?;
     // Blocked before any process starts, so no signal can slip past
@@ -35,7 +40,10 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
         .map_err(|e| Error::os("cannot block signals", e.into()))?;
 
     let mut children = Vec::new();
-    let started = start_all(&exe, cli, &config, &mut children);
+    let started = start_all(&exe, cli, &config, &https.config, &mut children);
+    if let (Ok(()), Some(line)) = (&started, &https.try_line) {
+        crate::notice!("demo: HTTPS too; try: {line}");
+    }
     let outcome = match started {
         Ok(()) => watch(&watched, &mut children),
         Err(e) => Err(e),
@@ -48,6 +56,7 @@ fn start_all(
     exe: &std::path::Path,
     cli: &Cli,
     config: &crate::config::Config,
+    proxy_config: &std::path::Path,
     children: &mut Vec<Child>,
 ) -> Result<(), Error> {
     for (i, backend) in config.backends.iter().enumerate() {
@@ -63,7 +72,7 @@ fn start_all(
         wait_listening(backend.addr, children.last_mut().expect("just pushed"))?;
     }
     let mut proxy = Command::new(exe);
-    proxy.arg("--config").arg(&cli.config);
+    proxy.arg("--config").arg(proxy_config);
     if let Some(port) = cli.port {
         proxy.arg("--port").arg(port.to_string());
     }

@@ -27,15 +27,19 @@ fn free_ports(n: usize) -> Vec<u16> {
 #[test]
 fn demo_starts_three_replicas_and_ctrl_c_stops_everything() {
     let dir = TempDir::new();
-    let ports = free_ports(3);
-    let list: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    let ports = free_ports(4);
+    let https_port = ports[3].to_string();
+    let list: Vec<String> = ports[..3]
+        .iter()
+        .map(|p| format!("\"127.0.0.1:{p}\""))
+        .collect();
     fs::write(
         dir.path().join("pibl.conf"),
         format!("listen = \"127.0.0.1\"\nbackends = [{}]\n", list.join(", ")),
     )
     .unwrap();
     let child = Command::new(PIBL)
-        .args(["demo", "--port", "0"])
+        .args(["demo", "--port", "0", "--https-port", &https_port])
         .current_dir(dir.path())
         .process_group(0)
         .stdin(Stdio::null())
@@ -45,15 +49,20 @@ fn demo_starts_three_replicas_and_ctrl_c_stops_everything() {
         .unwrap();
     let mut demo = Process { child };
     let mut stderr = BufReader::new(demo.child.stderr.take().unwrap());
-    let proxy: SocketAddr = loop {
+    let (mut proxy, mut try_https): (Option<SocketAddr>, Option<String>) = (None, None);
+    while proxy.is_none() || try_https.is_none() {
         let mut line = String::new();
         assert!(stderr.read_line(&mut line).unwrap() > 0, "demo ended early");
         if let Some(rest) = line.split("listening on ").nth(1)
             && line.starts_with("pibl[")
         {
-            break rest.split(',').next().unwrap().parse().unwrap();
+            proxy = Some(rest.split(',').next().unwrap().parse().unwrap());
         }
-    };
+        if let Some(command) = line.split("try: ").nth(1) {
+            try_https = Some(command.trim_end().to_string());
+        }
+    }
+    let proxy = proxy.unwrap();
     let names: Vec<String> = (0..6)
         .map(|_| {
             let r = get(proxy, "/");
@@ -72,6 +81,19 @@ fn demo_starts_three_replicas_and_ctrl_c_stops_everything() {
             "replica-3"
         ]
     );
+
+    // The line the demo says works, run as it is.
+    let command = try_https.unwrap();
+    assert!(command.starts_with("curl --cacert "), "{command}");
+    let words: Vec<&str> = command.split(' ').collect();
+    let out = Command::new(words[0])
+        .args(&words[1..])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{command}: {page}");
+    assert!(page.contains("<h1>Replica "), "{page}");
 
     let (pieces, _) = children_of(demo.pid());
     assert_eq!(pieces.len(), 4, "three replicas and the proxy");
