@@ -17,6 +17,17 @@
 #   cache  GET /small answered from the cache (nginx with proxy_cache, pibl
 #          with --ttl 60; the others have no cache and are not run)
 #
+# and over HTTPS, each proxy with the same ECDSA P-256 certificate (nginx
+# with ssl_session_cache shared and tickets on, HAProxy with its defaults):
+#
+#   tka    keep-alive over TLS, 50 connections, GET /small
+#   tclose a new TLS connection per request, as wrk makes them: it offers
+#          the session of its previous connection, so these resume
+#   tnew   full handshakes: 8 `openssl s_time -new` clients at once, each a
+#          new connection and a new session for every GET /small
+#   tbig   GET /big over TLS, 8 connections
+#   tmem   keep-alive over TLS again, once, for the memory per connection
+#
 # Every proxy is started fresh for each measurement and stopped after it.
 # Every load run is bounded: wrk -d, inside `timeout`.  Loopback only.
 #
@@ -37,6 +48,7 @@ ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-2}       # wrk threads
 CONNS=${CONNS:-50}
 BIG_CONNS=${BIG_CONNS:-8}
+HANDSHAKE_CLIENTS=${HANDSHAKE_CLIENTS:-8}   # openssl s_time processes in tnew
 MODELS=${MODELS:-fork prefork thread}
 OUT_DIR=${OUT_DIR:-benches/results}
 # PIBL_BUILD=static measures the opt-in statically linked build
@@ -57,6 +69,7 @@ command -v nginx >/dev/null || need+=(nginx)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v wrk >/dev/null || need+=(wrk)
 command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
 if ((${#need[@]})); then
     ((EUID == 0)) || die "missing ${need[*]}: install them or run as root"
     log "installing ${need[*]}"
@@ -102,6 +115,14 @@ stop_session() {
 
 answers() { curl -s -o /dev/null --max-time 2 -w '%{http_code}' "http://127.0.0.1:$1/small" | grep -q 200; }
 
+# One certificate for every proxy: ECDSA P-256, as a site would use.
+TLS=$RUN/tls
+mkdir -p "$TLS"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$TLS/key.pem" -out "$TLS/cert.pem" 2>/dev/null
+cat "$TLS/cert.pem" "$TLS/key.pem" >"$TLS/both.pem"
+chmod 644 "$TLS"/*.pem   # nginx workers run as another user
+
 # ------------------------------------------------------------- backends ----
 setup_backends() {
     local d=$RUN/backend port
@@ -130,7 +151,7 @@ setup_backends() {
 }
 
 # -------------------------------------------------------------- proxies ----
-declare -A PORT CMD WORKDIR
+declare -A PORT TPORT CMD WORKDIR
 PROXIES_MAIN=()   # run in ka, close, big
 PROXIES_CACHE=()  # run in cache
 
@@ -152,8 +173,12 @@ http {
         server 127.0.0.1:18001; server 127.0.0.1:18002; server 127.0.0.1:18003;
         keepalive 32;
     }
+    ssl_certificate $TLS/cert.pem; ssl_certificate_key $TLS/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m; ssl_session_tickets on;
     server {
         listen 127.0.0.1:$2;
+        listen 127.0.0.1:$(($2 + 100)) ssl;
         location / {
             proxy_pass http://backends;
             proxy_http_version 1.1; proxy_set_header Connection "";
@@ -162,7 +187,7 @@ http {
     }
 }
 EOF
-    PORT[$1]=$2 WORKDIR[$1]=$d CMD[$1]="nginx -p '$d/' -c '$d/nginx.conf'"
+    PORT[$1]=$2 TPORT[$1]=$(($2 + 100)) WORKDIR[$1]=$d CMD[$1]="nginx -p '$d/' -c '$d/nginx.conf'"
 }
 
 setup_haproxy() {
@@ -178,6 +203,7 @@ defaults
     timeout server 30s
 frontend fe
     bind 127.0.0.1:18020
+    bind 127.0.0.1:18120 ssl crt $TLS/both.pem
     default_backend be
 backend be
     balance roundrobin
@@ -185,7 +211,7 @@ backend be
     server s2 127.0.0.1:18002
     server s3 127.0.0.1:18003
 EOF
-    PORT[haproxy]=18020 WORKDIR[haproxy]=$d CMD[haproxy]="haproxy -db -f '$d/haproxy.cfg'"
+    PORT[haproxy]=18020 TPORT[haproxy]=18120 WORKDIR[haproxy]=$d CMD[haproxy]="haproxy -db -f '$d/haproxy.cfg'"
 }
 
 setup_pibl() {  # key port model ttl
@@ -194,8 +220,10 @@ setup_pibl() {  # key port model ttl
     # The shipped pibl.conf, moved to the benchmark's ports.
     sed -e "s/\b8080\b/$2/" -e 's/\b9001\b/18001/' -e 's/\b9002\b/18002/' -e 's/\b9003\b/18003/' \
         pibl.conf >"$d/pibl.conf"
+    printf '\n[tls]\nport = %d\ncert = "%s"\nkey = "%s"\n' $(($2 + 100)) "$TLS/cert.pem" "$TLS/key.pem" \
+        >>"$d/pibl.conf"
     # Its access log goes to a file, as a service's would; stdout too.
-    PORT[$1]=$2 WORKDIR[$1]=$d
+    PORT[$1]=$2 TPORT[$1]=$(($2 + 100)) WORKDIR[$1]=$d
     CMD[$1]="'$PIBL' --config pibl.conf --model $3 --ttl $4 >stdout.log"
 }
 
@@ -237,13 +265,33 @@ pss_kib() {
 # CPU ticks (user + system) of one process, its reaped children excluded.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
-RESULTS=$RUN/results.tsv   # round test proxy requests duration_us bytes errors p50 p99 pss cpu_us_per_conn
+RESULTS=$RUN/results.tsv   # round test proxy requests duration_us bytes errors p50 p99 pss cpu_us_per_conn idle_pss
+
+# handshakes PORT OUT: HANDSHAKE_CLIENTS `openssl s_time -new` at once for
+# DURATION seconds, each a full handshake and a GET /small per connection;
+# writes a RESULT line as bench.lua does (connections, wall time in µs,
+# clients that failed) to OUT.
+handshakes() {
+    local start end i pids=() failed=0 n
+    start=$(date +%s%N)
+    for ((i = 1; i <= HANDSHAKE_CLIENTS; i++)); do
+        timeout -k 5 $((DURATION + 20)) openssl s_time -connect "127.0.0.1:$1" -new \
+            -time "$DURATION" -www /small >"$2.$i" 2>&1 &
+        pids+=($!)
+    done
+    for i in "${pids[@]}"; do wait "$i" || failed=$((failed + 1)); done
+    end=$(date +%s%N)
+    n=$(cat "$2".* | awk '/connections in [0-9]+ real seconds/ {s += $1} END {print s + 0}')
+    echo "RESULT $n $(((end - start) / 1000)) 0 $failed 0 0" >"$2"
+}
 
 run_one() {  # round test proxy
-    local r=$1 t=$2 p=$3 path=/small conns=$CONNS hdr=() sid res pss=0 peak=0 t0 t1 cpu=""
+    local r=$1 t=$2 p=$3 path=/small conns=$CONNS hdr=() sid res pss=0 peak=0 idle=0 t0 t1 cpu=""
+    local url="http://127.0.0.1:${PORT[$p]}"
     case $t in
-        close) hdr=(-H 'Connection: close') ;;
-        big) path=/big conns=$BIG_CONNS ;;
+        close | tclose) hdr=(-H 'Connection: close') ;;&
+        big | tbig) path=/big conns=$BIG_CONNS ;;&
+        t*) url="https://127.0.0.1:${TPORT[$p]}" ;;
     esac
     rm -rf "${WORKDIR[$p]}/cache"
     sid=$(start_session "${WORKDIR[$p]}" "${CMD[$p]}" "$RUN/$p.log")
@@ -251,11 +299,16 @@ run_one() {  # round test proxy
     if [[ $t == cache ]]; then   # fill the cache
         for _ in 1 2 3; do answers "${PORT[$p]}" || true; done
     fi
+    [[ $t == tmem ]] && idle=$(pss_kib "$sid")
     t0=$(cpu_ticks "$sid")
-    timeout -k 5 $((DURATION + 20)) wrk -t"$THREADS" -c"$conns" -d"${DURATION}s" --timeout 2s \
-        -s "$RUN/bench.lua" "${hdr[@]}" "http://127.0.0.1:${PORT[$p]}$path" >"$RUN/wrk/$r.$t.$p" 2>&1 &
+    if [[ $t == tnew ]]; then
+        handshakes "${TPORT[$p]}" "$RUN/wrk/$r.$t.$p" &
+    else
+        timeout -k 5 $((DURATION + 20)) wrk -t"$THREADS" -c"$conns" -d"${DURATION}s" --timeout 2s \
+            -s "$RUN/bench.lua" "${hdr[@]}" "$url$path" >"$RUN/wrk/$r.$t.$p" 2>&1 &
+    fi
     local wrk_pid=$!
-    while [[ $t == mem ]] && kill -0 $wrk_pid 2>/dev/null; do
+    while [[ $t == *mem ]] && kill -0 $wrk_pid 2>/dev/null; do
         pss=$(pss_kib "$sid"); ((pss > peak)) && peak=$pss
         sleep 0.5
     done
@@ -268,8 +321,8 @@ run_one() {  # round test proxy
     if [[ $p == pibl-* && $t == close && $req -gt 0 ]]; then
         cpu=$(( (t1 - t0) * 1000000 / $(getconf CLK_TCK) / req ))
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-        "$r" "$t" "$p" "$req" "$dur" "$bytes" "$errs" "$p50" "$p99" "$peak" "$cpu" >>"$RESULTS"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$r" "$t" "$p" "$req" "$dur" "$bytes" "$errs" "$p50" "$p99" "$peak" "$cpu" "$idle" >>"$RESULTS"
     log "  r$r $t $p: $(awk -v n="$req" -v d="$dur" 'BEGIN {printf "%.0f req/s", n / d * 1e6}') errors=$errs"
 }
 
@@ -277,7 +330,7 @@ run_one() {  # round test proxy
 rotate() { local n=$1; shift; local a=("$@"); local k=$((n % ${#a[@]})); echo "${a[@]:k}" "${a[@]:0:k}"; }
 
 # A port already taken would send the load to whatever holds it.
-for port in 18001 18002 18003 "${PORT[@]}"; do
+for port in 18001 18002 18003 "${PORT[@]}" "${TPORT[@]}"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         die "port $port is already in use: stop what listens there first"
     fi
@@ -286,7 +339,7 @@ setup_backends
 log "backends up; $ROUNDS rounds of ${DURATION}s runs: ${PROXIES_MAIN[*]} ${PROXIES_CACHE[*]}"
 for ((r = 1; r <= ROUNDS; r++)); do
     # mem: keep-alive load again, once, for the memory figure alone.
-    tests=(ka close big cache); ((r == 1)) && tests+=(mem)
+    tests=(ka close big cache tka tclose tnew tbig); ((r == 1)) && tests+=(mem tmem)
     for t in "${tests[@]}"; do
         if [[ $t == cache ]]; then list=("${PROXIES_CACHE[@]}"); else list=("${PROXIES_MAIN[@]}"); fi
         for p in $(rotate $((r - 1)) "${list[@]}"); do run_one "$r" "$t" "$p"; done
@@ -312,17 +365,18 @@ function median(list,   n, a, i, j, x) {
     rate = ($2 == "big") ? $6 / $5 : $4 / ($5 / 1e6)   # MB/s (bytes/us) or req/s
     R[k] = R[k] " " rate; P50[k] = P50[k] " " $8; P99[k] = P99[k] " " $9
     if ($10 > 0) M[k] = M[k] " " $10
+    if ($12 > 0) I[k] = I[k] " " $12
     if ($11 != "") C[k] = C[k] " " $11
     E[k] += $7
 }
 END {
     for (k in seen) {
         split(k, kk, SUBSEP)
-        printf "%s\t%s\t%.1f\t%s\t%s\t%s\t%s\t%d\n", kk[1], kk[2], median(R[k]), median(P50[k]), median(P99[k]), median(M[k]), median(C[k]), E[k]
+        printf "%s\t%s\t%.1f\t%s\t%s\t%s\t%s\t%d\t%s\n", kk[1], kk[2], median(R[k]), median(P50[k]), median(P99[k]), median(M[k]), median(C[k]), E[k], median(I[k])
     }
 }' "$RESULTS" >"$RUN/medians.tsv"
 
-get() {  # test proxy column(3 rate 4 p50 5 p99 6 pss 7 cpu 8 errors)
+get() {  # test proxy column(3 rate 4 p50 5 p99 6 pss 7 cpu 8 errors 9 idle pss)
     awk -F'\t' -v t="$1" -v p="$2" -v c="$3" '$1 == t && $2 == p {print $c}' "$RUN/medians.tsv"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f", a / b }'; }
@@ -356,6 +410,29 @@ fmt() { awk -v v="$1" 'BEGIN { if (v == "") print "-"; else if (v >= 100) printf
             "$(awk -v v="$pss" 'BEGIN {printf "%.1f", v / 1024}')" "$errs"
     done
     echo
+    echo "Over HTTPS (TLS 1.3, ECDSA P-256; same backends, plain behind the proxy):"
+    echo
+    echo "| proxy | TLS keep-alive req/s (×) | new TLS conn., resumed (wrk) req/s (×) | full handshakes/s (×) | 1 MiB over TLS MB/s (×) | p50 / p99 ms TLS keep-alive | PSS per TLS conn., KiB | errors |"
+    echo "|---|---|---|---|---|---|---|---|"
+    for p in "${PROXIES_MAIN[@]}"; do
+        tka=$(get tka "$p" 3) tcl=$(get tclose "$p" 3) tnw=$(get tnew "$p" 3) tbg=$(get tbig "$p" 3)
+        tp50=$(get tka "$p" 4) tp99=$(get tka "$p" 5)
+        per=$(awk -v peak="$(get tmem "$p" 6)" -v idle="$(get tmem "$p" 9)" -v n="$CONNS" \
+            'BEGIN { if (peak == "" || idle == "") print "-"; else printf "%.0f", (peak - idle) / n }')
+        errs=0
+        for t in tka tclose tnew tbig; do e=$(get $t "$p" 8); errs=$((errs + ${e:-0})); done
+        printf '| %s | %s (%s) | %s (%s) | %s (%s) | %s (%s) | %s / %s | %s | %s |\n' "$p" \
+            "$(fmt "$tka")" "$(ratio "$tka" "$(get tka nginx 3)")" \
+            "$(fmt "$tcl")" "$(ratio "$tcl" "$(get tclose nginx 3)")" \
+            "$(fmt "$tnw")" "$(ratio "$tnw" "$(get tnew nginx 3)")" \
+            "$(fmt "$tbg")" "$(ratio "$tbg" "$(get tbig nginx 3)")" \
+            "$(awk -v v="$tp50" 'BEGIN {printf "%.2f", v / 1000}')" "$(awk -v v="$tp99" 'BEGIN {printf "%.2f", v / 1000}')" \
+            "$per" "$errs"
+    done
+    echo
+    echo "Full handshakes: $HANDSHAKE_CLIENTS \`openssl s_time -new\` clients at once (errors: clients that failed)."
+    echo "PSS per TLS connection: (peak PSS at $CONNS TLS keep-alive connections − PSS idle) / $CONNS."
+    echo
     echo "CPU per connection of pibl's main process in the new-connection test, from /proc/PID/stat"
     echo "(10 ms ticks over the run): in the fork model the parent's accept, fork and reap; in the"
     echo "prefork model the parent's upkeep only; in the thread model the whole process, every thread:"
@@ -363,7 +440,7 @@ fmt() { awk -v v="$1" 'BEGIN { if (v == "") print "-"; else if (v >= 100) printf
         echo "- $model: $(get close "pibl-$model" 7) µs"
     done
     echo
-    echo "Chart: $(basename "$chart"). Raw rows: round, test, proxy, requests, duration µs, bytes, errors, p50 µs, p99 µs, peak PSS KiB, parent CPU µs/conn."
+    echo "Chart: $(basename "$chart"). Raw rows: round, test, proxy, requests, duration µs, bytes, errors, p50 µs, p99 µs, peak PSS KiB, parent CPU µs/conn, idle PSS KiB."
     echo
     echo '```'
     cat "$RESULTS"
@@ -372,8 +449,8 @@ fmt() { awk -v v="$1" 'BEGIN { if (v == "") print "-"; else if (v >= 100) printf
 
 # Chart: the ratios to nginx, one group of bars per workload.
 {
-    tests=(ka close big cache)
-    names=("keep-alive" "new connection" "1 MiB bodies" "cache hits")
+    tests=(ka close big cache tka tnew tbig)
+    names=("keep-alive" "new connection" "1 MiB bodies" "cache hits" "TLS keep-alive" "TLS handshakes" "TLS 1 MiB")
     n=${#PROXIES_MAIN[@]} gw=$((n * 22 + 30)) h=300 top=40 base=250
     w=$((80 + ${#tests[@]} * gw + 160))
     echo "<svg xmlns='http://www.w3.org/2000/svg' width='$w' height='$h' font-family='sans-serif' font-size='11'>"
