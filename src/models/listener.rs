@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 
 use crate::config::{Config, Model, Timeouts};
 use crate::diag;
@@ -149,27 +150,49 @@ impl Listeners {
         }
         old
     }
+}
 
-    /// Accepts one connection.  With one listener, accept(2) on it as it
-    /// is configured (a prefork worker's blocks, `configure`); with two, a
-    /// wait of at most `wait` for either, then accept(2) on the one ready.
-    pub fn accept_any(&self, wait: Duration) -> io::Result<(TcpStream, SocketAddr, Port)> {
-        let Some(tls) = &self.tls else {
-            let (stream, peer) = accept(&self.plain)?;
+/// How one process takes connections from the listeners: with one,
+/// accept(2) on it as it is configured (a prefork worker's blocks, waking
+/// every `PREFORK_ACCEPT_WAKEUP`, `configure`); with two, a wait in
+/// epoll(7) on both, each connection waking one waiter (EPOLLEXCLUSIVE,
+/// as the thread model's spares wait), then accept(2) on the one ready.
+pub struct Acceptor<'a> {
+    listeners: &'a Listeners,
+    epoll: Option<Epoll>,
+}
+
+impl<'a> Acceptor<'a> {
+    pub fn new(listeners: &'a Listeners) -> io::Result<Acceptor<'a>> {
+        let epoll = match listeners.tls {
+            None => None,
+            Some(_) => {
+                let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+                let one = EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE;
+                for (listener, port) in listeners.each() {
+                    epoll.add(listener, EpollEvent::new(one, port as u64))?;
+                }
+                Some(epoll)
+            }
+        };
+        Ok(Acceptor { listeners, epoll })
+    }
+
+    /// One connection, and the kind of listener it came on; a WouldBlock
+    /// error when none came within `wait` (or another process took it).
+    pub fn accept(&self, wait: Duration) -> io::Result<(TcpStream, SocketAddr, Port)> {
+        let Some(epoll) = &self.epoll else {
+            let (stream, peer) = accept(&self.listeners.plain)?;
             return Ok((stream, peer, Port::Plain));
         };
-        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        let mut fds = [
-            PollFd::new(self.plain.as_fd(), PollFlags::POLLIN),
-            PollFd::new(tls.as_fd(), PollFlags::POLLIN),
-        ];
-        let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
-        poll(&mut fds, timeout)?;
-        let port = match fds[1].any() {
-            Some(true) => Port::Tls,
+        let timeout = EpollTimeout::try_from(wait).unwrap_or(EpollTimeout::MAX);
+        let mut events = [EpollEvent::empty(); 2];
+        let port = match epoll.wait(&mut events, timeout)? {
+            0 => return Err(io::ErrorKind::WouldBlock.into()),
+            _ if events[0].data() == Port::Tls as u64 => Port::Tls,
             _ => Port::Plain,
         };
-        let (stream, peer) = accept(self.get(port))?;
+        let (stream, peer) = accept(self.listeners.get(port))?;
         Ok((stream, peer, port))
     }
 }

@@ -38,7 +38,7 @@ use crate::config::MAX_WORKERS;
 use crate::diag;
 use crate::error::Error;
 use crate::models::fork::{self, ForkGate, Spawn};
-use crate::models::listener::{self, Listeners, accept_failed, waiting_connections};
+use crate::models::listener::{self, Acceptor, Listeners, accept_failed, waiting_connections};
 use crate::models::supervise::say_full;
 use crate::proxy::Context;
 use crate::proxy::connection::Worker;
@@ -54,7 +54,8 @@ struct WorkerSlot {
     served: AtomicU64,
     /// The worker's pid, for `ps`-less inspection (0 when free).
     pid: AtomicI32,
-    /// Set by the parent: stop before the next connection.
+    /// Set by the parent at a reload: stop before the next connection, and
+    /// close a kept-alive one after the response in hand.
     retire: AtomicBool,
 }
 
@@ -62,6 +63,11 @@ const SLOT_FREE: u32 = 0;
 const SLOT_STARTING: u32 = 1;
 const SLOT_IDLE: u32 = 2;
 const SLOT_BUSY: u32 = 3;
+/// An idle worker the parent found spare: it exits instead of accepting
+/// again.  Set only from IDLE, with a compare-and-swap the worker's own
+/// IDLE to BUSY races against: a worker that has just taken a connection
+/// is not spare, and serves it whole.
+const SLOT_SPARE: u32 = 4;
 
 /// Apache's scoreboard, reduced: one slot per prefork worker.
 #[repr(C)]
@@ -162,11 +168,11 @@ impl Prefork {
         let spare = idle.len().saturating_sub(waiting);
         if spare > limits.max_spare
             && self.last_retired.elapsed() >= TICK
-            && let Some(&pid) = idle
-                .iter()
-                .find(|&pid| self.state(self.workers[pid]) == SLOT_IDLE)
+            && let Some(&pid) = idle.iter().find(|&pid| self.make_spare(self.workers[pid]))
         {
-            self.retire(pid, false);
+            if let Some(slot) = self.workers.remove(&pid) {
+                self.retiring.insert(pid, slot);
+            }
             self.last_retired = Instant::now();
         }
         let quiet = waiting == 0 && idle.len() == self.workers.len();
@@ -218,12 +224,20 @@ impl Prefork {
     /// idle keep-alive connection too; otherwise through its slot, which it
     /// reads after each connection and each accept timeout — no signal
     /// can then land between an accept and the read of the request.
-    fn retire(&mut self, pid: Pid, now: bool) {
+    /// Marks the worker in `slot` spare, if it is still idle.
+    fn make_spare(&self, slot: usize) -> bool {
+        self.board.slots[slot]
+            .state
+            .compare_exchange(SLOT_IDLE, SLOT_SPARE, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Retires a worker at a reload: it stops accepting, and finishes the
+    /// response in hand with `Connection: close`.
+    fn retire(&mut self, pid: Pid) {
         if let Some(slot) = self.workers.remove(&pid) {
             self.board.slots[slot].retire.store(true, Ordering::Relaxed);
-            if now {
-                let _ = kill(pid, Signal::SIGTERM);
-            }
+            let _ = kill(pid, Signal::SIGTERM);
             self.retiring.insert(pid, slot);
         }
     }
@@ -234,7 +248,7 @@ impl Prefork {
     /// by the first workers, and forked twice `min_spare`).
     pub fn retire_all(&mut self) {
         let pids: Vec<Pid> = self.workers.keys().copied().collect();
-        pids.into_iter().for_each(|pid| self.retire(pid, true));
+        pids.into_iter().for_each(|pid| self.retire(pid));
         self.spawn_rate = 1;
     }
 
@@ -272,27 +286,48 @@ fn work(
     let serving_mask = SigSet::thread_get_mask().unwrap_or(idle_mask);
     slot.pid.store(process::id() as i32, Ordering::Relaxed);
     let mut worker = Worker::new(ctx);
+    let acceptor = match Acceptor::new(listeners) {
+        Ok(acceptor) => acceptor,
+        Err(e) => {
+            diag!("prefork worker: {}", crate::error::describe_io(&e));
+            process::exit(0)
+        }
+    };
     let mut served = 0u64;
     while limits.max_requests == 0 || served < limits.max_requests {
-        slot.state.store(SLOT_IDLE, Ordering::Relaxed);
+        // Idle again, unless found spare meanwhile (an accept that timed
+        // out).
+        let _ = slot
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                (s != SLOT_SPARE).then_some(SLOT_IDLE)
+            });
         // Stop signals are let in only while idle; one already pending
         // arrives here, before the flag is read.
         let _ = idle_mask.thread_set_mask();
         // Stopping (the signal or the parent's flag) or retired.
-        if signals::winding_down() {
+        if signals::winding_down() || slot.state.load(Ordering::Acquire) == SLOT_SPARE {
             break;
         }
-        let accepted = listeners.accept_any(listener::PREFORK_ACCEPT_WAKEUP);
+        let accepted = acceptor.accept(listener::PREFORK_ACCEPT_WAKEUP);
         let _ = serving_mask.thread_set_mask();
         match accepted {
             Ok((stream, peer, port)) => {
-                slot.state.store(SLOT_BUSY, Ordering::Relaxed);
+                // Found spare just as it took this connection, the worker
+                // serves it whole, and then exits.
+                let spare = slot
+                    .state
+                    .compare_exchange(SLOT_IDLE, SLOT_BUSY, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err();
                 // The listener's timeout is the accept wake-up (`listener::configure`).
                 // Cannot fail on a socket just accepted.
                 let _ = listener::set_receive_timeout(&stream, ctx.config.timeouts.client_body);
                 worker.serve(&stream, port, peer, ctx, StopWatch::Signals(idle_mask));
                 served += 1;
                 slot.served.store(served, Ordering::Relaxed);
+                if spare {
+                    break;
+                }
             }
             Err(e) => accept_failed(&e),
         }

@@ -68,8 +68,8 @@ const PLAIN_HTTP_ON_TLS_PORT: &str =
 /// Which listener a connection came on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Port {
-    Plain,
-    Tls,
+    Plain = 0,
+    Tls = 1,
 }
 
 /// The first byte a client sends, waited for until `deadline` and left
