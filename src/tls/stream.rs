@@ -155,11 +155,12 @@ impl Tls {
     }
 
     /// Says close_notify, as a TLS peer closes: before a close, or before
-    /// the write side is shut for a lingering close.
+    /// the write side is shut for a lingering close.  Without waiting: a
+    /// client that stopped reading must not hold the connection open for
+    /// another send timeout.
     pub fn close_notify(&self) {
-        let mut conn = self.conn.borrow_mut();
-        conn.send_close_notify();
-        let _ = send_all(&mut conn, &self.sock);
+        self.conn.borrow_mut().send_close_notify();
+        let _ = self.send_held(false);
     }
 }
 
