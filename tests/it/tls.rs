@@ -542,11 +542,28 @@ impl TlsBackend {
     }
 }
 
-/// A proxy in `dir` for the `https://` backend `backend`, with `tls` lines.
-fn reencrypting_proxy(dir: TempDir, backend: &TlsBackend, host: &str, tls: &str) -> Proxy {
-    ProxyOptions::for_addrs(vec![format!("https://{host}:{}", backend.addr.port())])
-        .config(&format!("max_fails = 100\n[tls]\n{tls}"))
+/// A proxy for the `https://` backend at `host`:`port`, trusting `ca`'s
+/// certificates, and presenting one `client` signs when there is one;
+/// `top` lines go before the `[tls]` table.
+fn reencrypting_proxy(host: &str, port: u16, ca: &Pki, client: Option<&Pki>, top: &str) -> Proxy {
+    let dir = TempDir::new();
+    ca.write_ca(dir.path(), "backend-ca.pem");
+    let mut tls = "backend_ca = \"backend-ca.pem\"\n".to_string();
+    if let Some(client) = client {
+        client.leaf(&["pibl.test"], dir.path(), "me");
+        tls.push_str("backend_cert = \"me.pem\"\nbackend_key = \"me.key\"\n");
+    }
+    ProxyOptions::for_addrs(vec![format!("https://{host}:{port}")])
+        .config(&format!("max_fails = 100\n{top}[tls]\n{tls}"))
         .start_in(dir)
+}
+
+/// What one GET of / through `proxy` gets, and, for a 502, the reason
+/// pibl gave.
+fn through(proxy: &Proxy) -> (u16, Option<String>) {
+    let r = get(proxy.addr, "/");
+    let why = (r.status == 502).then(|| proxy.wait_stderr("TLS handshake"));
+    (r.status, why)
 }
 
 #[test]
@@ -554,67 +571,28 @@ fn https_backends_are_verified_against_backend_ca() {
     let servers = Pki::new("Backend CA");
     let dir = TempDir::new();
     servers.leaf(&["localhost", "127.0.0.1"], dir.path(), "backend");
-    servers.write_ca(dir.path(), "backend-ca.pem");
-    Pki::new("Another CA").write_ca(dir.path(), "other-ca.pem");
-    let backend = TlsBackend::start(dir.path(), "backend", None);
-    let good = TempDir::new();
-    for f in ["backend-ca.pem", "other-ca.pem"] {
-        fs::copy(dir.path().join(f), good.path().join(f)).unwrap();
-    }
-    let proxy = reencrypting_proxy(
-        good,
-        &backend,
-        "localhost",
-        "backend_ca = \"backend-ca.pem\"\n",
+    servers.leaf(&["other.test"], dir.path(), "elsewhere");
+    let (one, two) = (
+        TlsBackend::start(dir.path(), "backend", None),
+        TlsBackend::start(dir.path(), "elsewhere", None),
     );
+    let (backend, elsewhere) = (one.addr.port(), two.addr.port());
+    // By name, and by IP address (against the certificate's IP names).
+    let proxy = reencrypting_proxy("localhost", backend, &servers, None, "");
     let r = get(proxy.addr, "/");
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("s_server"), "{}", r.text());
-    // By IP address: verified against the certificate's IP names.
-    let by_ip = TempDir::new();
-    fs::copy(
-        dir.path().join("backend-ca.pem"),
-        by_ip.path().join("backend-ca.pem"),
-    )
-    .unwrap();
-    let proxy = reencrypting_proxy(
-        by_ip,
-        &backend,
-        "127.0.0.1",
-        "backend_ca = \"backend-ca.pem\"\n",
-    );
-    assert_eq!(get(proxy.addr, "/").status, 200);
-
-    // The wrong CA: a failed backend, a 502, the reason said.
-    let wrong = TempDir::new();
-    fs::copy(
-        dir.path().join("other-ca.pem"),
-        wrong.path().join("other-ca.pem"),
-    )
-    .unwrap();
-    let proxy = reencrypting_proxy(
-        wrong,
-        &backend,
-        "localhost",
-        "backend_ca = \"other-ca.pem\"\n",
-    );
-    assert_eq!(get(proxy.addr, "/").status, 502);
-    let said = proxy.wait_stderr("TLS handshake");
-    assert!(said.contains("certificate"), "{said}");
-    // A certificate for another name, from the right CA: refused too.
-    servers.leaf(&["other.test"], dir.path(), "elsewhere");
-    let elsewhere = TlsBackend::start(dir.path(), "elsewhere", None);
-    let named = TempDir::new();
-    servers.write_ca(named.path(), "backend-ca.pem");
-    let proxy = reencrypting_proxy(
-        named,
-        &elsewhere,
-        "localhost",
-        "backend_ca = \"backend-ca.pem\"\n",
-    );
-    assert_eq!(get(proxy.addr, "/").status, 502);
-    let said = proxy.wait_stderr("TLS handshake");
-    assert!(said.contains("certificate"), "{said}");
+    let proxy = reencrypting_proxy("127.0.0.1", backend, &servers, None, "");
+    assert_eq!(through(&proxy).0, 200);
+    // The wrong CA, or a certificate from the right CA for another name:
+    // a failed backend, a 502, the reason said.
+    let other = Pki::new("Another CA");
+    for (port, ca) in [(backend, &other), (elsewhere, &servers)] {
+        let proxy = reencrypting_proxy("localhost", port, ca, None, "");
+        let (status, why) = through(&proxy);
+        assert_eq!(status, 502);
+        assert!(why.unwrap().contains("certificate"));
+    }
 }
 
 #[test]
@@ -625,26 +603,48 @@ fn mutual_tls_to_a_backend_that_asks_for_a_client_certificate() {
     servers.leaf(&["localhost"], dir.path(), "backend");
     clients.write_ca(dir.path(), "client-ca.pem");
     let backend = TlsBackend::start(dir.path(), "backend", Some("client-ca.pem"));
-    let with_cert = TempDir::new();
-    servers.write_ca(with_cert.path(), "backend-ca.pem");
-    clients.leaf(&["pibl.test"], with_cert.path(), "me");
-    let proxy = reencrypting_proxy(
-        with_cert,
-        &backend,
-        "localhost",
-        "backend_ca = \"backend-ca.pem\"\nbackend_cert = \"me.pem\"\nbackend_key = \"me.key\"\n",
-    );
+    let port = backend.addr.port();
+    let proxy = reencrypting_proxy("localhost", port, &servers, Some(&clients), "");
     let r = get(proxy.addr, "/");
     assert_eq!(r.status, 200, "{}", r.text());
-    let without = TempDir::new();
-    servers.write_ca(without.path(), "backend-ca.pem");
-    let proxy = reencrypting_proxy(
-        without,
-        &backend,
-        "localhost",
-        "backend_ca = \"backend-ca.pem\"\n",
-    );
+    let proxy = reencrypting_proxy("localhost", port, &servers, None, "");
     assert_eq!(get(proxy.addr, "/").status, 502);
+}
+
+/// pibl in front of pibl: the front one re-encrypts to the other's HTTPS
+/// port, keeps its TLS connections for later requests, and health-checks
+/// it over TLS.
+#[test]
+fn backend_tls_connections_are_kept_and_health_checked() {
+    let backends = Backend::start_many(1);
+    let pki = Pki::new("Test CA");
+    let inner = https_proxy(&backends, &pki, "", "");
+    let port = tls_addr(&inner).port();
+    let check = "health_check = { path = \"/whoami\", interval = 0.2 }\n";
+    let outer = reencrypting_proxy("localhost", port, &pki, None, check);
+    let mut client = Client::connect(outer.addr);
+    for _ in 0..3 {
+        assert_eq!(client.get("/whoami").text(), "b1\n");
+    }
+    wait_until("a health check over TLS", || {
+        inner
+            .stdout
+            .containing("pibl-health-check")
+            .iter()
+            .any(|l| l.ends_with(" TLSv1.3"))
+    });
+    let served: Vec<String> = inner
+        .stdout
+        .containing("/whoami HTTP/1.1\" 200")
+        .into_iter()
+        .filter(|l| l.contains("\"-\" \"-\""))
+        .collect();
+    assert!(served.len() >= 3, "{served:?}");
+    if model() == "fork" {
+        // One connection from the front proxy, one child of the inner one.
+        let pids: Vec<i32> = served[..3].iter().map(|l| log_pid(l)).collect();
+        assert!(pids.iter().all(|&p| p == pids[0]), "{served:?}");
+    }
 }
 
 /// `pibl --check` in `dir` with `tls` as the `[tls]` table: its exit
