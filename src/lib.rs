@@ -35,7 +35,7 @@ mod sched;
 mod shm;
 mod signals;
 mod sys;
-mod tls;
+pub mod tls;
 
 use std::process::ExitCode;
 
