@@ -13,11 +13,6 @@ const SIZE: u64 = 256 * MIB;
 /// the rest is the program itself.
 const PSS_BOUND_KIB: u64 = 32 * 1024;
 
-/// The byte `pibl backend` sends at `offset` of /big.
-fn pattern_at(offset: u64) -> u8 {
-    ((offset % 65_536) % 251) as u8
-}
-
 #[test]
 fn a_256_mib_response_streams_in_flat_memory() {
     let backends = Backend::start_many(1);
@@ -30,33 +25,11 @@ fn a_256_mib_response_streams_in_flat_memory() {
         head.header("content-length"),
         Some(SIZE.to_string().as_str())
     );
-    let mut buf = vec![0u8; 1 << 16];
-    let mut offset = 0u64;
-    while offset < SIZE {
-        let n = client.reader.read(&mut buf).unwrap();
-        assert!(n > 0, "body ended at {offset}");
-        for (i, &b) in buf[..n].iter().enumerate() {
-            assert_eq!(
-                b,
-                pattern_at(offset + i as u64),
-                "byte {}",
-                offset + i as u64
-            );
-        }
-        offset += n as u64;
-    }
-    assert_eq!(offset, SIZE);
+    read_big(&mut client.reader, SIZE);
     let (peak, samples) = sampler.finish();
     assert!(samples > 0, "no sample saw the child");
     assert!(peak < PSS_BOUND_KIB, "proxy PSS peaked at {peak} KiB");
     assert_eq!(client.get("/whoami").status, 200);
-}
-
-/// FNV-1a, as `pibl backend`'s /sink computes it.
-fn fnv1a(state: u64, data: &[u8]) -> u64 {
-    data.iter().fold(state, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// Sends the head of a POST to `path` of a SIZE-byte body, chunked or not.

@@ -861,3 +861,31 @@ pub fn log_cache(line: &str) -> &str {
 pub fn log_upstream(line: &str) -> &str {
     log_field_from_end(line, 4)
 }
+
+/// The byte `pibl backend` sends at `offset` of /big.
+pub fn pattern_at(offset: u64) -> u8 {
+    ((offset % 65_536) % 251) as u8
+}
+
+/// Reads a /big body of `size` bytes from `reader`, checking every byte,
+/// in reads of whatever comes (the whole body is never held).
+pub fn read_big(reader: &mut impl Read, size: u64) {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut offset = 0u64;
+    while offset < size {
+        let n = reader.read(&mut buf).unwrap();
+        assert!(n > 0, "body ended at {offset}");
+        for (i, &b) in buf[..n].iter().enumerate() {
+            let at = offset + i as u64;
+            assert_eq!(b, pattern_at(at), "byte {at}");
+        }
+        offset += n as u64;
+    }
+}
+
+/// FNV-1a, as `pibl backend`'s /sink computes it.
+pub fn fnv1a(state: u64, data: &[u8]) -> u64 {
+    data.iter().fold(state, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
