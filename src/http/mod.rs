@@ -4,6 +4,7 @@
 //! Pure: bytes in, heads and bytes out.  No I/O happens here.
 
 pub mod body;
+pub mod coding;
 pub mod conditional;
 pub mod head;
 pub mod wire;
