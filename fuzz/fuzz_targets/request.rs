@@ -1,5 +1,6 @@
 //! Fuzzes what pibl reads from a client: the request head parser, the
-//! framing rules, the head it forwards, and the body decoder.
+//! framing rules, the head it forwards, the body decoder, and the
+//! Accept-Encoding negotiation.
 //!
 //! Beyond "never panics", it checks three properties:
 //! - a head pibl accepts and forwards parses back to one, identical framing;
@@ -27,6 +28,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(len <= data.len());
+    // Accept-Encoding, whatever it says, picks a coding the client did not
+    // refuse, or none.
+    use http::coding::{negotiate, Coding};
+    if let Some(coding) = negotiate(&req.fields, &[Coding::Br, Coding::Gzip]) {
+        assert!(http::values(&req.fields, "accept-encoding").next().is_some(), "{coding:?} unasked");
+    }
     let Ok(framing) = http::request_framing(&req) else {
         return;
     };
