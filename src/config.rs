@@ -133,7 +133,39 @@ pub struct Config {
     pub buffering: Buffering,
     /// The `[tls]` table: HTTPS, and the backends' TLS.
     pub tls: Option<TlsConfig>,
+    /// The `[compress]` table: compression on the fly.
+    pub compress: Compress,
 }
+
+/// Responses compressed on their way to clients that accept it.
+#[derive(Debug, Clone)]
+pub struct Compress {
+    pub enabled: bool,
+    /// Media types compressed: `type/subtype`, or `type/*` (which never
+    /// covers text/event-stream: only its own entry does).
+    pub types: Vec<String>,
+    /// Bodies of known length shorter than this go as they are.
+    pub min_length: u64,
+    /// 1 (fastest) to 9 (smallest), for gzip and Brotli alike.
+    pub level: u32,
+    /// Compress HTTPS responses that set cookies (BREACH: off).
+    pub https_with_cookies: bool,
+}
+
+/// What `[compress] types` is unless set: text, and the structured text
+/// of the web; never images, video, audio, fonts already compressed, or
+/// archives.
+pub const DEFAULT_COMPRESS_TYPES: [&str; 9] = [
+    "text/*",
+    "application/javascript",
+    "application/json",
+    "application/xml",
+    "application/xhtml+xml",
+    "application/rss+xml",
+    "application/atom+xml",
+    "application/wasm",
+    "image/svg+xml",
+];
 
 /// HTTPS beside HTTP, and how backends reached over TLS are verified.
 #[derive(Debug, Clone, Default)]
@@ -287,6 +319,17 @@ struct RawConfig {
     temp_dir: Option<Spanned<String>>,
     cache: Option<RawCache>,
     tls: Option<Spanned<RawTls>>,
+    compress: Option<RawCompress>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCompress {
+    enabled: Option<bool>,
+    types: Option<Spanned<Vec<Spanned<String>>>>,
+    min_length: Option<Spanned<i64>>,
+    level: Option<Spanned<i64>>,
+    https_with_cookies: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -421,6 +464,7 @@ impl Config {
         let cache = file.cache(raw.cache.as_ref().unwrap_or(&RawCache::default()))?;
         let buffering = file.buffering(&raw)?;
         let port = raw.port.unwrap_or(DEFAULT_PORT);
+        let compress = file.compress(raw.compress.as_ref().unwrap_or(&RawCompress::default()))?;
         let tls = raw.tls.as_ref().map(|t| file.tls(t, port)).transpose()?;
         Ok(Config {
             path: path.to_string(),
@@ -444,6 +488,7 @@ impl Config {
             cache,
             buffering,
             tls,
+            compress,
         })
     }
 
@@ -760,6 +805,40 @@ impl Checker<'_> {
 }
 
 impl Checker<'_> {
+    fn compress(&self, raw: &RawCompress) -> Result<Compress, Error> {
+        let types = match &raw.types {
+            None => DEFAULT_COMPRESS_TYPES
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
+            Some(list) => list
+                .get_ref()
+                .iter()
+                .map(|t| {
+                    let name = t.get_ref().trim().to_ascii_lowercase();
+                    match name.split_once('/') {
+                        Some((a, b)) if !a.is_empty() && !b.is_empty() && !name.contains(';') => {
+                            Ok(name)
+                        }
+                        _ => Err(self.at(
+                            t.span(),
+                            format!("types: \"{}\" is not a media type", t.get_ref()),
+                        )),
+                    }
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let level = self.count(&raw.level, "level", 5, 1)?;
+        let level = self.at_most(&raw.level, level, 9, "level: must be at most 9".into())?;
+        Ok(Compress {
+            enabled: raw.enabled.unwrap_or(false),
+            types,
+            min_length: self.count(&raw.min_length, "min_length", 256, 0)?,
+            level: level as u32,
+            https_with_cookies: raw.https_with_cookies.unwrap_or(false),
+        })
+    }
+
     fn tls(&self, t: &Spanned<RawTls>, plain_port: u16) -> Result<TlsConfig, Error> {
         let raw = t.get_ref();
         let port = match &raw.port {
@@ -1159,6 +1238,30 @@ mod tests {
         assert_eq!(
             err("backends = [\"ftp://h:1\"]\n"),
             "t.conf:1: backend \"ftp://h:1\": the scheme must be http:// or https://"
+        );
+    }
+
+    #[test]
+    fn compress_keys() {
+        let b = "backends = [\"127.0.0.1:1\"]\n";
+        let c = Config::parse("t.conf", b).unwrap();
+        assert!(!c.compress.enabled, "off unless asked");
+        assert_eq!(c.compress.types.len(), DEFAULT_COMPRESS_TYPES.len());
+        let c = Config::parse(
+            "t.conf",
+            &format!("{b}[compress]\nenabled = true\ntypes = [\"Text/HTML\"]\nlevel = 9\n"),
+        )
+        .unwrap();
+        assert!(c.compress.enabled);
+        assert_eq!(c.compress.types, ["text/html"]);
+        assert_eq!((c.compress.level, c.compress.min_length), (9, 256));
+        assert_eq!(
+            err(&format!("{b}[compress]\nlevel = 12\n")),
+            "t.conf:3: level: must be at most 9"
+        );
+        assert_eq!(
+            err(&format!("{b}[compress]\ntypes = [\"html\"]\n")),
+            "t.conf:3: types: \"html\" is not a media type"
         );
     }
 }

@@ -25,7 +25,7 @@ use crate::proxy::request::Request;
 use crate::proxy::response::{self, Relay, Wanted};
 use crate::proxy::spool::{Held, Spool};
 use crate::proxy::upload::Upload;
-use crate::proxy::{BUFFER_SIZE, Context, splice};
+use crate::proxy::{BUFFER_SIZE, Context, compress, splice};
 use crate::tls::Upstream;
 
 /// Largest request body kept in memory so an idempotent request can be
@@ -233,6 +233,7 @@ impl Forwarding<'_, '_> {
             part: (whole && !head_only)
                 .then(|| response::part_of(client_head, &resp))
                 .flatten(),
+            coding: compress::wanted(client_head, &self.ctx.config.compress),
         };
         let keep = (self.replayable() && !self.cut_short).then_some(i);
         let relay = Relay {
@@ -243,6 +244,7 @@ impl Forwarding<'_, '_> {
             pool: self.pool,
             keep,
             buffering: &self.ctx.config.buffering,
+            compress: &self.ctx.config.compress,
             send_timeout: self.ctx.config.timeouts.send,
         };
         response::relay(self.client, relay, self.ex)

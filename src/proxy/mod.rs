@@ -8,6 +8,7 @@
 
 pub mod absorb;
 pub mod balancer;
+pub mod compress;
 pub mod connection;
 pub mod exchange;
 pub mod forward;

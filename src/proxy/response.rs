@@ -8,14 +8,17 @@ use std::ops::Range;
 use crate::cache::hit::{self, Reply};
 use crate::cache::{self, Entry, Status as CacheStatus};
 use crate::config::Buffering;
+use crate::config::Compress;
 use crate::diag;
 use crate::http::body::{self, CopyError, Encode};
+use crate::http::coding::Coding;
 use crate::http::conditional::{self, Answer};
 use crate::http::head::is_timeout;
 use crate::http::wire::Reader;
 use crate::http::{self, Framing, RequestHead, ResponseHead, restated};
 use crate::proxy::End;
 use crate::proxy::absorb::Absorber;
+use crate::proxy::compress;
 use crate::proxy::exchange::{Client, Exchange, describe, send};
 use crate::proxy::pool::Pool;
 use crate::proxy::splice;
@@ -29,6 +32,8 @@ pub struct Wanted<'a> {
     pub method: &'a str,
     pub head_only: bool,
     pub part: Option<(Range<u64>, u64)>,
+    /// The coding the client accepts, when pibl compresses (`compress`).
+    pub coding: Option<Coding>,
 }
 
 /// A backend's response, its head read, and where it goes.
@@ -43,6 +48,7 @@ pub struct Relay<'a> {
     pub keep: Option<usize>,
     /// How the body is held for a client slower than the backend.
     pub buffering: &'a Buffering,
+    pub compress: &'a Compress,
     pub send_timeout: Duration,
 }
 
@@ -68,14 +74,19 @@ pub fn relay(client: &Client<'_>, mut r: Relay<'_>, mut ex: Exchange) -> Exchang
             return ex.backend_failed(client, 502, false);
         }
     };
-    let (to_client, encode) = client_framing(framing, &r.wanted, ex.minor);
+    let coding = coding_for(&mut r, framing, ex.tls.is_some());
+    let (to_client, encode) = client_framing(framing, &r.wanted, ex.minor, coding.is_some());
     ex.keep_alive &= to_client != Framing::UntilClose;
     let head = head_for_client(&r, to_client, &mut ex);
     if r.wanted.head_only {
         return send_head_and_store(client, &head, r, framing, ex);
     }
     let mut out = Absorber::new(*client.get_ref(), r.buffering, r.send_timeout);
-    match copy_body(&mut out, &head, &mut r, framing, encode) {
+    let copied = match coding {
+        Some(coding) => copy_coded(&mut out, &head, &mut r, framing, coding, to_client),
+        None => copy_body(&mut out, &head, &mut r, framing, encode),
+    };
+    match copied {
         Ok(n) => {
             ex.body_bytes = n;
             if let Some(writer) = r.store {
@@ -123,8 +134,16 @@ pub fn relay(client: &Client<'_>, mut r: Relay<'_>, mut ex: Exchange) -> Exchang
 /// body delimited by the end of the connection is re-framed as chunks for
 /// an HTTP/1.1 client, whose connection can then stay open; an HTTP/1.0
 /// client gets the plain bytes, and the close.
-fn client_framing(framing: Framing, wanted: &Wanted<'_>, minor: u8) -> (Framing, Encode) {
+fn client_framing(
+    framing: Framing,
+    wanted: &Wanted<'_>,
+    minor: u8,
+    coded: bool,
+) -> (Framing, Encode) {
     let (to_client, encode) = match framing {
+        // A coded body's length is known only once it is sent.
+        _ if coded && minor == 1 => (Framing::Chunked, Encode::Plain),
+        _ if coded => (Framing::UntilClose, Encode::Plain),
         Framing::Empty => (Framing::Empty, Encode::Plain),
         Framing::Length(n) => (Framing::Length(n), Encode::Plain),
         Framing::Chunked | Framing::UntilClose if minor == 1 => (Framing::Chunked, Encode::Chunked),
@@ -209,6 +228,39 @@ fn copy_body(
         }
         None => body::relay_tapped(&mut r.from_backend, out, head, framing, encode, 0, tap),
     }
+}
+
+/// The coding the body goes in, if any, with the head made for it
+/// (`compress`): only for a response the cache does not store, sent whole.
+/// A response that could have been coded says `Vary: Accept-Encoding`
+/// either way, so that a cache after pibl keeps the two apart.
+fn coding_for(r: &mut Relay<'_>, framing: Framing, https: bool) -> Option<Coding> {
+    if r.store.is_some() || !compress::compressible(&r.resp, r.compress, https) {
+        return None;
+    }
+    compress::add_vary(&mut r.resp);
+    let coding = r.wanted.coding.filter(|_| {
+        !r.wanted.head_only && r.wanted.part.is_none() && compress::long_enough(framing, r.compress)
+    })?;
+    r.resp = compress::encoded_head(&r.resp, coding);
+    Some(coding)
+}
+
+/// Sends `head` and the body compressed in `coding` as it streams,
+/// framed as `to_client` says.
+fn copy_coded(
+    out: &mut Absorber<'_>,
+    head: &[u8],
+    r: &mut Relay<'_>,
+    framing: Framing,
+    coding: Coding,
+    to_client: Framing,
+) -> Result<u64, CopyError> {
+    std::io::Write::write_all(out, head).map_err(CopyError::HeadUnsent)?;
+    let chunked = to_client == Framing::Chunked;
+    let mut coded = compress::Coded::new(coding, r.compress, &mut *out, chunked);
+    body::relay(&mut r.from_backend, &mut coded, framing, Encode::Plain, 0)?;
+    coded.finish().map_err(CopyError::Write)
 }
 
 /// Keeps the backend connection that carried `resp`, whose body has

@@ -9,6 +9,7 @@ mod util;
 mod balancing;
 mod buffering;
 mod cache;
+mod compress;
 mod config;
 mod demo;
 mod failures;
