@@ -187,23 +187,11 @@ fn byte_range(value: &str, len: u64) -> Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::Field;
 
     const LM: &str = "Tue, 24 Nov 2026 07:00:00 GMT";
 
     fn stored(fields: &[(&str, &str)]) -> ResponseHead {
-        ResponseHead {
-            status: 200,
-            reason: "OK".into(),
-            minor: 1,
-            fields: fields
-                .iter()
-                .map(|(n, v)| Field {
-                    name: n.to_string(),
-                    value: v.as_bytes().to_vec(),
-                })
-                .collect(),
-        }
+        ResponseHead::ok_with(fields)
     }
 
     fn request(method: &str, fields: &[(&str, &str)]) -> RequestHead {

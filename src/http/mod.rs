@@ -46,6 +46,25 @@ pub struct ResponseHead {
     pub fields: Vec<Field>,
 }
 
+#[cfg(test)]
+impl ResponseHead {
+    /// A 200 with `fields`: the response the unit tests start from.
+    pub fn ok_with(fields: &[(&str, &str)]) -> ResponseHead {
+        ResponseHead {
+            status: 200,
+            reason: "OK".into(),
+            minor: 1,
+            fields: fields
+                .iter()
+                .map(|(n, v)| Field {
+                    name: n.to_string(),
+                    value: v.as_bytes().to_vec(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// How a message body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {

@@ -196,18 +196,7 @@ mod tests {
     }
 
     fn resp(fields: &[(&str, &str)]) -> ResponseHead {
-        ResponseHead {
-            status: 200,
-            reason: "OK".into(),
-            minor: 1,
-            fields: fields
-                .iter()
-                .map(|(n, v)| Field {
-                    name: n.to_string(),
-                    value: v.as_bytes().to_vec(),
-                })
-                .collect(),
-        }
+        ResponseHead::ok_with(fields)
     }
 
     #[test]
