@@ -8,11 +8,10 @@
 //! body; a POST that may have reached a backend is never replayed.
 
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpStream};
 
 use crate::cache::Status as CacheStatus;
 use crate::cache::plan::{self, Decision, Plan};
-use crate::config::{Backend, Config};
+use crate::config::Backend;
 use crate::diag;
 use crate::error::describe_io;
 use crate::http::body::{self, CopyError, Encode};
@@ -20,7 +19,7 @@ use crate::http::head::{HeadError, HeadRules, is_timeout, read_head};
 use crate::http::wire::Reader;
 use crate::http::{self, Framing, Persist, RequestHead, ResponseHead};
 use crate::proxy::exchange::{Client, Exchange, describe, send};
-use crate::proxy::pool::Pool;
+use crate::proxy::pool::{self, Pool};
 use crate::proxy::request::Request;
 use crate::proxy::response::{self, Relay, Wanted};
 use crate::proxy::spool::{Held, Spool};
@@ -260,7 +259,16 @@ impl Forwarding<'_, '_> {
         self.cut_short = false;
         let mut from_backend = match idle {
             Some(conn) => conn,
-            None => self.pool.wrap(connect(backend, self.ctx)?),
+            None => self
+                .pool
+                .wrap(pool::connect(backend, self.ctx).map_err(|e| {
+                    let why = describe(e.step, &e.error);
+                    if is_local_shortage(&e.error) {
+                        Failure::Local(why)
+                    } else {
+                        Failure::NotSent(why)
+                    }
+                })?),
         };
         let upstream = from_backend.get_ref();
         let Some(body) = &self.kept else {
@@ -356,41 +364,6 @@ impl Forwarding<'_, '_> {
 /// overloaded, turning a passing shortage into seconds of 502s.
 fn is_local_shortage(e: &io::Error) -> bool {
     crate::error::is_out_of_resources(e) || e.raw_os_error() == Some(libc::EADDRNOTAVAIL)
-}
-
-/// A new connection to `backend`, over TLS when it is written `https://`:
-/// the handshake is part of the connect, and bound by `connect_timeout`
-/// with it (as nginx's proxy_connect_timeout).
-fn connect(backend: &Backend, ctx: &Context) -> Result<Upstream, Failure> {
-    let config = &ctx.config;
-    let started = std::time::Instant::now();
-    let failed = |what: &str, e: io::Error| {
-        let why = describe(what, &e);
-        if is_local_shortage(&e) {
-            Failure::Local(why)
-        } else {
-            Failure::NotSent(why)
-        }
-    };
-    let stream = connect_tcp(backend.addr, config).map_err(|e| failed("connect", e))?;
-    if !backend.tls {
-        return Ok(Upstream::Plain(stream));
-    }
-    let Some(client) = &ctx.tls_client else {
-        return Err(Failure::NotSent("TLS is not configured".into()));
-    };
-    let deadline = started + config.timeouts.connect;
-    crate::tls::client::connect(client, &backend.host, stream, deadline)
-        .map(|tls| Upstream::Tls(Box::new(tls)))
-        .map_err(|e| failed("TLS handshake", e))
-}
-
-fn connect_tcp(addr: SocketAddr, config: &Config) -> io::Result<TcpStream> {
-    let stream = TcpStream::connect_timeout(&addr, config.timeouts.connect)?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(config.timeouts.backend))?;
-    stream.set_write_timeout(Some(config.timeouts.backend))?;
-    Ok(stream)
 }
 
 /// Reads the request's body whole, before any backend is chosen, when

@@ -8,16 +8,15 @@
 //! log; it only says when a backend changes state.
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::thread;
-use std::time::Instant;
 
 use crate::config::{Backend, HealthCheck};
 use crate::http;
 use crate::http::head::{HeadRules, read_head};
 use crate::http::wire::Reader;
 use crate::proxy::Context;
-use crate::tls::Upstream;
+use crate::proxy::exchange::describe;
+use crate::proxy::pool;
 
 /// Runs in the helper (a process, or a thread in the thread model) until
 /// `keep_going` says no (a process: until SIGTERM).
@@ -38,21 +37,7 @@ pub fn run(ctx: &Context, keep_going: &dyn Fn() -> bool) {
 /// One probe of one backend: `Ok` when it answers 2xx or 3xx.  Over TLS
 /// for an `https://` backend, its certificate verified as for requests.
 fn probe(backend: &Backend, check: &HealthCheck, ctx: &Context) -> Result<(), String> {
-    let config = &ctx.config;
-    let started = Instant::now();
-    let stream = TcpStream::connect_timeout(&backend.addr, config.timeouts.connect)
-        .map_err(|e| format!("connect: {}", crate::error::describe_io(&e)))?;
-    let _ = stream.set_read_timeout(Some(config.timeouts.backend));
-    let _ = stream.set_write_timeout(Some(config.timeouts.backend));
-    let upstream = match (&ctx.tls_client, backend.tls) {
-        (Some(client), true) => {
-            let deadline = started + config.timeouts.connect;
-            crate::tls::client::connect(client, &backend.host, stream, deadline)
-                .map(|tls| Upstream::Tls(Box::new(tls)))
-                .map_err(|e| format!("TLS handshake: {}", crate::error::describe_io(&e)))?
-        }
-        _ => Upstream::Plain(stream),
-    };
+    let upstream = pool::connect(backend, ctx).map_err(|e| describe(e.step, &e.error))?;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: pibl-health-check\r\nConnection: close\r\n\r\n",
         check.path, backend.name

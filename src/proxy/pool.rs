@@ -1,5 +1,6 @@
-//! Idle connections to the backends, kept by one child for its next
-//! requests (as nginx's upstream `keepalive`), with their read buffers.
+//! Connections to the backends: made (`connect`), and kept idle by one
+//! child for its next requests (as nginx's upstream `keepalive`), with
+//! their read buffers.
 //!
 //! A child serves one client at a time, so it needs at most one connection
 //! per backend.  Connections live no longer than the child.  Only requests
@@ -19,13 +20,60 @@
 //! allocates (and the kernel faults in) one backend buffer, not one per
 //! request.  The pipe large bodies are spliced through is kept here too.
 
+use std::io;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use crate::config::{Backend, Config};
 use crate::http::wire::{Reader, Socket};
+use crate::proxy::Context;
 use crate::proxy::splice::Pipe;
 use crate::tls::Upstream;
+
+/// Why a new backend connection could not be made: the step that failed
+/// ("connect", "TLS handshake"), and how.
+pub struct ConnectError {
+    pub step: &'static str,
+    pub error: io::Error,
+}
+
+/// A new connection to `backend`, for a request or a health check: over
+/// TLS when it is written `https://`, the handshake part of the connect
+/// and bound by `connect_timeout` with it (as nginx's
+/// proxy_connect_timeout).
+pub fn connect(backend: &Backend, ctx: &Context) -> Result<Upstream, ConnectError> {
+    let config = &ctx.config;
+    let started = Instant::now();
+    let stream = connect_tcp(backend.addr, config).map_err(|error| ConnectError {
+        step: "connect",
+        error,
+    })?;
+    if !backend.tls {
+        return Ok(Upstream::Plain(stream));
+    }
+    let failed = |error| ConnectError {
+        step: "TLS handshake",
+        error,
+    };
+    let client = ctx
+        .tls_client
+        .as_ref()
+        .ok_or_else(|| failed(io::Error::other("TLS is not configured")))?;
+    let deadline = started + config.timeouts.connect;
+    crate::tls::client::connect(client, &backend.host, stream, deadline)
+        .map(|tls| Upstream::Tls(Box::new(tls)))
+        .map_err(failed)
+}
+
+fn connect_tcp(addr: SocketAddr, config: &Config) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, config.timeouts.connect)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(config.timeouts.backend))?;
+    stream.set_write_timeout(Some(config.timeouts.backend))?;
+    Ok(stream)
+}
 
 /// How long a connection may have been idle and still be used without a
 /// look: less than any server's idle timeout.
