@@ -32,6 +32,25 @@ pub fn restarting<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     }
 }
 
+/// Waits until `fd` has one of `events` (POLLIN, POLLOUT), at most until
+/// `deadline`: a TimedOut error after that, as a socket's own time limit
+/// gives.
+pub fn wait_until(
+    fd: impl AsFd,
+    events: nix::poll::PollFlags,
+    deadline: std::time::Instant,
+) -> io::Result<()> {
+    use nix::poll::{PollFd, PollTimeout, poll};
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+        .unwrap_or(PollTimeout::ZERO);
+    let mut fds = [PollFd::new(fd.as_fd(), events)];
+    match restarting(|| poll(&mut fds, ms).map_err(io::Error::from))? {
+        0 => Err(io::ErrorKind::TimedOut.into()),
+        _ => Ok(()),
+    }
+}
+
 /// accept4(2) once, close-on-exec, with the peer's address (no
 /// getpeername(2) after it).  Once: std's `accept` tries again after
 /// EINTR, and a prefork worker must see the signal that interrupted it.

@@ -18,11 +18,10 @@
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
 use std::net::TcpStream;
-use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::PollFlags;
 
 use crate::config::Buffering;
 use crate::http::Framing;
@@ -199,7 +198,9 @@ impl<'a> Absorber<'a> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && !self.nonblocking => {
                     return Err(io::ErrorKind::TimedOut.into());
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_writable(out, deadline)?,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    crate::sys::wait_until(out, PollFlags::POLLOUT, deadline)?
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -328,18 +329,6 @@ impl Drop for Absorber<'_> {
         if self.nonblocking {
             let _ = self.out.socket().set_nonblocking(false);
         }
-    }
-}
-
-/// Waits until `out` can take bytes, at most until `deadline`.
-fn wait_writable(out: &TcpStream, deadline: Instant) -> io::Result<()> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
-        .unwrap_or(PollTimeout::ZERO);
-    let mut fds = [PollFd::new(out.as_fd(), PollFlags::POLLOUT)];
-    match crate::sys::restarting(|| poll(&mut fds, ms).map_err(io::Error::from))? {
-        0 => Err(io::ErrorKind::TimedOut.into()),
-        _ => Ok(()),
     }
 }
 

@@ -10,10 +10,10 @@
 use std::cell::RefCell;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::time::Instant;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::PollFlags;
 use rustls::Connection;
 
 /// A TLS connection and the socket it runs over.
@@ -44,7 +44,7 @@ impl Tls {
             if !conn.is_handshaking() {
                 break;
             }
-            wait_for(&self.sock, PollFlags::POLLIN, deadline)?;
+            crate::sys::wait_until(&self.sock, PollFlags::POLLIN, deadline)?;
             if conn.read_tls(&mut &self.sock)? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
@@ -214,18 +214,6 @@ fn send_all(conn: &mut Connection, mut sock: &TcpStream) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Waits for `events` on `sock`, at most until `deadline`.
-fn wait_for(sock: &TcpStream, events: PollFlags, deadline: Instant) -> io::Result<()> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
-        .unwrap_or(PollTimeout::ZERO);
-    let mut fds = [PollFd::new(sock.as_fd(), events)];
-    match crate::sys::restarting(|| poll(&mut fds, ms).map_err(io::Error::from))? {
-        0 => Err(io::ErrorKind::TimedOut.into()),
-        _ => Ok(()),
-    }
 }
 
 /// The socket, read and written with MSG_DONTWAIT: a would-block is an
