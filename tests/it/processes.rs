@@ -351,17 +351,24 @@ fn policy_of(pid: i32, tid: i32) -> u32 {
     fields[41 - 3].parse().unwrap()
 }
 
-/// The policies of the tasks serving connections now: the process of the
-/// log line `line`, or in the thread model the threads named so.
-fn serving_policies(line: &str) -> Vec<u32> {
+/// The policy of the tasks serving connections now: the process of the
+/// log line `line`, or in the thread model the threads named so — all of
+/// them (a thread whose connection just closed may not be gone yet), which
+/// must agree.
+fn serving_policy(line: &str) -> u32 {
     let pid = log_pid(line);
     if model() != "thread" {
-        return vec![policy_of(pid, pid)];
+        return policy_of(pid, pid);
     }
-    threads_named(pid, "pibl conn")
+    let all: Vec<u32> = threads_named(pid, "pibl conn")
         .into_iter()
         .map(|tid| policy_of(pid, tid))
-        .collect()
+        .collect();
+    assert!(
+        !all.is_empty() && all.iter().all(|&p| p == all[0]),
+        "{all:?}"
+    );
+    all[0]
 }
 
 const SCHED_OTHER: u32 = 0;
@@ -374,7 +381,7 @@ fn connections_are_served_under_sched_batch_unless_turned_off() {
     let mut client = Client::connect(proxy.addr);
     assert_eq!(client.get("/whoami").status, 200);
     let line = &proxy.wait_log(1)[0];
-    assert_eq!(serving_policies(line), [SCHED_BATCH], "{line}");
+    assert_eq!(serving_policy(line), SCHED_BATCH, "{line}");
     // The parent (or main thread) must run as soon as clients arrive.
     assert_eq!(
         policy_of(proxy.pid(), proxy.pid()),
@@ -393,5 +400,5 @@ fn connections_are_served_under_sched_batch_unless_turned_off() {
     let mut client = Client::connect(proxy.addr);
     assert_eq!(client.get("/whoami").status, 200);
     let line = &proxy.wait_log(2)[1];
-    assert_eq!(serving_policies(line), [SCHED_OTHER], "{line}");
+    assert_eq!(serving_policy(line), SCHED_OTHER, "{line}");
 }
