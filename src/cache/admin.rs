@@ -35,15 +35,16 @@ pub fn run(config: &Config, command: &CacheCommand) -> Result<(), Error> {
         CacheCommand::Purge { url: Some(url) } => {
             let key = key_of_url(url)
                 .ok_or_else(|| Error::Usage(format!("\"{url}\" is not an http:// URL")))?;
-            let found = dir.exists() && cache.purge(&key).map_err(failed)?;
-            println!(
-                "{}",
-                if found {
-                    "1 entry removed"
-                } else {
-                    "no entry for that URL"
-                }
-            );
+            let removed = if dir.exists() {
+                cache.purge(&key).map_err(failed)?
+            } else {
+                0
+            };
+            match removed {
+                0 => println!("no entry for that URL"),
+                1 => println!("1 entry removed"),
+                n => println!("{n} entries removed (the URL's coded representations with it)"),
+            }
         }
     }
     Ok(())

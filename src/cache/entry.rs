@@ -328,6 +328,30 @@ fn read(file: File, key: &str) -> io::Result<(Header, Option<Entry>)> {
     Ok((header, Some(entry)))
 }
 
+/// What `copy_body` reads at a time.
+const READ_SIZE: usize = 64 * 1024;
+
+/// Writes the whole of `entry`'s body to `out`, from memory or read from
+/// its file a buffer at a time (to be coded or decoded on the way).
+pub fn copy_body(entry: &Entry, out: &mut dyn io::Write) -> io::Result<()> {
+    if let Some(body) = entry.body_in_memory() {
+        return out.write_all(body);
+    }
+    let mut buf = vec![0u8; READ_SIZE];
+    let end = entry.body_offset + entry.body_len;
+    let mut at = entry.body_offset;
+    while at < end {
+        let want = buf.len().min((end - at) as usize);
+        let n = read_some_at(&entry.file, &mut buf[..want], at)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        out.write_all(&buf[..n])?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use std::io;
 use std::ops::Range;
 
+use super::coded::is_representation;
 use super::entry::{Body, Entry, touch};
 use super::plan::Status;
 use super::policy::age;
@@ -49,6 +50,13 @@ pub struct Hit<'e> {
 }
 
 impl Hit<'_> {
+    /// For a body sent otherwise than stored (decoded): no Accept-Ranges,
+    /// no length.
+    pub fn recoded(&mut self, framing: Framing) {
+        self.range_field = None;
+        self.framing = framing;
+    }
+
     /// The fields pibl adds to the stored head: Age, X-Cache, and
     /// Accept-Ranges or Content-Range.
     pub fn fields(&self) -> Vec<(&str, &str)> {
@@ -68,7 +76,7 @@ impl Hit<'_> {
 pub fn reply<'e>(req: &RequestHead, entry: &'e Entry, status: Status) -> Reply<'e> {
     let len = entry.body_len;
     let (head, part, range_field) = match conditional::answer(req, &entry.head, len) {
-        Answer::Whole if entry.head.status == 200 => (
+        Answer::Whole if entry.head.status == 200 && !is_representation(entry) => (
             Cow::Borrowed(&*entry.head),
             0..len,
             Some(("Accept-Ranges", "bytes".to_string())),

@@ -27,10 +27,12 @@
 //! The pieces: `entry` (the file format), `store` (writing, fill locks),
 //! `recent` (entries kept in memory), `policy` (RFC 9111: what may be
 //! stored, for how long), `plan` (what a request gets from the cache),
-//! `hit` (answering from an entry), `janitor` (expiry and eviction),
+//! `hit` (answering from an entry), `coded` (gzip and brotli
+//! representations of an entry), `janitor` (expiry and eviction),
 //! `admin` (`pibl cache`).
 
 pub mod admin;
+pub mod coded;
 pub mod entry;
 pub mod hit;
 pub mod janitor;
@@ -43,7 +45,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use entry::{Body, Entry, touch};
+pub use entry::{Body, Entry, copy_body, touch};
 pub use plan::Status;
 pub use policy::{age, matches_vary, validators, vary_values};
 pub use store::{Cache, Listing, Lookup, key, key_of_url};

@@ -219,18 +219,20 @@ impl Cache {
         Ok(removed)
     }
 
-    /// Removes the entry for `key`; true if there was one.
-    pub fn purge(&self, key: &str) -> io::Result<bool> {
-        match fs::remove_file(self.path_of(key)) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        }
+    /// Removes the entry for `key` and its coded representations; how
+    /// many files that was.
+    pub fn purge(&self, key: &str) -> io::Result<usize> {
+        let identity = match fs::remove_file(self.path_of(key)) {
+            Ok(()) => 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        Ok(identity + self.remove_representations(key)?)
     }
 
-    /// Removes the entry for `key`, if any.
+    /// Removes the entry for `key` and its representations, if any.
     pub fn remove(&self, key: &str) {
-        let _ = fs::remove_file(self.path_of(key));
+        let _ = self.purge(key);
     }
 }
 

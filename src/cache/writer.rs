@@ -348,23 +348,37 @@ impl Cache {
             None => self.temporary(key)?,
         };
         let stored = unix_now();
-        // The version it came in, for the Via of every hit (RFC 9110 §7.6.3).
-        let mut head =
-            format!("HTTP/1.{} {} {}\r\n", resp.minor, resp.status, resp.reason).into_bytes();
-        for f in &resp.fields {
-            head.extend_from_slice(f.name.as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(&f.value);
-            head.extend_from_slice(b"\r\n");
-        }
-        for v in vary {
-            // The request's values of the fields named in Vary, so a later
-            // request is served this entry only if it sends the same.
-            head.extend_from_slice(b"X-Pibl-Vary: ");
-            head.extend_from_slice(v.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
-        head.extend_from_slice(b"\r\n");
+        // The request's values of the fields named in Vary, so a later
+        // request is served this entry only if it sends the same.
+        let vary: Vec<_> = vary.iter().map(|v| ("X-Pibl-Vary", v.as_str())).collect();
+        let head = head_bytes(resp, true, &vary);
+        let expires = stored + lifetime.as_secs().max(1);
+        Some(self.writer(key, (file, temp), head, stored, expires))
+    }
+
+    /// Starts writing the entry for `key` (a coded representation) with
+    /// the head `resp` and the times of the entry it is made from, into
+    /// the file of `fill`.
+    pub(super) fn begin_derived(
+        &self,
+        key: &str,
+        resp: &ResponseHead,
+        (stored, expires): (u64, u64),
+        fill: FillLock,
+    ) -> Option<Writer> {
+        let FillLock { file, path } = fill;
+        let head = head_bytes(resp, false, &[]);
+        Some(self.writer(key, (emptied(file)?, path), head, stored, expires))
+    }
+
+    fn writer(
+        &self,
+        key: &str,
+        (file, temp): (File, PathBuf),
+        head: Vec<u8>,
+        stored: u64,
+        expires: u64,
+    ) -> Writer {
         let mut writer = Writer {
             file,
             temp,
@@ -372,7 +386,7 @@ impl Cache {
             pass_mark: self.name_of(key, PASS_PREFIX),
             key: key.to_string(),
             stored,
-            expires: stored + lifetime.as_secs().max(1),
+            expires,
             head,
             body_len: 0,
             limit: self.max_entry,
@@ -385,7 +399,7 @@ impl Cache {
         if let Err(e) = write_all_vectored(&mut writer.file, &[&header, &writer.head]) {
             writer.fail(&e);
         }
-        Some(writer)
+        writer
     }
 
     /// A new temporary file for an entry, locked as a fill lock is, so
@@ -399,4 +413,29 @@ impl Cache {
         let _ = fs2::FileExt::try_lock_exclusive(&file);
         Some((file, path))
     }
+}
+
+/// A head as an entry stores it, with `extra` fields of pibl's own.  The
+/// version it came in is kept, for the Via of every hit (RFC 9110 §7.6.3).
+/// A backend's response (`from_backend`) may not set fields named like
+/// pibl's own: they go.
+fn head_bytes(resp: &ResponseHead, from_backend: bool, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut head =
+        format!("HTTP/1.{} {} {}\r\n", resp.minor, resp.status, resp.reason).into_bytes();
+    let own = |name: &str| {
+        name.get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case("x-pibl-"))
+    };
+    let fields = resp.fields.iter().map(|f| (f.name.as_str(), &f.value[..]));
+    for (name, value) in fields
+        .filter(|(name, _)| !(from_backend && own(name)))
+        .chain(extra.iter().map(|(n, v)| (*n, v.as_bytes())))
+    {
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
 }

@@ -193,6 +193,7 @@ fn answer(reply: &Reply<'_>, path: &str, req: &RequestHead) -> io::Result<bool> 
         }
         "/whoami" => reply.send(200, &[NO_STORE], format!("{name}\n").as_bytes())?,
         "/big" => big(reply, number("kb", 1024))?,
+        "/page" => page(reply, number("kb", 16))?,
         "/chunked" => chunked(reply, number("n", 4))?,
         "/close" => {
             let head = response_head(200, name, &[("Connection", "close")]);
@@ -300,6 +301,58 @@ fn big(reply: &Reply<'_>, kb: u64) -> io::Result<()> {
         let n = left.min(block.len() as u64) as usize;
         out.write_all(&block[..n])?;
         left -= n as u64;
+    }
+    Ok(())
+}
+
+/// `/page`: an HTML table of `kb` KiB, the same from every replica, which
+/// a cache may keep and compresses as a real page does.
+fn page(reply: &Reply<'_>, kb: u64) -> io::Result<()> {
+    let len = (kb * 1024).to_string();
+    let fields = [
+        ("Content-Length", len.as_str()),
+        ("Content-Type", "text/html; charset=utf-8"),
+        ("Cache-Control", "max-age=60"),
+    ];
+    if !reply.head(&fields)? {
+        return Ok(());
+    }
+    let mut out = io::BufWriter::with_capacity(BUFFER_SIZE, reply.stream);
+    page_text(kb * 1024, |bytes| out.write_all(bytes))?;
+    out.flush()
+}
+
+/// The first `len` bytes of the `/page` text, given to `each` a row at a
+/// time: a table of numbered rows, its words picked by a hash of the row
+/// number.
+pub fn page_text(len: u64, mut each: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+    const WORDS: [&str; 16] = [
+        "anchor", "basalt", "cobalt", "dune", "ember", "fjord", "granite", "harbor", "iris",
+        "juniper", "kelp", "lumen", "meadow", "nickel", "orchid", "prairie",
+    ];
+    let top = b"<!DOCTYPE html>\n<html><head><title>Catalogue</title></head>\n<body><table>\n";
+    let mut left = len;
+    let mut give = |bytes: &[u8]| -> io::Result<bool> {
+        let n = left.min(bytes.len() as u64) as usize;
+        each(&bytes[..n])?;
+        left -= n as u64;
+        Ok(left > 0)
+    };
+    let mut more = give(top)?;
+    let mut i: u64 = 0;
+    while more {
+        let h = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+        let word = |k: u64| WORDS[((h >> (4 * k)) & 15) as usize];
+        let row = format!(
+            "<tr><td class=\"id\">{i}</td><td>{} {}</td><td class=\"price\">{}.{:02}</td><td>{}</td></tr>\n",
+            word(0),
+            word(1),
+            h % 1000,
+            h % 97,
+            word(2)
+        );
+        more = give(row.as_bytes())?;
+        i += 1;
     }
     Ok(())
 }

@@ -1,14 +1,9 @@
 //! Content codings (RFC 9110 §8.4): which one a client accepts, by its
-//! Accept-Encoding (§12.5.3), and an encoder that compresses a body as it
-//! streams, flushing whole blocks when asked so that what has come so far
-//! reaches the client at once.
+//! Accept-Encoding (§12.5.3), which one a response is in, and the head of
+//! a response whose body pibl codes or decodes.  The coders themselves are
+//! `codec`'s.
 
-use std::io::{self, Write};
-
-use flate2::Compression;
-use flate2::write::GzEncoder;
-
-use super::Field;
+use super::{Field, ResponseHead};
 
 /// A content coding pibl can apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +31,24 @@ impl Coding {
             None
         }
     }
+}
+
+impl Coding {
+    /// The coding a response's body is in, when it is one coding pibl can
+    /// decode (none, or several stacked, is `None`).
+    pub fn of_response(resp: &ResponseHead) -> Option<Coding> {
+        let mut codings = super::values(&resp.fields, "content-encoding");
+        let only = std::str::from_utf8(codings.next()?).ok()?;
+        if codings.next().is_some() || only.contains(',') {
+            return None;
+        }
+        Coding::named(only.trim())
+    }
+}
+
+/// Whether the client of a request with `fields` takes `coding`.
+pub fn accepts(fields: &[Field], coding: Coding) -> bool {
+    negotiate(fields, &[coding]).is_some()
 }
 
 /// The coding to send a client whose request has `fields`, among
@@ -130,76 +143,79 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// Brotli's window while compressing on the fly: 256 KiB (2^18), which
-/// bounds the encoder's memory; a stored representation may afford more.
-const BR_WINDOW_BITS: u32 = 18;
-/// The encoder's own output buffer for brotli.
-const BR_BUFFER: usize = 16 * 1024;
-
-/// Compresses what is written to it into `W`.  `flush` ends the current
-/// block so that the client can decode everything written so far (a sync
-/// flush), at some cost in ratio: it is for when the source pauses.
-pub struct Encoder<W: Write> {
-    inner: Inner<W>,
-}
-
-enum Inner<W: Write> {
-    Gzip(Box<GzEncoder<W>>),
-    Br(Box<brotli::CompressorWriter<W>>),
-}
-
-impl<W: Write> Encoder<W> {
-    /// An encoder for `coding` at `level` (gzip 1–9, brotli 0–11; clamped).
-    pub fn new(coding: Coding, level: u32, out: W) -> Encoder<W> {
-        let inner = match coding {
-            Coding::Gzip => Inner::Gzip(Box::new(GzEncoder::new(
-                out,
-                Compression::new(level.clamp(1, 9)),
-            ))),
-            Coding::Br => Inner::Br(Box::new(brotli::CompressorWriter::new(
-                out,
-                BR_BUFFER,
-                level.min(11),
-                BR_WINDOW_BITS,
-            ))),
-        };
-        Encoder { inner }
-    }
-
-    /// Ends the coded stream (its trailer) and returns the writer.
-    pub fn finish(self) -> io::Result<W> {
-        match self.inner {
-            Inner::Gzip(gz) => gz.finish(),
-            Inner::Br(mut br) => {
-                // into_inner finishes the stream but cannot say it failed:
-                // a flush first surfaces a writer's error.
-                br.flush()?;
-                Ok(br.into_inner())
-            }
-        }
+/// Adds `Accept-Encoding` to Vary, unless it is there (or Vary is `*`).
+pub fn add_vary(resp: &mut ResponseHead) {
+    if !varies_by_coding(resp) {
+        resp.fields.push(Field {
+            name: "Vary".into(),
+            value: b"Accept-Encoding".to_vec(),
+        });
     }
 }
 
-impl<W: Write> Write for Encoder<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &mut self.inner {
-            Inner::Gzip(gz) => gz.write(buf),
-            Inner::Br(br) => br.write(buf),
-        }
+/// Vary's value with `Accept-Encoding` added, for a response that does
+/// not say it yet; `None` if it does.
+pub fn vary_value(resp: &ResponseHead) -> Option<String> {
+    if varies_by_coding(resp) {
+        return None;
     }
+    let mut value = String::new();
+    for v in super::values(&resp.fields, "vary") {
+        value.push_str(&String::from_utf8_lossy(v));
+        value.push_str(", ");
+    }
+    value.push_str("Accept-Encoding");
+    Some(value)
+}
 
-    fn flush(&mut self) -> io::Result<()> {
-        match &mut self.inner {
-            Inner::Gzip(gz) => gz.flush(),
-            Inner::Br(br) => br.flush(),
+/// Whether Vary already covers Accept-Encoding (by name, or `*`).
+pub fn varies_by_coding(resp: &ResponseHead) -> bool {
+    super::tokens(&resp.fields, "vary")
+        .iter()
+        .any(|t| t == "*" || t.eq_ignore_ascii_case("accept-encoding"))
+}
+
+/// The head of `resp` with its body in `coding`: Content-Encoding said,
+/// the length and Accept-Ranges gone (they were the identity body's), a
+/// strong ETag made weak (RFC 9110 §8.8.1: the bytes differ), Vary.
+pub fn encoded_head(resp: &ResponseHead, coding: Coding) -> ResponseHead {
+    let mut head = recoded(resp);
+    head.fields.push(Field {
+        name: "Content-Encoding".into(),
+        value: coding.token().as_bytes().to_vec(),
+    });
+    head
+}
+
+/// The head of `resp`, a coded response, with its body decoded: as
+/// `encoded_head`, without Content-Encoding.
+pub fn decoded_head(resp: &ResponseHead) -> ResponseHead {
+    let mut head = recoded(resp);
+    head.fields
+        .retain(|f| !f.name.eq_ignore_ascii_case("content-encoding"));
+    head
+}
+
+/// `resp` for other bytes of the same content: no length or ranges, a
+/// weak ETag, Vary.
+fn recoded(resp: &ResponseHead) -> ResponseHead {
+    let mut head = resp.clone();
+    head.fields.retain(|f| {
+        !f.name.eq_ignore_ascii_case("content-length")
+            && !f.name.eq_ignore_ascii_case("accept-ranges")
+    });
+    for field in &mut head.fields {
+        if field.name.eq_ignore_ascii_case("etag") && !field.value.starts_with(b"W/") {
+            field.value.splice(0..0, *b"W/");
         }
     }
+    add_vary(&mut head);
+    head
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
 
     const BOTH: [Coding; 2] = [Coding::Br, Coding::Gzip];
 
@@ -286,67 +302,5 @@ mod tests {
             Some(Coding::Gzip),
             "other parameters ignored"
         );
-    }
-
-    fn decode(coding: Coding, bytes: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        match coding {
-            Coding::Gzip => {
-                // A decoder that stops at what it has: a flushed prefix decodes whole.
-                let mut d = flate2::write::GzDecoder::new(Vec::new());
-                d.write_all(bytes).unwrap();
-                d.flush().unwrap();
-                out = d.get_ref().clone();
-            }
-            Coding::Br => {
-                let mut d = brotli::DecompressorWriter::new(Vec::new(), 4096);
-                d.write_all(bytes).unwrap();
-                d.flush().unwrap();
-                out.extend_from_slice(d.get_ref());
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn a_flushed_prefix_decodes_whole_and_the_end_round_trips() {
-        let text: Vec<u8> = b"data: event number one\n\n".repeat(40);
-        for coding in BOTH {
-            let mut enc = Encoder::new(coding, 5, Vec::new());
-            enc.write_all(&text).unwrap();
-            enc.flush().unwrap();
-            let so_far = enc.inner_bytes().to_vec();
-            assert_eq!(decode(coding, &so_far), text, "{coding:?} after a flush");
-            enc.write_all(b"last").unwrap();
-            let all = enc.finish().unwrap();
-            assert!(
-                all.len() < text.len() / 4,
-                "{coding:?} compressed {}",
-                all.len()
-            );
-            let mut whole = Vec::new();
-            match coding {
-                Coding::Gzip => {
-                    flate2::read::GzDecoder::new(&all[..])
-                        .read_to_end(&mut whole)
-                        .unwrap();
-                }
-                Coding::Br => {
-                    brotli::Decompressor::new(&all[..], 4096)
-                        .read_to_end(&mut whole)
-                        .unwrap();
-                }
-            }
-            assert_eq!(whole, [&text[..], b"last"].concat());
-        }
-    }
-
-    impl Encoder<Vec<u8>> {
-        fn inner_bytes(&self) -> &[u8] {
-            match &self.inner {
-                Inner::Gzip(gz) => gz.get_ref(),
-                Inner::Br(br) => br.get_ref(),
-            }
-        }
     }
 }

@@ -4,6 +4,7 @@
 //! Pure: bytes in, heads and bytes out.  No I/O happens here.
 
 pub mod body;
+pub mod codec;
 pub mod coding;
 pub mod conditional;
 pub mod head;
@@ -500,7 +501,7 @@ pub fn forward_response_with(
     let replaced: Vec<&str> = extra
         .iter()
         .map(|(name, _)| *name)
-        .chain(["x-pibl-vary"])
+        .chain(["x-pibl-vary", "x-pibl-source"])
         .collect();
     push_end_to_end(out, &resp.fields, &replaced);
     for (name, value) in extra {

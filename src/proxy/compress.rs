@@ -4,15 +4,18 @@
 //! never holds back what came before it (server-sent events, long polls),
 //! then chunked framing for an HTTP/1.1 client.
 //!
-//! A response the cache stores is sent as it is: the cache keeps one
-//! representation per URL, and a client that did not ask for a coding
-//! must never be sent one from it.
+//! The other way, a response that came coded in a way the client does not
+//! take is decoded on its way (as nginx's `gunzip`), and its coded bytes
+//! are what the cache keeps.
 
 use std::io::{self, Write};
 
 use crate::config::Compress;
-use crate::http::coding::{self, Coding, Encoder};
-use crate::http::{self, Field, Framing, RequestHead, ResponseHead};
+use crate::http::codec::{Decoder, Encoder};
+use crate::http::coding::{self, Coding};
+use crate::http::{self, Framing, RequestHead, ResponseHead};
+
+pub use crate::http::coding::{add_vary, encoded_head};
 
 /// The codings pibl offers, in its order of preference.
 const OFFERED: [Coding; 2] = [Coding::Br, Coding::Gzip];
@@ -37,13 +40,35 @@ pub fn compressible(resp: &ResponseHead, cfg: &Compress, https: bool) -> bool {
         && http::values(&resp.fields, "content-encoding")
             .next()
             .is_none()
-        && !http::tokens(&resp.fields, "cache-control")
-            .iter()
-            .any(|t| t.eq_ignore_ascii_case("no-transform"))
+        && !no_transform(resp)
         && http::value(&resp.fields, "content-type").is_some_and(|t| type_listed(t, &cfg.types))
         && (!https
             || cfg.https_with_cookies
             || http::values(&resp.fields, "set-cookie").next().is_none())
+}
+
+/// The coding `resp` came in, if the client of `req` does not take it and
+/// pibl is to decode it: one coding pibl knows, and no `no-transform`.
+pub fn to_decode(req: &RequestHead, resp: &ResponseHead, cfg: &Compress) -> Option<Coding> {
+    if !cfg.enabled || no_transform(resp) {
+        return None;
+    }
+    let coding = Coding::of_response(resp)?;
+    (!coding::accepts(&req.fields, coding)).then_some(coding)
+}
+
+fn no_transform(resp: &ResponseHead) -> bool {
+    http::tokens(&resp.fields, "cache-control")
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case("no-transform"))
+}
+
+/// Whether `resp`, a 304, may stand for a response pibl would have
+/// compressed: its type, if it says one, is listed.
+pub fn may_stand_for_compressed(resp: &ResponseHead, cfg: &Compress) -> bool {
+    cfg.enabled
+        && resp.status == 304
+        && http::value(&resp.fields, "content-type").is_none_or(|t| type_listed(t, &cfg.types))
 }
 
 /// Whether the body, framed as `framing`, is long enough to be worth it.
@@ -72,43 +97,6 @@ fn type_listed(content_type: &str, types: &[String]) -> bool {
     })
 }
 
-/// Adds `Accept-Encoding` to Vary, unless it is there (or Vary is `*`).
-pub fn add_vary(resp: &mut ResponseHead) {
-    let tokens = http::tokens(&resp.fields, "vary");
-    if tokens
-        .iter()
-        .any(|t| t == "*" || t.eq_ignore_ascii_case("accept-encoding"))
-    {
-        return;
-    }
-    resp.fields.push(Field {
-        name: "Vary".into(),
-        value: b"Accept-Encoding".to_vec(),
-    });
-}
-
-/// The head of `resp` with its body in `coding`: Content-Encoding said,
-/// the length and Accept-Ranges gone (they were the identity body's), a
-/// strong ETag made weak (RFC 9110 §8.8.1: the bytes differ), Vary.
-pub fn encoded_head(resp: &ResponseHead, coding: Coding) -> ResponseHead {
-    let mut head = resp.clone();
-    head.fields.retain(|f| {
-        !f.name.eq_ignore_ascii_case("content-length")
-            && !f.name.eq_ignore_ascii_case("accept-ranges")
-    });
-    for field in &mut head.fields {
-        if field.name.eq_ignore_ascii_case("etag") && !field.value.starts_with(b"W/") {
-            field.value.splice(0..0, *b"W/");
-        }
-    }
-    add_vary(&mut head);
-    head.fields.push(Field {
-        name: "Content-Encoding".into(),
-        value: coding.token().as_bytes().to_vec(),
-    });
-    head
-}
-
 /// Where a compressed body goes: `out`, in chunks for an HTTP/1.1 client
 /// (`chunked`), counting what it sends.
 pub struct Coded<W: Write> {
@@ -117,11 +105,7 @@ pub struct Coded<W: Write> {
 
 impl<W: Write> Coded<W> {
     pub fn new(coding: Coding, cfg: &Compress, out: W, chunked: bool) -> Coded<W> {
-        let framed = Framed {
-            out,
-            chunked,
-            sent: 0,
-        };
+        let framed = Framed::new(out, chunked);
         Coded {
             encoder: Encoder::new(coding, cfg.level, framed),
         }
@@ -151,11 +135,86 @@ impl<W: Write> Write for Coded<W> {
     }
 }
 
+/// Where a body pibl decodes goes: `out`, in chunks for an HTTP/1.1
+/// client (`chunked`), counting what it sends.
+pub struct Decoded<W: Write> {
+    decoder: Decoder<Framed<W>>,
+    coding: Coding,
+}
+
+impl<W: Write> Decoded<W> {
+    pub fn new(coding: Coding, out: W, chunked: bool) -> Decoded<W> {
+        Decoded {
+            decoder: Decoder::new(coding, Framed::new(out, chunked)),
+            coding,
+        }
+    }
+
+    /// Whether a write failed on `out`'s side, not for the coded bytes.
+    pub fn out_failed(&self) -> bool {
+        self.decoder.get_ref().failed
+    }
+
+    /// Checks that the body ended whole, and ends the chunks; the body
+    /// bytes sent.  Errors are as `write`'s.
+    pub fn finish(self) -> io::Result<u64> {
+        let coding = self.coding;
+        let failed = self.out_failed();
+        let mut framed = self
+            .decoder
+            .finish()
+            .map_err(|e| undecodable(coding, e, failed))?;
+        if framed.chunked {
+            framed.out.write_all(b"0\r\n\r\n")?;
+        }
+        Ok(framed.sent)
+    }
+}
+
+impl<W: Write> Write for Decoded<W> {
+    /// Decodes `buf` and sends what it gives at once.  A body that is not
+    /// in its coding fails with `InvalidData`, saying so.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let done = self
+            .decoder
+            .write_all(buf)
+            .and_then(|()| self.decoder.flush());
+        done.map_err(|e| undecodable(self.coding, e, self.out_failed()))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.decoder.flush()
+    }
+}
+
+/// A decoder's error `e`, said as the body's fault unless it was `out`'s.
+fn undecodable(coding: Coding, e: io::Error, out_failed: bool) -> io::Error {
+    if out_failed {
+        return e;
+    }
+    let why = format!("body is not valid {} ({e})", coding.token());
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
 /// The coded bytes on their way out, framed as chunks when `chunked`.
 struct Framed<W: Write> {
     out: W,
     chunked: bool,
     sent: u64,
+    /// A write to `out` failed.
+    failed: bool,
+}
+
+impl<W: Write> Framed<W> {
+    fn new(out: W, chunked: bool) -> Framed<W> {
+        Framed {
+            out,
+            chunked,
+            sent: 0,
+            failed: false,
+        }
+    }
 }
 
 impl<W: Write> Write for Framed<W> {
@@ -163,12 +222,16 @@ impl<W: Write> Write for Framed<W> {
         if buf.is_empty() {
             return Ok(0);
         }
-        if self.chunked {
+        let written = if self.chunked {
             let size = format!("{:x}\r\n", buf.len());
-            http::wire::write_all_vectored(&mut self.out, &[size.as_bytes(), buf, b"\r\n"])?;
+            http::wire::write_all_vectored(&mut self.out, &[size.as_bytes(), buf, b"\r\n"])
         } else {
-            self.out.write_all(buf)?;
+            self.out.write_all(buf)
+        };
+        if written.is_err() {
+            self.failed = true;
         }
+        written?;
         self.sent += buf.len() as u64;
         Ok(buf.len())
     }

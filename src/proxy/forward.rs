@@ -24,7 +24,7 @@ use crate::proxy::request::Request;
 use crate::proxy::response::{self, Relay, Wanted};
 use crate::proxy::spool::{Held, Spool};
 use crate::proxy::upload::Upload;
-use crate::proxy::{BUFFER_SIZE, Context, compress, splice};
+use crate::proxy::{BUFFER_SIZE, Context, compress, from_cache, splice};
 use crate::tls::Upstream;
 
 /// Largest request body kept in memory so an idempotent request can be
@@ -66,7 +66,7 @@ pub fn forward(
             if let Err(e) = drop_body(client, req, ctx.config.limits.max_body) {
                 return ex.refuse_body(client, &e);
             }
-            return response::serve_hit(client, *entry, req.head, ex, CacheStatus::Hit);
+            return from_cache::serve(client, *entry, req, ctx, ex, CacheStatus::Hit);
         }
         Some(Decision::Forward(plan)) => {
             ex.cache = Some(plan.status);
@@ -214,25 +214,24 @@ impl Forwarding<'_, '_> {
         if let Some(plan) = plan {
             if let Some(entry) = plan.revalidated(sent, &resp) {
                 self.pool.discard(from_backend);
-                return response::serve_hit(
-                    self.client,
-                    entry,
-                    client_head,
-                    self.ex,
-                    CacheStatus::Revalidated,
-                );
+                let status = CacheStatus::Revalidated;
+                return from_cache::serve(self.client, entry, self.req, self.ctx, self.ex, status);
             }
             whole = plan.wants_whole(client_head);
             store = plan.store(sent, &resp);
         }
         let head_only = sent.method != client_head.method;
+        let compress = &self.ctx.config.compress;
+        let decode = compress::to_decode(client_head, &resp, compress);
         let wanted = Wanted {
             method: &sent.method,
             head_only,
-            part: (whole && !head_only)
+            // A body pibl decodes goes whole: its ranges are the coded one's.
+            part: (whole && !head_only && decode.is_none())
                 .then(|| response::part_of(client_head, &resp))
                 .flatten(),
-            coding: compress::wanted(client_head, &self.ctx.config.compress),
+            coding: compress::wanted(client_head, compress),
+            decode,
         };
         let keep = (self.replayable() && !self.cut_short).then_some(i);
         let relay = Relay {

@@ -1,6 +1,6 @@
 //! The proxy: one client connection's life (`connection`), and each of
 //! its exchanges — the `request` read and checked, `forward`ed to a
-//! backend (or answered from the cache), the `response` relayed back, all
+//! backend (or answered `from_cache`), the `response` relayed back, all
 //! recorded in an `exchange` — with what that needs: the `balancer`, the
 //! `pool` of kept backend connections, `splice`(2), `upload`s, `health`
 //! checks.  Runs in whatever the model made to serve — a child, a prefork
@@ -12,6 +12,7 @@ pub mod compress;
 pub mod connection;
 pub mod exchange;
 pub mod forward;
+pub mod from_cache;
 pub mod health;
 pub mod pool;
 pub mod request;

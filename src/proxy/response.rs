@@ -1,17 +1,16 @@
 //! A response on its way to the client: from a backend, its head
 //! forwarded and its body relayed (spliced, re-framed, cut to a range,
-//! stored in the cache as it passes), or from the cache (`serve_hit`).
+//! stored in the cache as it passes, compressed or decoded).
 
 use std::borrow::Cow;
 use std::ops::Range;
 
-use crate::cache::hit::{self, Reply};
-use crate::cache::{self, Entry, Status as CacheStatus};
+use crate::cache;
 use crate::config::Buffering;
 use crate::config::Compress;
 use crate::diag;
 use crate::http::body::{self, CopyError, Encode};
-use crate::http::coding::Coding;
+use crate::http::coding::{self, Coding};
 use crate::http::conditional::{self, Answer};
 use crate::http::head::is_timeout;
 use crate::http::wire::Reader;
@@ -34,6 +33,16 @@ pub struct Wanted<'a> {
     pub part: Option<(Range<u64>, u64)>,
     /// The coding the client accepts, when pibl compresses (`compress`).
     pub coding: Option<Coding>,
+    /// The coding the response came in, when the client does not take it
+    /// and pibl decodes it (`compress::to_decode`).
+    pub decode: Option<Coding>,
+}
+
+/// A change of coding on the way to the client.
+#[derive(Clone, Copy)]
+enum Recode {
+    Encode(Coding),
+    Decode(Coding),
 }
 
 /// A backend's response, its head read, and where it goes.
@@ -74,16 +83,16 @@ pub fn relay(client: &Client<'_>, mut r: Relay<'_>, mut ex: Exchange) -> Exchang
             return ex.backend_failed(client, 502, false);
         }
     };
-    let coding = coding_for(&mut r, framing, ex.tls.is_some());
-    let (to_client, encode) = client_framing(framing, &r.wanted, ex.minor, coding.is_some());
+    let recode = recode_for(&mut r, framing, ex.tls.is_some());
+    let (to_client, encode) = client_framing(framing, &r.wanted, ex.minor, recode.is_some());
     ex.keep_alive &= to_client != Framing::UntilClose;
     let head = head_for_client(&r, to_client, &mut ex);
     if r.wanted.head_only {
         return send_head_and_store(client, &head, r, framing, ex);
     }
     let mut out = Absorber::new(*client.get_ref(), r.buffering, r.send_timeout);
-    let copied = match coding {
-        Some(coding) => copy_coded(&mut out, &head, &mut r, framing, coding, to_client),
+    let copied = match recode {
+        Some(recode) => copy_recoded(&mut out, &head, &mut r, framing, recode, to_client),
         None => copy_body(&mut out, &head, &mut r, framing, encode),
     };
     match copied {
@@ -230,37 +239,73 @@ fn copy_body(
     }
 }
 
-/// The coding the body goes in, if any, with the head made for it
-/// (`compress`): only for a response the cache does not store, sent whole.
-/// A response that could have been coded says `Vary: Accept-Encoding`
-/// either way, so that a cache after pibl keeps the two apart.
-fn coding_for(r: &mut Relay<'_>, framing: Framing, https: bool) -> Option<Coding> {
-    if r.store.is_some() || !compress::compressible(&r.resp, r.compress, https) {
-        return None;
+/// The change of coding the body goes through, if any, with the head made
+/// for it: compressed for a client that asks (`compress`), or decoded for
+/// one that does not take the coding it came in; only for a body sent
+/// whole.  A response that could have been compressed says `Vary:
+/// Accept-Encoding` either way, so that a cache after pibl keeps the two
+/// apart; so does a 304 that may stand for one.
+fn recode_for(r: &mut Relay<'_>, framing: Framing, https: bool) -> Option<Recode> {
+    let whole = !r.wanted.head_only && r.wanted.part.is_none() && framing != Framing::Empty;
+    if compress::compressible(&r.resp, r.compress, https) {
+        compress::add_vary(&mut r.resp);
+        let coding = r
+            .wanted
+            .coding
+            .filter(|_| whole && compress::long_enough(framing, r.compress))?;
+        r.resp = compress::encoded_head(&r.resp, coding);
+        return Some(Recode::Encode(coding));
     }
-    compress::add_vary(&mut r.resp);
-    let coding = r.wanted.coding.filter(|_| {
-        !r.wanted.head_only && r.wanted.part.is_none() && compress::long_enough(framing, r.compress)
-    })?;
-    r.resp = compress::encoded_head(&r.resp, coding);
-    Some(coding)
+    if compress::may_stand_for_compressed(&r.resp, r.compress) {
+        compress::add_vary(&mut r.resp);
+    }
+    let coding = r.wanted.decode.filter(|_| whole && r.resp.status != 206)?;
+    r.resp = coding::decoded_head(&r.resp);
+    Some(Recode::Decode(coding))
 }
 
-/// Sends `head` and the body compressed in `coding` as it streams,
-/// framed as `to_client` says.
-fn copy_coded(
+/// Sends `head` and the body coded or decoded as it streams, framed as
+/// `to_client` says; the cache, if it stores the response, gets it as
+/// it came.  A body that does not decode ends the response as a
+/// backend's failure would (`CopyError::Read`).
+fn copy_recoded(
     out: &mut Absorber<'_>,
     head: &[u8],
     r: &mut Relay<'_>,
     framing: Framing,
-    coding: Coding,
+    recode: Recode,
     to_client: Framing,
 ) -> Result<u64, CopyError> {
     std::io::Write::write_all(out, head).map_err(CopyError::HeadUnsent)?;
     let chunked = to_client == Framing::Chunked;
-    let mut coded = compress::Coded::new(coding, r.compress, &mut *out, chunked);
-    body::relay(&mut r.from_backend, &mut coded, framing, Encode::Plain, 0)?;
-    coded.finish().map_err(CopyError::Write)
+    let tap = r.store.as_mut().map(|w| w as &mut dyn std::io::Write);
+    let from = &mut r.from_backend;
+    match recode {
+        Recode::Encode(coding) => {
+            let mut coded = compress::Coded::new(coding, r.compress, &mut *out, chunked);
+            body::relay_tapped(from, &mut coded, &[], framing, Encode::Plain, 0, tap)?;
+            coded.finish().map_err(CopyError::Write)
+        }
+        Recode::Decode(coding) => {
+            let mut decoded = compress::Decoded::new(coding, &mut *out, chunked);
+            match body::relay_tapped(from, &mut decoded, &[], framing, Encode::Plain, 0, tap) {
+                Err(CopyError::Write(e)) => return Err(undecodable_is_read(e)),
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+            decoded.finish().map_err(undecodable_is_read)
+        }
+    }
+}
+
+/// A write error of a decoding writer: the body's fault (InvalidData, see
+/// `compress::Decoded`), or the client's.
+fn undecodable_is_read(e: std::io::Error) -> CopyError {
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        CopyError::Read(e)
+    } else {
+        CopyError::Write(e)
+    }
 }
 
 /// Keeps the backend connection that carried `resp`, whose body has
@@ -317,42 +362,6 @@ fn send_head_and_store(
             r.pool.discard(r.from_backend);
         }
         Err(CopyError::Write(_)) => r.pool.discard(r.from_backend),
-    }
-    ex
-}
-
-/// Answers `req` from the cache's `entry`; `status` is what X-Cache says.
-pub fn serve_hit(
-    client: &Client<'_>,
-    entry: Entry,
-    req: &RequestHead,
-    mut ex: Exchange,
-    status: CacheStatus,
-) -> Exchange {
-    ex.cache = Some(status);
-    let hit = match hit::reply(req, &entry, status) {
-        Reply::Send(hit) => hit,
-        Reply::PreconditionFailed => {
-            ex.send_error(client, 412);
-            return ex;
-        }
-        Reply::Unsatisfiable(len) => {
-            let range = format!("bytes */{len}");
-            ex.send_error_with(client, 416, &[("Content-Range", &range)]);
-            return ex;
-        }
-    };
-    let mut head = Vec::with_capacity(1024);
-    let persist = ex.persist();
-    let mut fields = hit.fields();
-    ex.add_hsts(&mut fields);
-    http::forward_response_with(&hit.head, hit.framing, persist, &fields, &mut head);
-    ex.status = hit.head.status;
-    let part = hit.part.clone();
-    drop(hit);
-    match hit::send(*client.get_ref(), &head, entry, part.clone()) {
-        Ok(()) => ex.body_bytes = part.end - part.start,
-        Err(_) => ex.client_gone(),
     }
     ex
 }

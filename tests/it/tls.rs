@@ -488,7 +488,18 @@ struct TlsBackend {
 }
 
 impl TlsBackend {
+    /// An `openssl s_server` on a port free a moment ago.  Another test
+    /// may take that port first: s_server then exits, and another is tried.
     fn start(dir: &Path, cert: &str, verify: Option<&str>) -> TlsBackend {
+        for _ in 0..5 {
+            if let Some(backend) = TlsBackend::try_start(dir, cert, verify) {
+                return backend;
+            }
+        }
+        panic!("openssl s_server found no free port in five tries");
+    }
+
+    fn try_start(dir: &Path, cert: &str, verify: Option<&str>) -> Option<TlsBackend> {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -516,14 +527,16 @@ impl TlsBackend {
             .spawn()
             .unwrap();
         let out = Lines::collect(child.stdout.take().unwrap());
-        let process = Process { child };
-        wait_until("openssl s_server to accept", || {
-            !out.containing("ACCEPT").is_empty()
+        let mut process = Process { child };
+        let mut exited = false;
+        wait_until("openssl s_server to accept or exit", || {
+            exited = matches!(process.child.try_wait(), Ok(Some(_)));
+            exited || !out.containing("ACCEPT").is_empty()
         });
-        TlsBackend {
+        (!exited).then(|| TlsBackend {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             _process: process,
-        }
+        })
     }
 }
 
@@ -760,5 +773,53 @@ fn a_tls_scanner_finds_no_weak_protocol_or_cipher() {
         let aead = line.contains("GCM") || line.contains("CHACHA20");
         let forward_secret = line.contains("TLSv1.3") || line.contains("ECDHE");
         assert!(aead && forward_secret, "weak: {line}");
+    }
+}
+
+/// The Content-Encoding curl saw for `url` asked with gzip.
+fn coding_seen(proxy: &Proxy, url: &str) -> Option<String> {
+    let output = Command::new("curl")
+        .args(["-sS", "--cacert", "ca.pem", "-H", "Accept-Encoding: gzip"])
+        .args(["-o", "/dev/null", "-D", "-", url])
+        .current_dir(proxy.dir.path())
+        .output()
+        .expect("curl");
+    assert!(output.status.success(), "{output:?}");
+    let head = String::from_utf8_lossy(&output.stdout).to_ascii_lowercase();
+    head.lines()
+        .find_map(|l| l.strip_prefix("content-encoding: "))
+        .map(|v| v.trim().to_string())
+}
+
+#[test]
+fn compression_over_https_spares_responses_that_set_cookies() {
+    let page = "<p>secret=12345 and the rest of the page</p>\n".repeat(50);
+    let b = RawBackend::start_answering(move |_| {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nSet-Cookie: s=1\r\n\
+             Content-Length: {}\r\n\r\n{page}",
+            page.len()
+        )
+        .into_bytes()
+    });
+    let pki = Pki::new("Test CA");
+    for (more, over_https) in [("", None), ("https_with_cookies = true\n", Some("gzip"))] {
+        let dir = TempDir::new();
+        pki.leaf(&["localhost"], dir.path(), "site");
+        pki.write_ca(dir.path(), "ca.pem");
+        let proxy = ProxyOptions::for_addrs(vec![b.addr.to_string()])
+            .config(&format!(
+                "[compress]\nenabled = true\n{more}{}",
+                tls_table("")
+            ))
+            .start_in(dir);
+        let https = format!("https://localhost:{}/", tls_addr(&proxy).port());
+        assert_eq!(coding_seen(&proxy, &https).as_deref(), over_https, "{more}");
+        let http = format!("http://{}/", proxy.addr);
+        assert_eq!(
+            coding_seen(&proxy, &http).as_deref(),
+            Some("gzip"),
+            "{more}"
+        );
     }
 }
