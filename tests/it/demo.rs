@@ -33,11 +33,18 @@ fn demo_starts_three_replicas_and_ctrl_c_stops_everything() {
         .iter()
         .map(|p| format!("\"127.0.0.1:{p}\""))
         .collect();
-    fs::write(
-        dir.path().join("pibl.conf"),
-        format!("listen = \"127.0.0.1\"\nbackends = [{}]\n", list.join(", ")),
-    )
-    .unwrap();
+    // The shipped configuration, on this machine's free ports.
+    let shipped = include_str!("../../pibl.conf")
+        .replace("listen = \"0.0.0.0\"", "listen = \"127.0.0.1\"")
+        .replace(
+            "backends = [\"127.0.0.1:9001\", \"127.0.0.1:9002\", \"127.0.0.1:9003\"]",
+            &format!("backends = [{}]", list.join(", ")),
+        );
+    assert!(
+        shipped.contains(&list[0]),
+        "the shipped backends line moved"
+    );
+    fs::write(dir.path().join("pibl.conf"), shipped).unwrap();
     let child = Command::new(PIBL)
         .args(["demo", "--port", "0", "--https-port", &https_port])
         .current_dir(dir.path())
@@ -81,6 +88,24 @@ fn demo_starts_three_replicas_and_ctrl_c_stops_everything() {
             "replica-3"
         ]
     );
+
+    // Compressed, as the shipped configuration says: on the fly for the
+    // miss, then the representation the cache made.
+    for cache in ["MISS", "HIT"] {
+        let out = Command::new("curl")
+            .args(["-sS", "--compressed", "-D", "/dev/stderr"])
+            .arg(format!("http://{proxy}/page?kb=16"))
+            .output()
+            .unwrap();
+        let head = String::from_utf8_lossy(&out.stderr).to_ascii_lowercase();
+        assert!(head.contains("content-encoding: br\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("x-cache: {}\r\n", cache.to_ascii_lowercase())),
+            "{head}"
+        );
+        assert_eq!(out.stdout.len(), 16 * 1024);
+        assert!(out.stdout.starts_with(b"<!DOCTYPE html>"));
+    }
 
     // The line the demo says works, run as it is.
     let command = try_https.unwrap();
