@@ -5,8 +5,10 @@
 
 use std::io::{self, Write};
 
-use flate2::Compression;
-use flate2::write::{GzEncoder, MultiGzDecoder};
+use std::cell::RefCell;
+
+use flate2::write::MultiGzDecoder;
+use flate2::{Compress, Compression, FlushCompress, Status};
 
 use super::coding::Coding;
 
@@ -32,7 +34,7 @@ pub struct Encoder<W: Write> {
 }
 
 enum Inner<W: Write> {
-    Gzip(Box<GzEncoder<W>>),
+    Gzip(Box<Gzip<W>>),
     Br(Box<brotli::CompressorWriter<W>>),
 }
 
@@ -52,10 +54,7 @@ impl<W: Write> Encoder<W> {
 
     fn with_window(coding: Coding, level: u32, window: u32, out: W) -> Encoder<W> {
         let inner = match coding {
-            Coding::Gzip => Inner::Gzip(Box::new(GzEncoder::new(
-                out,
-                Compression::new(level.clamp(1, 9)),
-            ))),
+            Coding::Gzip => Inner::Gzip(Box::new(Gzip::new(level.clamp(1, 9), out))),
             Coding::Br => Inner::Br(Box::new(brotli::CompressorWriter::new(
                 out,
                 BR_BUFFER,
@@ -93,6 +92,107 @@ impl<W: Write> Write for Encoder<W> {
             Inner::Gzip(gz) => gz.flush(),
             Inner::Br(br) => br.flush(),
         }
+    }
+}
+
+/// Most deflate states a thread keeps for reuse.
+const KEPT_DEFLATES: usize = 2;
+
+thread_local! {
+    /// Deflate states of finished gzip streams, by level, kept for the
+    /// next: one holds some 300 KiB, which malloc(3) would map and the
+    /// kernel fault in and zero again for every response; a reset one
+    /// costs a clear of its hash table.
+    static DEFLATES: RefCell<Vec<(u32, Box<Compress>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Output written at a time by `Gzip`.
+const GZIP_OUT: usize = 32 * 1024;
+
+/// A gzip stream (zlib's own header and trailer) into `out`, its deflate
+/// state taken from this thread's and given back when it ends.
+struct Gzip<W: Write> {
+    /// Taken by `finish`.
+    out: Option<W>,
+    level: u32,
+    deflate: Option<Box<Compress>>,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> Gzip<W> {
+    fn new(level: u32, out: W) -> Gzip<W> {
+        let kept = DEFLATES.with_borrow_mut(|all| {
+            let at = all.iter().position(|(l, _)| *l == level)?;
+            Some(all.swap_remove(at).1)
+        });
+        let deflate =
+            kept.unwrap_or_else(|| Box::new(Compress::new_gzip(Compression::new(level), 15)));
+        Gzip {
+            out: Some(out),
+            level,
+            deflate: Some(deflate),
+            buf: Vec::with_capacity(GZIP_OUT),
+        }
+    }
+
+    /// Deflates `input` with `flush`, writing what comes out, until the
+    /// input is taken and (for a flush or the end) all is out.
+    fn pump(&mut self, mut input: &[u8], flush: FlushCompress) -> io::Result<()> {
+        let deflate = self.deflate.as_mut().expect("a stream not ended");
+        let out = self.out.as_mut().expect("a stream not ended");
+        loop {
+            self.buf.clear();
+            let before = deflate.total_in();
+            let status = deflate
+                .compress_vec(input, &mut self.buf, flush)
+                .map_err(io::Error::other)?;
+            input = &input[(deflate.total_in() - before) as usize..];
+            if !self.buf.is_empty() {
+                out.write_all(&self.buf)?;
+            }
+            let drained = self.buf.len() < self.buf.capacity();
+            let ended = flush != FlushCompress::Finish || status == Status::StreamEnd;
+            if input.is_empty() && drained && ended {
+                return Ok(());
+            }
+        }
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        self.pump(&[], FlushCompress::Finish)?;
+        self.give_back();
+        Ok(self.out.take().expect("a stream not ended"))
+    }
+
+    /// Gives the deflate state back to this thread, reset, for the next.
+    fn give_back(&mut self) {
+        if let Some(mut deflate) = self.deflate.take() {
+            deflate.reset();
+            DEFLATES.with_borrow_mut(|all| {
+                if all.len() < KEPT_DEFLATES {
+                    all.push((self.level, deflate));
+                }
+            });
+        }
+    }
+}
+
+impl<W: Write> Write for Gzip<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.pump(buf, FlushCompress::None)?;
+        Ok(buf.len())
+    }
+
+    /// A sync flush: what was written so far can be decoded.
+    fn flush(&mut self) -> io::Result<()> {
+        self.pump(&[], FlushCompress::Sync)?;
+        self.out.as_mut().expect("a stream not ended").flush()
+    }
+}
+
+impl<W: Write> Drop for Gzip<W> {
+    fn drop(&mut self) {
+        self.give_back();
     }
 }
 
@@ -223,7 +323,7 @@ mod tests {
     impl Encoder<Vec<u8>> {
         fn inner_bytes(&self) -> &[u8] {
             match &self.inner {
-                Inner::Gzip(gz) => gz.get_ref(),
+                Inner::Gzip(gz) => gz.out.as_ref().unwrap(),
                 Inner::Br(br) => br.get_ref(),
             }
         }
@@ -263,6 +363,27 @@ mod tests {
         let mut dec = Decoder::new(Coding::Gzip, Vec::new());
         dec.write_all(&two).unwrap();
         assert_eq!(dec.finish().unwrap(), b"one two");
+    }
+
+    #[test]
+    fn a_reused_deflate_state_starts_each_stream_afresh() {
+        // The second stream takes the first's state, left mid-stream by a
+        // drop without `finish`: it must still be one whole gzip member.
+        let mut cut = Encoder::new(Coding::Gzip, 5, Vec::new());
+        cut.write_all(b"left unfinished").unwrap();
+        drop(cut);
+        for text in [&b"first"[..], b"second, longer than the first"] {
+            let coded = {
+                let mut enc = Encoder::new(Coding::Gzip, 5, Vec::new());
+                enc.write_all(text).unwrap();
+                enc.finish().unwrap()
+            };
+            let mut whole = Vec::new();
+            flate2::read::GzDecoder::new(&coded[..])
+                .read_to_end(&mut whole)
+                .unwrap();
+            assert_eq!(whole, text);
+        }
     }
 
     #[test]
