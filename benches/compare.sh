@@ -16,6 +16,11 @@
 #   big    GET /big (1 MiB), 8 connections
 #   cache  GET /small answered from the cache (nginx with proxy_cache, pibl
 #          with --ttl 60; the others have no cache and are not run)
+#   gz     GET /page.html (16 KiB of HTML) with Accept-Encoding: gzip,
+#          compressed on the fly at level 5 (nginx `gzip on`, pibl's shipped
+#          [compress]), keep-alive, no cache
+#   gzcache the same from the cache: nginx proxy_cache + gzip (which
+#          compresses every hit again), pibl's stored gzip representation
 #
 # and over HTTPS, each proxy with the same ECDSA P-256 certificate (nginx
 # with ssl_session_cache shared and tickets on, HAProxy with its defaults):
@@ -50,6 +55,9 @@ CONNS=${CONNS:-50}
 BIG_CONNS=${BIG_CONNS:-8}
 HANDSHAKE_CLIENTS=${HANDSHAKE_CLIENTS:-8}   # openssl s_time processes in tnew
 MODELS=${MODELS:-fork prefork thread}
+# The workloads run (a smoke run may pick a few), and the memory ones.
+TESTS=${TESTS:-ka close big cache gz gzcache tka tclose tnew tbig}
+MEM_TESTS=${MEM_TESTS-mem tmem}
 OUT_DIR=${OUT_DIR:-benches/results}
 # PIBL_BUILD=static measures the opt-in statically linked build
 # (docs/performance.md), which cargo puts under target/<host tuple>/.
@@ -130,11 +138,20 @@ setup_backends() {
     local line=abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789
     head -c 1024 < <(yes $line) >"$d/www/small"
     head -c 1048576 < <(yes $line) >"$d/www/big"
+    # A catalogue page as a site would send: rows of words and numbers
+    # (awk meets a closed pipe once head has its 16 KiB: not a failure).
+    { awk 'BEGIN {
+        split("anchor basalt cobalt dune ember fjord granite harbor iris juniper kelp lumen meadow nickel orchid prairie", w)
+        printf "<!DOCTYPE html>\n<html><head><title>Catalogue</title></head>\n<body><table>\n"
+        for (i = 0; i < 400; i++)
+            printf "<tr><td class=\"id\">%d</td><td>%s %s</td><td class=\"price\">%d.%02d</td><td>%s</td></tr>\n",
+                i, w[(i * 7) % 16 + 1], w[(i * 11) % 16 + 1], (i * 37) % 1000, (i * 13) % 97, w[(i * 5) % 16 + 1]
+    }' || true; } | head -c 16384 >"$d/www/page.html"
     {
         echo "worker_processes auto; daemon off; pid $d/nginx.pid; error_log stderr warn;"
         echo "events { worker_connections 4096; }"
         echo "http { access_log off; sendfile on; tcp_nopush on; tcp_nodelay on;"
-        echo "  keepalive_requests 1000000; default_type text/plain;"
+        echo "  keepalive_requests 1000000; default_type text/plain; types { text/html html; }"
         echo "  client_body_temp_path $d/tmp/b; proxy_temp_path $d/tmp/p; fastcgi_temp_path $d/tmp/f;"
         echo "  uwsgi_temp_path $d/tmp/u; scgi_temp_path $d/tmp/s;"
         for port in 18001 18002 18003; do
@@ -154,12 +171,17 @@ setup_backends() {
 declare -A PORT TPORT CMD WORKDIR
 PROXIES_MAIN=()   # run in ka, close, big
 PROXIES_CACHE=()  # run in cache
+PROXIES_GZIP=()   # run in gz
+PROXIES_GZCACHE=() # run in gzcache
 
-setup_nginx() {  # key port cache(0|1)
-    local d=$RUN/$1 cache=""
+setup_nginx() {  # key port cache(0|1) gzip(0|1)
+    local d=$RUN/$1 cache="" gzip=""
     mkdir -p "$d/tmp"
     if [[ $3 == 1 ]]; then
         cache="proxy_cache_path $d/cache levels=1:2 keys_zone=c:10m max_size=1g inactive=10m use_temp_path=off;"
+    fi
+    if [[ ${4:-0} == 1 ]]; then   # as pibl's shipped [compress]
+        gzip="gzip on; gzip_comp_level 5; gzip_min_length 256; gzip_proxied any; gzip_vary on;"
     fi
     cat >"$d/nginx.conf" <<EOF
 worker_processes auto; daemon off; pid $d/nginx.pid; error_log stderr warn;
@@ -169,6 +191,7 @@ http {
     client_body_temp_path $d/tmp/b; proxy_temp_path $d/tmp/p; fastcgi_temp_path $d/tmp/f;
     uwsgi_temp_path $d/tmp/u; scgi_temp_path $d/tmp/s;
     $cache
+    $gzip
     upstream backends {
         server 127.0.0.1:18001; server 127.0.0.1:18002; server 127.0.0.1:18003;
         keepalive 32;
@@ -229,15 +252,21 @@ setup_pibl() {  # key port model ttl
 
 setup_nginx nginx 18010 0
 setup_nginx nginx-cache 18011 1
+setup_nginx nginx-gzip 18012 0 1
+setup_nginx nginx-gzip-cache 18013 1 1
 setup_haproxy
 PROXIES_MAIN=(nginx haproxy)
 PROXIES_CACHE=(nginx-cache)
+PROXIES_GZIP=(nginx-gzip)
+PROXIES_GZCACHE=(nginx-gzip-cache)
 port=18030
 for model in $MODELS; do
     setup_pibl "pibl-$model" $port "$model" 0
     setup_pibl "pibl-$model-cache" $((port + 1)) "$model" 60
     PROXIES_MAIN+=("pibl-$model")
     PROXIES_CACHE+=("pibl-$model-cache")
+    PROXIES_GZIP+=("pibl-$model")
+    PROXIES_GZCACHE+=("pibl-$model-cache")
     port=$((port + 2))
 done
 
@@ -265,6 +294,22 @@ pss_kib() {
 # CPU ticks (user + system) of one process, its reaped children excluded.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
+# CPU ticks of a whole session: every process in it, with the children it
+# reaped (a fork-model child's time goes to its parent when it is reaped).
+session_ticks() {
+    local files
+    files=$({ ps -o pid= -s "$1" 2>/dev/null || true; } | awk '{printf "/proc/%s/stat ", $1}')
+    [[ -n $files ]] || { echo 0; return; }
+    # shellcheck disable=SC2086  # one path per word
+    { cat $files 2>/dev/null || true; } | awk '{s += $14 + $15 + $16 + $17} END {print s + 0}'
+}
+
+# Whether PORT answers /page.html in gzip (else the measurement is moot).
+gzips() {
+    curl -s -o /dev/null --max-time 2 -H 'Accept-Encoding: gzip' -D - "http://127.0.0.1:$1/page.html" |
+        grep -qi '^content-encoding: gzip'
+}
+
 RESULTS=$RUN/results.tsv   # round test proxy requests duration_us bytes errors p50 p99 pss cpu_us_per_conn idle_pss
 
 # handshakes PORT OUT: HANDSHAKE_CLIENTS `openssl s_time -new` at once for
@@ -291,6 +336,7 @@ run_one() {  # round test proxy
     case $t in
         close | tclose) hdr=(-H 'Connection: close') ;;&
         big | tbig) path=/big conns=$BIG_CONNS ;;&
+        gz | gzcache) path=/page.html hdr=(-H 'Accept-Encoding: gzip') ;;&
         t*) url="https://127.0.0.1:${TPORT[$p]}" ;;
     esac
     rm -rf "${WORKDIR[$p]}/cache"
@@ -299,6 +345,12 @@ run_one() {  # round test proxy
     if [[ $t == cache ]]; then   # fill the cache
         for _ in 1 2 3; do answers "${PORT[$p]}" || true; done
     fi
+    if [[ $t == gz* ]]; then   # fill the cache (the identity, then pibl's gzip)
+        for _ in 1 2 3; do gzips "${PORT[$p]}" || true; done
+        gzips "${PORT[$p]}" || { log "  r$r $t $p: /page.html not gzipped"; stop_session "$sid"; return; }
+    fi
+    local s0
+    s0=$(session_ticks "$sid")
     [[ $t == tmem ]] && idle=$(pss_kib "$sid")
     t0=$(cpu_ticks "$sid")
     if [[ $t == tnew ]]; then
@@ -314,12 +366,17 @@ run_one() {  # round test proxy
     done
     wait $wrk_pid || true
     t1=$(cpu_ticks "$sid")
+    local s1
+    s1=$(session_ticks "$sid")
     stop_session "$sid"
     res=$(grep -m1 '^RESULT ' "$RUN/wrk/$r.$t.$p" || true)
     [[ -n $res ]] || { log "  r$r $t $p: no result (see $RUN/wrk/$r.$t.$p)"; return; }
     read -r _ req dur bytes errs p50 p99 <<<"$res"
     if [[ $p == pibl-* && $t == close && $req -gt 0 ]]; then
         cpu=$(( (t1 - t0) * 1000000 / $(getconf CLK_TCK) / req ))
+    fi
+    if [[ $t == gz* && $req -gt 0 ]]; then   # the whole proxy's CPU per response
+        cpu=$(( (s1 - s0) * 1000000 / $(getconf CLK_TCK) / req ))
     fi
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$r" "$t" "$p" "$req" "$dur" "$bytes" "$errs" "$p50" "$p99" "$peak" "$cpu" "$idle" >>"$RESULTS"
@@ -336,12 +393,19 @@ for port in 18001 18002 18003 "${PORT[@]}" "${TPORT[@]}"; do
     fi
 done
 setup_backends
-log "backends up; $ROUNDS rounds of ${DURATION}s runs: ${PROXIES_MAIN[*]} ${PROXIES_CACHE[*]}"
+log "backends up; $ROUNDS rounds of ${DURATION}s runs: ${PROXIES_MAIN[*]} ${PROXIES_CACHE[*]} nginx-gzip nginx-gzip-cache"
 for ((r = 1; r <= ROUNDS; r++)); do
     # mem: keep-alive load again, once, for the memory figure alone.
-    tests=(ka close big cache tka tclose tnew tbig); ((r == 1)) && tests+=(mem tmem)
+    read -ra tests <<<"$TESTS"
+    read -ra more <<<"$MEM_TESTS"
+    ((r == 1)) && tests+=("${more[@]}")
     for t in "${tests[@]}"; do
-        if [[ $t == cache ]]; then list=("${PROXIES_CACHE[@]}"); else list=("${PROXIES_MAIN[@]}"); fi
+        case $t in
+            cache) list=("${PROXIES_CACHE[@]}") ;;
+            gz) list=("${PROXIES_GZIP[@]}") ;;
+            gzcache) list=("${PROXIES_GZCACHE[@]}") ;;
+            *) list=("${PROXIES_MAIN[@]}") ;;
+        esac
         for p in $(rotate $((r - 1)) "${list[@]}"); do run_one "$r" "$t" "$p"; done
     done
 done
@@ -368,15 +432,16 @@ function median(list,   n, a, i, j, x) {
     if ($12 > 0) I[k] = I[k] " " $12
     if ($11 != "") C[k] = C[k] " " $11
     E[k] += $7
+    if ($4 > 0) B[k] = B[k] " " $6 / $4
 }
 END {
     for (k in seen) {
         split(k, kk, SUBSEP)
-        printf "%s\t%s\t%.1f\t%s\t%s\t%s\t%s\t%d\t%s\n", kk[1], kk[2], median(R[k]), median(P50[k]), median(P99[k]), median(M[k]), median(C[k]), E[k], median(I[k])
+        printf "%s\t%s\t%.1f\t%s\t%s\t%s\t%s\t%d\t%s\t%.0f\n", kk[1], kk[2], median(R[k]), median(P50[k]), median(P99[k]), median(M[k]), median(C[k]), E[k], median(I[k]), median(B[k])
     }
 }' "$RESULTS" >"$RUN/medians.tsv"
 
-get() {  # test proxy column(3 rate 4 p50 5 p99 6 pss 7 cpu 8 errors 9 idle pss)
+get() {  # test proxy column(3 rate 4 p50 5 p99 6 pss 7 cpu 8 errors 9 idle pss 10 bytes/resp.)
     awk -F'\t' -v t="$1" -v p="$2" -v c="$3" '$1 == t && $2 == p {print $c}' "$RUN/medians.tsv"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f", a / b }'; }
@@ -432,6 +497,23 @@ fmt() { awk -v v="$1" 'BEGIN { if (v == "") print "-"; else if (v >= 100) printf
     echo
     echo "Full handshakes: $HANDSHAKE_CLIENTS \`openssl s_time -new\` clients at once (errors: clients that failed)."
     echo "PSS per TLS connection: (peak PSS at $CONNS TLS keep-alive connections − PSS idle) / $CONNS."
+    echo
+    echo "Compression: GET /page.html (16 KiB of HTML) with Accept-Encoding: gzip, $CONNS keep-alive"
+    echo "connections; on the fly at level 5 with no cache (against nginx \`gzip on\`), and from the cache"
+    echo "(against nginx proxy_cache + gzip). Bytes per response on the wire, head included (the identity"
+    echo "body is 16384); CPU per response of the whole proxy, every process, from /proc/PID/stat:"
+    echo
+    echo "| proxy | on the fly req/s (× nginx gzip) | bytes/resp. | CPU µs/resp. | cache hits req/s (× nginx cache+gzip) | bytes/resp. | CPU µs/resp. | errors |"
+    echo "|---|---|---|---|---|---|---|---|"
+    for i in "${!PROXIES_GZIP[@]}"; do
+        p=${PROXIES_GZIP[$i]} c=${PROXIES_GZCACHE[$i]}
+        gz=$(get gz "$p" 3) gc=$(get gzcache "$c" 3)
+        e1=$(get gz "$p" 8) e2=$(get gzcache "$c" 8)
+        printf '| %s | %s (%s) | %s | %s | %s (%s) | %s | %s | %s |\n' "$p" \
+            "$(fmt "$gz")" "$(ratio "$gz" "$(get gz nginx-gzip 3)")" "$(get gz "$p" 10)" "$(get gz "$p" 7)" \
+            "$(fmt "$gc")" "$(ratio "$gc" "$(get gzcache nginx-gzip-cache 3)")" "$(get gzcache "$c" 10)" "$(get gzcache "$c" 7)" \
+            $((${e1:-0} + ${e2:-0}))
+    done
     echo
     echo "CPU per connection of pibl's main process in the new-connection test, from /proc/PID/stat"
     echo "(10 ms ticks over the run): in the fork model the parent's accept, fork and reap; in the"
