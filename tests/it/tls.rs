@@ -631,13 +631,17 @@ fn backend_tls_connections_are_kept_and_health_checked() {
             .iter()
             .any(|l| l.ends_with(" TLSv1.3"))
     });
-    let served: Vec<String> = inner
-        .stdout
-        .containing("/whoami HTTP/1.1\" 200")
-        .into_iter()
-        .filter(|l| l.contains("\"-\" \"-\""))
-        .collect();
-    assert!(served.len() >= 3, "{served:?}");
+    // Each line is written once its response is out: the last may trail.
+    let served = || -> Vec<String> {
+        inner
+            .stdout
+            .containing("/whoami HTTP/1.1\" 200")
+            .into_iter()
+            .filter(|l| l.contains("\"-\" \"-\""))
+            .collect()
+    };
+    wait_until("the three requests logged", || served().len() >= 3);
+    let served = served();
     if model() == "fork" {
         // One connection from the front proxy, one child of the inner one.
         let pids: Vec<i32> = served[..3].iter().map(|l| log_pid(l)).collect();
