@@ -59,6 +59,7 @@ MODELS=${MODELS:-fork prefork thread}
 TESTS=${TESTS:-ka close big cache gz gzcache tka tclose tnew tbig}
 MEM_TESTS=${MEM_TESTS-mem tmem}
 OUT_DIR=${OUT_DIR:-benches/results}
+# BASELINE=/path/to/pibl adds that build beside this one (see below).
 # PIBL_BUILD=static measures the opt-in statically linked build
 # (docs/performance.md), which cargo puts under target/<host tuple>/.
 PIBL_BUILD=${PIBL_BUILD:-default}
@@ -237,17 +238,19 @@ EOF
     PORT[haproxy]=18020 TPORT[haproxy]=18120 WORKDIR[haproxy]=$d CMD[haproxy]="haproxy -db -f '$d/haproxy.cfg'"
 }
 
-setup_pibl() {  # key port model ttl
-    local d=$RUN/$1
+setup_pibl() {  # key port model ttl [binary]
+    local d=$RUN/$1 bin=${5:-$PIBL} keep=cat
     mkdir -p "$d"
+    # A baseline binary may predate [status]: its table goes.
+    [[ $bin != "$PIBL" ]] && keep="sed /^\[status\]/,/^\$/d"
     # The shipped pibl.conf, moved to the benchmark's ports.
-    sed -e "s/\b8080\b/$2/" -e 's/\b9001\b/18001/' -e 's/\b9002\b/18002/' -e 's/\b9003\b/18003/' \
-        pibl.conf >"$d/pibl.conf"
+    sed -e "s/\b8080\b/$2/" -e "s/\b8081\b/$(($2 + 200))/" -e 's/\b9001\b/18001/' \
+        -e 's/\b9002\b/18002/' -e 's/\b9003\b/18003/' pibl.conf | $keep >"$d/pibl.conf"
     printf '\n[tls]\nport = %d\ncert = "%s"\nkey = "%s"\n' $(($2 + 100)) "$TLS/cert.pem" "$TLS/key.pem" \
         >>"$d/pibl.conf"
     # Its access log goes to a file, as a service's would; stdout too.
     PORT[$1]=$2 TPORT[$1]=$(($2 + 100)) WORKDIR[$1]=$d
-    CMD[$1]="'$PIBL' --config pibl.conf --model $3 --ttl $4 >stdout.log"
+    CMD[$1]="'$bin' --config pibl.conf --model $3 --ttl $4 >stdout.log"
 }
 
 setup_nginx nginx 18010 0
@@ -269,6 +272,16 @@ for model in $MODELS; do
     PROXIES_GZCACHE+=("pibl-$model-cache")
     port=$((port + 2))
 done
+# BASELINE=/path/to/another/pibl runs that build too, as base-MODEL, in
+# the main workloads: a change measured against the build before it, in
+# the same run.
+if [[ -n ${BASELINE:-} ]]; then
+    for model in $MODELS; do
+        setup_pibl "base-$model" $port "$model" 0 "$BASELINE"
+        PROXIES_MAIN+=("base-$model")
+        port=$((port + 1))
+    done
+fi
 
 # ---------------------------------------------------------- measurement ----
 cat >"$RUN/bench.lua" <<'EOF'
