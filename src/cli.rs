@@ -80,6 +80,16 @@ pub enum Command {
     /// List or purge the cache entries (safe while pibl runs)
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Print the running pibl's status page as a table, from the [status]
+    /// listener
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// Print the page's JSON (/status.json) instead, for scripts
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -135,6 +135,61 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// The `[compress]` table: compression on the fly.
     pub compress: Compress,
+    /// The `[status]` table: the status page's listener, when it has one.
+    pub status: Option<Status>,
+}
+
+/// The status page and metrics (`[status]`).
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub addr: SocketAddr,
+    /// Client networks allowed; everyone else gets 403.
+    pub allow: Vec<Cidr>,
+}
+
+/// A network: an address and the length of its prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// `a.b.c.d/n` or `v6/n`; a bare address is the one host.
+    pub fn parse(text: &str) -> Option<Cidr> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
+            None => {
+                let a = text.parse::<IpAddr>().ok()?;
+                (a, if a.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let most = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= most).then_some(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 address as
+    /// its IPv4 one).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let bits = |a: IpAddr| -> u128 {
+            match a {
+                IpAddr::V4(v4) => u128::from(u32::from(v4)) << 96,
+                IpAddr::V6(v6) => u128::from(v6),
+            }
+        };
+        if ip.is_ipv4() != self.addr.is_ipv4() {
+            return false;
+        }
+        let mask = match self.prefix {
+            0 => 0,
+            n => u128::MAX << (128 - u32::from(n)),
+        };
+        bits(ip) & mask == bits(self.addr) & mask
+    }
 }
 
 /// Responses compressed on their way to clients that accept it.
@@ -151,6 +206,9 @@ pub struct Compress {
     /// Compress HTTPS responses that set cookies (BREACH: off).
     pub https_with_cookies: bool,
 }
+
+/// Who may see the status page unless `[status] allow` says: this host.
+pub const DEFAULT_STATUS_ALLOW: [&str; 2] = ["127.0.0.1/32", "::1/128"];
 
 /// What `[compress] types` is unless set: text, and the structured text
 /// of the web; never images, video, audio, fonts already compressed, or
@@ -320,6 +378,15 @@ struct RawConfig {
     cache: Option<RawCache>,
     tls: Option<Spanned<RawTls>>,
     compress: Option<RawCompress>,
+    status: Option<Spanned<RawStatus>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatus {
+    port: Option<Spanned<i64>>,
+    listen: Option<Spanned<String>>,
+    allow: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -466,6 +533,10 @@ impl Config {
         let port = raw.port.unwrap_or(DEFAULT_PORT);
         let compress = file.compress(raw.compress.as_ref().unwrap_or(&RawCompress::default()))?;
         let tls = raw.tls.as_ref().map(|t| file.tls(t, port)).transpose()?;
+        let status = match &raw.status {
+            Some(s) => file.status(s, port, tls.as_ref().and_then(|t| t.port))?,
+            None => None,
+        };
         Ok(Config {
             path: path.to_string(),
             model,
@@ -489,6 +560,7 @@ impl Config {
             buffering,
             tls,
             compress,
+            status,
         })
     }
 
@@ -805,6 +877,62 @@ impl Checker<'_> {
 }
 
 impl Checker<'_> {
+    /// `[status]`: a listener of its own, on `listen` (127.0.0.1 unless
+    /// said), never on the proxy's own ports; `allow` defaults to this
+    /// host.  No port: no status page.
+    fn status(
+        &self,
+        t: &Spanned<RawStatus>,
+        plain: u16,
+        https: Option<u16>,
+    ) -> Result<Option<Status>, Error> {
+        let raw = t.get_ref();
+        let Some(p) = &raw.port else {
+            return Ok(None);
+        };
+        let port = match u16::try_from(*p.get_ref()) {
+            Ok(n) if n != 0 && (n == plain || Some(n) == https) => {
+                return Err(self.at(p.span(), "port: the proxy listens there already".into()));
+            }
+            Ok(n) => n,
+            Err(_) => return Err(self.at(p.span(), "port: must be from 0 to 65535".into())),
+        };
+        let listen = match &raw.listen {
+            None => IpAddr::from([127, 0, 0, 1]),
+            Some(s) => s.get_ref().parse().map_err(|_| {
+                self.at(
+                    s.span(),
+                    format!("listen: \"{}\" is not an IP address", s.get_ref()),
+                )
+            })?,
+        };
+        let allow = match &raw.allow {
+            None => DEFAULT_STATUS_ALLOW
+                .iter()
+                .map(|n| Cidr::parse(n).expect("default networks"))
+                .collect(),
+            Some(list) => list
+                .get_ref()
+                .iter()
+                .map(|n| {
+                    Cidr::parse(n.get_ref().trim()).ok_or_else(|| {
+                        self.at(
+                            n.span(),
+                            format!(
+                                "allow: \"{}\" is not a network (ADDRESS/PREFIX)",
+                                n.get_ref()
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Some(Status {
+            addr: SocketAddr::new(listen, port),
+            allow,
+        }))
+    }
+
     fn compress(&self, raw: &RawCompress) -> Result<Compress, Error> {
         let types = match &raw.types {
             None => DEFAULT_COMPRESS_TYPES
@@ -1238,6 +1366,43 @@ mod tests {
         assert_eq!(
             err("backends = [\"ftp://h:1\"]\n"),
             "t.conf:1: backend \"ftp://h:1\": the scheme must be http:// or https://"
+        );
+    }
+
+    #[test]
+    fn status_keys_and_networks() {
+        let b = "backends = [\"127.0.0.1:9001\"]\n";
+        let c = Config::parse("t.conf", &format!("{b}[status]\nport = 8081\n")).unwrap();
+        let status = c.status.unwrap();
+        assert_eq!(status.addr, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(status.allow.len(), 2);
+        assert!(
+            Config::parse("t.conf", &format!("{b}[status]\n"))
+                .unwrap()
+                .status
+                .is_none()
+        );
+        assert!(err(&format!("{b}[status]\nport = 8080\n")).contains("listens there already"));
+        assert!(
+            err(&format!(
+                "{b}[status]\nport = 1\nallow = [\"10.0.0.0/33\"]\n"
+            ))
+            .contains(":4: allow")
+        );
+        let net = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(
+            net.contains("::ffff:10.1.0.9".parse().unwrap()),
+            "IPv4-mapped"
+        );
+        assert!(!net.contains("::1".parse().unwrap()));
+        let one = Cidr::parse("::1").unwrap();
+        assert!(one.contains("::1".parse().unwrap()) && !one.contains("::2".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("192.0.2.1".parse().unwrap())
         );
     }
 

@@ -34,6 +34,8 @@ mod rlimit;
 mod sched;
 mod shm;
 mod signals;
+mod stats;
+mod status;
 mod sys;
 pub mod tls;
 
@@ -61,6 +63,9 @@ pub fn run() -> ExitCode {
         Some(Command::Cache(command)) => cli
             .load_config()
             .and_then(|config| cache::admin::run(&config, command)),
+        Some(Command::Status(args)) => cli
+            .load_config()
+            .and_then(|config| status::client::run(&config, args.json)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -90,8 +95,11 @@ fn serve(cli: &Cli) -> Result<(), Error> {
         )
     })?;
     let listeners = models::listener::Listeners::bind(&config)?;
+    // Before any shared page of a context, and kept by every reload.
+    stats::init()?;
     let mut ctx = Context::build(config)?;
     ctx.https_port = listeners.https_port();
+    ctx.status_listener = status::bind(&ctx.config)?.map(std::sync::Arc::new);
     let temp_dir = &ctx.config.buffering.temp_dir;
     proxy::spool::clear_dir(temp_dir).map_err(|e| {
         Error::os(

@@ -2,8 +2,9 @@
 # Runs pibl's whole test suite: the unit and integration tests (which start
 # the built binary against real backends on loopback, once per concurrency
 # model), then lint of the man pages and the systemd unit.  Installs mandoc,
-# groff, systemd-analyze, and the HTTPS tests' openssl, curl and sslscan
-# from Debian's packages when they are missing and it runs as root.
+# groff, systemd-analyze, the HTTPS tests' openssl, curl and sslscan, and
+# the status page's jq, promtool and chromium from Debian's packages when
+# they are missing and it runs as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,10 @@ command -v nohup >/dev/null || need+=(coreutils)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 command -v sslscan >/dev/null || need+=(sslscan)
+# The status page's readers: JSON, Prometheus's linter, a headless browser.
+command -v jq >/dev/null || need+=(jq)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v chromium >/dev/null || need+=(chromium)
 if ((${#need[@]})); then
     if ((EUID == 0)); then
         apt-get update -qq

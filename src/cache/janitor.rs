@@ -114,17 +114,21 @@ impl Cache {
     pub fn sweep(&self, max_size: u64) -> io::Result<(usize, usize)> {
         let now = SystemTime::now();
         let mut expired = 0;
-        let mut total = 0;
+        let (mut total, mut entries) = (0, 0);
         for file in self.files()? {
             match self.judge(&file, now) {
                 Judged::Expired(path, judged) => {
                     expired += usize::from(self.remove_if_same(&path, judged))
                 }
-                Judged::Live(live) => total += live.size,
+                Judged::Live(live) => {
+                    total += live.size;
+                    entries += 1;
+                }
                 Judged::Other => {}
             }
         }
         if total <= max_size {
+            crate::stats::set_cache_size(entries, total);
             return Ok((expired, 0));
         }
         let excess = total - max_size;
@@ -143,12 +147,15 @@ impl Cache {
                 held -= oldest.pop().map_or(0, |top| top.size);
             }
         }
-        let evicted = oldest
+        let evicted: Vec<u64> = oldest
             .into_sorted_vec()
             .into_iter()
             .filter(|live| self.remove_if_same(&live.path, live.judged))
-            .count();
-        Ok((expired, evicted))
+            .map(|live| live.size)
+            .collect();
+        let gone: u64 = evicted.iter().sum();
+        crate::stats::set_cache_size(entries - evicted.len() as u64, total - gone);
+        Ok((expired, evicted.len()))
     }
 
     /// What the sweep makes of one file of the cache's subdirectories;

@@ -2,7 +2,7 @@
 //! and the proxy, in the foreground.  Ctrl-C (or SIGTERM) stops them all.
 //!
 //! It serves HTTPS too, with a certificate it makes (`tls`), and says how
-//! to try it.
+//! to try it, and where the status page is when pibl.conf has one.
 //!
 //! Each piece is this same binary, started as its own process, exactly as a
 //! user would start it by hand; the demo only starts, watches and stops them.
@@ -43,6 +43,12 @@ pub fn run(cli: &Cli, args: &DemoArgs) -> Result<(), Error> {
     let started = start_all(&exe, cli, &config, &https.config, &mut children);
     if let (Ok(()), Some(line)) = (&started, &https.try_line) {
         crate::notice!("demo: HTTPS too; try: {line}");
+    }
+    if let (Ok(()), Some(status)) = (&started, &config.status) {
+        crate::notice!(
+            "demo: status page at http://{}/ (pibl status in a terminal)",
+            status.addr
+        );
     }
     let outcome = match started {
         Ok(()) => watch(&watched, &mut children),

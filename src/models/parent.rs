@@ -175,6 +175,7 @@ impl Parent {
         let (ctx, wait_mask) = (&self.ctx, &self.wait_mask);
         match fork::spawn(&how, || child::serve(stream, port, peer, ctx, wait_mask)) {
             Ok(child) => {
+                crate::stats::count(crate::stats::Event::Forked);
                 self.children.insert(child);
                 if self.children.len() == self.ctx.config.max_clients {
                     say_full("max_clients", self.ctx.config.max_clients);
@@ -269,6 +270,8 @@ impl Parent {
             let known = self.children.remove(&pid)
                 || self.prefork.as_mut().is_some_and(|pool| pool.reaped(pid));
             if known {
+                crate::stats::count(crate::stats::Event::Reaped);
+                crate::stats::free_slots_of(pid.as_raw() as u32);
                 report_exit(pid, status);
             }
         }

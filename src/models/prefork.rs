@@ -211,6 +211,7 @@ impl Prefork {
         };
         match fork::spawn(&how, || work(listeners, ctx, record, parent_mask)) {
             Ok(child) => {
+                crate::stats::count(crate::stats::Event::Forked);
                 self.workers.insert(child, slot);
             }
             Err(e) => {

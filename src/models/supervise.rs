@@ -44,6 +44,12 @@ pub fn reload_context(
     let moved_from = listeners.replace(rebound);
     let mut ctx = ctx;
     ctx.https_port = listeners.https_port();
+    ctx.status_listener = current.status_listener.clone();
+    if ctx.config.status.as_ref().map(|s| s.addr) != current.config.status.as_ref().map(|s| s.addr)
+    {
+        diag!("[status] cannot change on reload: still as at start (restart pibl to change it)");
+    }
+    crate::stats::count(crate::stats::Event::Reload);
     crate::log::set_diag_syslog(ctx.config.syslog.clone());
     Some((ctx, moved_from))
 }
@@ -68,6 +74,7 @@ fn keep_model(mut config: Config, model: Model) -> Config {
 pub enum Helper {
     HealthChecker,
     CacheJanitor,
+    StatusServer,
 }
 
 impl Helper {
@@ -79,6 +86,9 @@ impl Helper {
         }
         if ctx.cache.is_some() {
             wanted.push(Helper::CacheJanitor);
+        }
+        if ctx.status_listener.is_some() {
+            wanted.push(Helper::StatusServer);
         }
         wanted
     }
@@ -92,6 +102,11 @@ impl Helper {
                     crate::cache::janitor::run(cache, ctx.config.cache.max_size, keep_going);
                 }
             }
+            Helper::StatusServer => {
+                if let Some(listener) = &ctx.status_listener {
+                    crate::status::serve(listener, ctx, keep_going);
+                }
+            }
         }
     }
 
@@ -100,6 +115,7 @@ impl Helper {
         match self {
             Helper::HealthChecker => "health checker",
             Helper::CacheJanitor => "cache janitor",
+            Helper::StatusServer => "status server",
         }
     }
 }
@@ -113,12 +129,25 @@ pub fn announce(listeners: &Listeners, ctx: &Context) -> Result<(), Error> {
         .local_addr()
         .map_err(|e| Error::os("cannot read the listening address", e))?;
     notice!(
-        "listening on {bound}, {}{}, {} model",
+        "listening on {bound}, {}{}{}, {} model",
         https_address(listeners),
+        status_address(ctx),
         backend_count(ctx),
         ctx.config.model.name()
     );
     Ok(())
+}
+
+/// "status on ADDRESS, " when there is a status listener.
+fn status_address(ctx: &Context) -> String {
+    match ctx
+        .status_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+    {
+        Some(addr) => format!("status on {addr}, "),
+        None => String::new(),
+    }
 }
 
 /// "HTTPS on ADDRESS, " when there is an HTTPS listener.

@@ -18,6 +18,7 @@ use crate::diag;
 use crate::error::Error;
 use crate::notice;
 use crate::shm::{self, Shareable};
+use crate::stats::{self, BackendSlot, DownWhy};
 
 /// What every process knows of one backend's health.
 #[repr(C)]
@@ -49,6 +50,8 @@ pub struct Balancer {
     backends: Vec<Backend>,
     health: Health,
     shared: &'static SharedState,
+    /// Each backend's counters (`stats`), claimed by name.
+    counters: Vec<BackendSlot>,
 }
 
 impl Balancer {
@@ -60,15 +63,26 @@ impl Balancer {
             !backends.is_empty(),
             "config validation guarantees a backend"
         );
+        let names: Vec<String> = backends.iter().map(|b| b.name.clone()).collect();
+        let counters = stats::backend_slots(&names)
+            .into_iter()
+            .map(BackendSlot)
+            .collect();
         Ok(Balancer {
             backends,
             health,
             shared: shm::map::<SharedState>()?,
+            counters,
         })
     }
 
     pub fn backend(&self, i: usize) -> &Backend {
         &self.backends[i]
+    }
+
+    /// Backend `i`'s counters.
+    pub fn stats_slot(&self, i: usize) -> BackendSlot {
+        self.counters[i]
     }
 
     fn slot(&self, i: usize) -> &BackendHealth {
@@ -111,6 +125,7 @@ impl Balancer {
         if fails >= self.health.max_fails && self.backends.len() > 1 {
             let was = slot.down_until_ms.swap(now + window, Ordering::Relaxed);
             if was <= now {
+                self.counters[i].changed(DownWhy::Failures);
                 diag!(
                     "backend {name} marked down for {:.1} s after {fails} failure(s)",
                     self.health.fail_timeout.as_secs_f64()
@@ -126,6 +141,7 @@ impl Balancer {
             && slot.down_until_ms.swap(0, Ordering::Relaxed) != 0
         {
             slot.fails.store(0, Ordering::Relaxed);
+            self.counters[i].changed(DownWhy::Up);
             notice!("backend {} is up again", self.backends[i].name);
         }
     }
@@ -136,8 +152,14 @@ impl Balancer {
         let was_down = self.slot(i).check_down.swap(!up, Ordering::Relaxed);
         let name = &self.backends[i].name;
         match (was_down, up) {
-            (false, false) => diag!("health check: backend {name} is down: {why}"),
-            (true, true) => notice!("health check: backend {name} is up again"),
+            (false, false) => {
+                self.counters[i].changed(DownWhy::Check);
+                diag!("health check: backend {name} is down: {why}")
+            }
+            (true, true) => {
+                self.counters[i].changed(DownWhy::Up);
+                notice!("health check: backend {name} is up again")
+            }
             _ => {}
         }
     }

@@ -22,6 +22,7 @@ use crate::proxy::pool::Pool;
 use crate::proxy::request::{self, Incoming, Next, Request};
 use crate::proxy::{BUFFER_SIZE, Context, End};
 use crate::signals::{self, Idle, StopWatch};
+use crate::stats::{self, CacheAnswer, Seat, State};
 use crate::tls::{Stream, Tls};
 use std::sync::Arc;
 
@@ -138,6 +139,8 @@ pub struct Worker {
     pool: Pool,
     /// getpid(2) once, not once per log line.
     pid: u32,
+    /// Its slot on the status page's scoreboard.
+    _seat: Seat,
 }
 
 impl Worker {
@@ -170,6 +173,7 @@ impl Worker {
             log,
             pool: Pool::new(ctx.balancer.len(), BUFFER_SIZE),
             pid: process::id(),
+            _seat: Seat::claim(State::Idle),
         }
     }
 
@@ -183,10 +187,17 @@ impl Worker {
         ctx: &Context,
         stop: StopWatch,
     ) -> End {
-        match (port, &ctx.tls_server) {
-            (Port::Tls, Some(config)) => self.serve_tls(stream, config, peer, ctx, stop),
+        stats::count_connection();
+        stats::set_connection(&peer.to_string());
+        let end = match (port, &ctx.tls_server) {
+            (Port::Tls, Some(config)) => {
+                stats::set_state(State::Handshake);
+                self.serve_tls(stream, config, peer, ctx, stop)
+            }
             _ => self.serve_stream(Stream::Plain(stream), peer, ctx, stop),
-        }
+        };
+        stats::set_state(State::Idle);
+        end
     }
 
     /// Serves an HTTPS connection: its handshake, within the time a request
@@ -277,6 +288,11 @@ impl Worker {
             // The first request is usually there already, the kernel
             // having queued the connection once it came (TCP_DEFER_ACCEPT,
             // `listener::bind`): one recv(2) then, not a ppoll(2) and a recv.
+            stats::set_state(if first {
+                State::Reading
+            } else {
+                State::KeepAlive
+            });
             let arrived = first && reader.buffered().is_empty() && reader.fill_now().is_ok();
             if reader.buffered().is_empty() && !arrived {
                 match self.wait_for_request(stream, idle_timeout, stop) {
@@ -304,6 +320,7 @@ impl Worker {
                     || (ex.end == End::ClientFault
                         && signals::wait_readable(stream.fd(), Duration::ZERO));
                 if unread {
+                    stats::set_state(State::Closing);
                     linger(stream);
                 }
                 break;
@@ -341,6 +358,8 @@ impl Worker {
             framing,
             ex,
         } = incoming;
+        stats::set_request(&ex.request_line);
+        stats::set_state(State::Backend);
         let req = Request {
             head: &head,
             target: &target,
@@ -393,6 +412,12 @@ impl Worker {
         if signals::take(&signals::GOT_SIGUSR1) {
             log::reopen_all();
         }
+        stats::count_exchange(
+            ex.status,
+            ex.bytes_in,
+            ex.body_bytes,
+            ex.cache.map(cache_answer),
+        );
         let line = log::format_line(&Entry {
             client: peer.ip(),
             time: ex.time,
@@ -413,5 +438,17 @@ impl Worker {
             }
             None => print!("{line}"),
         }
+    }
+}
+
+/// What the cache did, as the status page counts it.
+fn cache_answer(status: crate::cache::Status) -> CacheAnswer {
+    use crate::cache::Status;
+    match status {
+        Status::Hit => CacheAnswer::Hit,
+        Status::Miss => CacheAnswer::Miss,
+        Status::Expired => CacheAnswer::Expired,
+        Status::Revalidated => CacheAnswer::Revalidated,
+        Status::Bypass => CacheAnswer::Bypass,
     }
 }

@@ -22,6 +22,9 @@ pub struct Exchange {
     /// Status sent to the client; 0 when none could be.
     pub status: u16,
     pub body_bytes: u64,
+    /// Bytes of the request's body, when pibl held it or its length was
+    /// stated (a chunked body streamed on is not counted).
+    pub bytes_in: u64,
     /// The backends tried, in order, as nginx logs `$upstream_addr`.
     pub upstream: Option<String>,
     pub time: SystemTime,
@@ -52,6 +55,7 @@ impl Exchange {
             minor: 1,
             status: 0,
             body_bytes: 0,
+            bytes_in: 0,
             upstream: None,
             time: SystemTime::now(),
             started: Instant::now(),

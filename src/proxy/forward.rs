@@ -25,7 +25,9 @@ use crate::proxy::response::{self, Relay, Wanted};
 use crate::proxy::spool::{Held, Spool};
 use crate::proxy::upload::Upload;
 use crate::proxy::{BUFFER_SIZE, Context, compress, from_cache, splice};
+use crate::stats;
 use crate::tls::Upstream;
+use std::time::Instant;
 
 /// Largest request body kept in memory so an idempotent request can be
 /// sent again to another backend.
@@ -90,6 +92,9 @@ pub fn forward(
         (Some(held), Framing::Chunked) => Framing::Length(held.len()),
         _ => req.framing,
     };
+    if let Framing::Length(n) = framing {
+        ex.bytes_in = n;
+    }
     let rewritten = plan.as_ref().and_then(|p| p.forwarded(req.head));
     let forwarding = Forwarding {
         client,
@@ -143,12 +148,24 @@ impl Forwarding<'_, '_> {
         let mut status = 502;
         while let Some(i) = balancer.pick(&tried) {
             tried.push(i);
+            let counters = balancer.stats_slot(i);
+            counters.begin();
+            stats::set_backend(i);
+            let asked = Instant::now();
             match self.try_backend(i) {
                 Ok(answered) => {
                     balancer.record_success(i);
-                    return self.relay(i, answered, plan.as_mut());
+                    let waited = asked.elapsed().as_micros() as u64;
+                    counters.answered(answered.0.status, waited);
+                    let ex = self.relay(i, answered, plan.as_mut());
+                    counters.relayed(ex.body_bytes);
+                    counters.done();
+                    return ex;
                 }
-                Err(Failure::ClientFault) => return self.ex,
+                Err(Failure::ClientFault) => {
+                    counters.done();
+                    return self.ex;
+                }
                 Err(Failure::Local(why)) => {
                     // Not the backend's failure: the next is tried, and if
                     // all fail so, the client gets 503 (as from HAProxy):
@@ -156,15 +173,21 @@ impl Forwarding<'_, '_> {
                     diag!("backend {}: {why}", balancer.backend(i).name);
                     status = 503;
                 }
-                Err(Failure::NotSent(why)) => balancer.record_failure(i, &why),
+                Err(Failure::NotSent(why)) => {
+                    counters.failed();
+                    balancer.record_failure(i, &why);
+                }
                 Err(Failure::Sent(why, code)) => {
+                    counters.failed();
                     balancer.record_failure(i, &why);
                     status = code;
                     if !self.replayable() {
+                        counters.done();
                         return self.ex.backend_failed(self.client, status, false);
                     }
                 }
             }
+            counters.done();
         }
         if tried.is_empty() {
             diag!("no backend is up");

@@ -25,6 +25,7 @@ pub fn serve(
     ex: Exchange,
     status: CacheStatus,
 ) -> Exchange {
+    crate::stats::set_state(crate::stats::State::Writing);
     let cfg = &ctx.config.compress;
     if !cfg.enabled {
         return serve_entry(client, entry, req.head, ex, status, false);

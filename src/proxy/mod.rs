@@ -44,6 +44,9 @@ pub struct Context {
     /// The HTTPS listener's port as bound (the configured one, unless
     /// that is 0): where `redirect_http` sends clients.
     pub https_port: Option<u16>,
+    /// The status page's listener (`[status]`), bound once at start and
+    /// kept by every reload; its helper serves it.
+    pub status_listener: Option<Arc<std::net::TcpListener>>,
 }
 
 impl Context {
@@ -77,6 +80,7 @@ impl Context {
             https_port,
             tls_server,
             tls_client,
+            status_listener: None,
         })
     }
 
@@ -90,6 +94,7 @@ impl Context {
             tls_server: self.tls_server.clone(),
             tls_client: self.tls_client.clone(),
             https_port: self.https_port,
+            status_listener: self.status_listener.clone(),
         }
     }
 }

@@ -76,6 +76,7 @@ pub fn part_of(req: &RequestHead, resp: &ResponseHead) -> Option<(Range<u64>, u6
 
 /// Relays the response `r` to the client.
 pub fn relay(client: &Client<'_>, mut r: Relay<'_>, mut ex: Exchange) -> Exchange {
+    crate::stats::set_state(crate::stats::State::Writing);
     let framing = match http::response_framing(r.wanted.method, &r.resp) {
         Ok(framing) => framing,
         Err(why) => {

@@ -27,8 +27,9 @@ fn free_ports(n: usize) -> Vec<u16> {
 #[test]
 fn demo_starts_three_replicas_and_ctrl_c_stops_everything() {
     let dir = TempDir::new();
-    let ports = free_ports(4);
+    let ports = free_ports(5);
     let https_port = ports[3].to_string();
+    let status_port = ports[4];
     let list: Vec<String> = ports[..3]
         .iter()
         .map(|p| format!("\"127.0.0.1:{p}\""))
@@ -39,7 +40,8 @@ fn demo_starts_three_replicas_and_ctrl_c_stops_everything() {
         .replace(
             "backends = [\"127.0.0.1:9001\", \"127.0.0.1:9002\", \"127.0.0.1:9003\"]",
             &format!("backends = [{}]", list.join(", ")),
-        );
+        )
+        .replace("port = 8081", &format!("port = {status_port}"));
     assert!(
         shipped.contains(&list[0]),
         "the shipped backends line moved"
@@ -57,7 +59,8 @@ fn demo_starts_three_replicas_and_ctrl_c_stops_everything() {
     let mut demo = Process { child };
     let mut stderr = BufReader::new(demo.child.stderr.take().unwrap());
     let (mut proxy, mut try_https): (Option<SocketAddr>, Option<String>) = (None, None);
-    while proxy.is_none() || try_https.is_none() {
+    let mut status_page = None;
+    while proxy.is_none() || try_https.is_none() || status_page.is_none() {
         let mut line = String::new();
         assert!(stderr.read_line(&mut line).unwrap() > 0, "demo ended early");
         if let Some(rest) = line.split("listening on ").nth(1)
@@ -67,6 +70,9 @@ fn demo_starts_three_replicas_and_ctrl_c_stops_everything() {
         }
         if let Some(command) = line.split("try: ").nth(1) {
             try_https = Some(command.trim_end().to_string());
+        }
+        if let Some(url) = line.split("status page at ").nth(1) {
+            status_page = Some(url.split(' ').next().unwrap().to_string());
         }
     }
     let proxy = proxy.unwrap();
@@ -106,6 +112,15 @@ fn demo_starts_three_replicas_and_ctrl_c_stops_everything() {
         assert_eq!(out.stdout.len(), 16 * 1024);
         assert!(out.stdout.starts_with(b"<!DOCTYPE html>"));
     }
+
+    // The status page the demo names, counting what was asked above.
+    let status_page = status_page.unwrap();
+    assert_eq!(status_page, format!("http://127.0.0.1:{status_port}/"));
+    let status: SocketAddr = format!("127.0.0.1:{status_port}").parse().unwrap();
+    assert_eq!(get(status, "/healthz").text(), "ok\n");
+    let page = get(status, "/").text();
+    let first = format!("data-backend=\"127.0.0.1:{}\"", ports[0]);
+    assert!(page.contains(&first), "{page}");
 
     // The line the demo says works, run as it is.
     let command = try_https.unwrap();

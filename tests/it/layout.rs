@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// The layers, lowest first.  A top-level file of `src/` is a process-wide
 /// piece, below everything; `lib.rs` and `main.rs` are above everything.
-const LAYERS: [&str; 6] = ["http", "tls", "cache", "proxy", "models", "demo"];
+const LAYERS: [&str; 7] = ["http", "tls", "cache", "proxy", "status", "models", "demo"];
 
 fn rank(module: &str) -> usize {
     let top = module.split("::").next().unwrap_or("");

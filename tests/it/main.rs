@@ -19,5 +19,6 @@ mod layout;
 mod logging;
 mod processes;
 mod service;
+mod status;
 mod streaming;
 mod tls;

@@ -171,7 +171,7 @@ impl Lines {
 /// "listening on ", and hands the rest of stderr to a collector.
 /// The address in pibl's "listening on" line; the lines before it (a
 /// warning, say) stay in what is collected.
-fn read_listen_line(stderr: ChildStderr) -> (SocketAddr, Option<SocketAddr>, Lines) {
+fn read_listen_line(stderr: ChildStderr) -> (SocketAddr, [Option<SocketAddr>; 2], Lines) {
     let mut reader = BufReader::new(stderr);
     let mut before = Vec::new();
     let after = |line: &str, what: &str| -> Option<SocketAddr> {
@@ -183,7 +183,10 @@ fn read_listen_line(stderr: ChildStderr) -> (SocketAddr, Option<SocketAddr>, Lin
         reader.read_line(&mut line).unwrap();
         assert!(!line.is_empty(), "pibl ended before listening: {before:?}");
         if let Some(addr) = after(&line, "listening on ") {
-            break (addr, after(&line, "HTTPS on "));
+            break (
+                addr,
+                [after(&line, "HTTPS on "), after(&line, "status on ")],
+            );
         }
         before.push(line.trim_end().to_string());
     };
@@ -318,10 +321,12 @@ impl ProxyOptions {
             .spawn()
             .unwrap();
         let stdout = Lines::collect(child.stdout.take().unwrap());
-        let (addr, tls_addr, stderr) = read_listen_line(child.stderr.take().unwrap());
+        let (addr, [tls_addr, status_addr], stderr) =
+            read_listen_line(child.stderr.take().unwrap());
         Proxy {
             addr,
             tls_addr,
+            status_addr,
             dir,
             stdout,
             stderr,
@@ -335,6 +340,8 @@ pub struct Proxy {
     pub addr: SocketAddr,
     /// The HTTPS listener's, when `[tls]` has a port.
     pub tls_addr: Option<SocketAddr>,
+    /// The status listener's, when `[status]` has a port.
+    pub status_addr: Option<SocketAddr>,
     pub dir: TempDir,
     pub stdout: Lines,
     pub stderr: Lines,
