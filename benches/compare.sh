@@ -59,7 +59,7 @@ MODELS=${MODELS:-fork prefork thread}
 TESTS=${TESTS:-ka close big cache gz gzcache tka tclose tnew tbig}
 MEM_TESTS=${MEM_TESTS-mem tmem}
 OUT_DIR=${OUT_DIR:-benches/results}
-# BASELINE=/path/to/pibl adds that build beside this one (see below).
+# BASELINE=/path/to/pibl adds that build to the keep-alive runs (below).
 # PIBL_BUILD=static measures the opt-in statically linked build
 # (docs/performance.md), which cargo puts under target/<host tuple>/.
 PIBL_BUILD=${PIBL_BUILD:-default}
@@ -273,12 +273,13 @@ for model in $MODELS; do
     port=$((port + 2))
 done
 # BASELINE=/path/to/another/pibl runs that build too, as base-MODEL, in
-# the main workloads: a change measured against the build before it, in
-# the same run.
+# the keep-alive workload: a change measured against the build before
+# it, in the same run.
+PROXIES_BASE=()
 if [[ -n ${BASELINE:-} ]]; then
     for model in $MODELS; do
         setup_pibl "base-$model" $port "$model" 0 "$BASELINE"
-        PROXIES_MAIN+=("base-$model")
+        PROXIES_BASE+=("base-$model")
         port=$((port + 1))
     done
 fi
@@ -417,6 +418,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
             cache) list=("${PROXIES_CACHE[@]}") ;;
             gz) list=("${PROXIES_GZIP[@]}") ;;
             gzcache) list=("${PROXIES_GZCACHE[@]}") ;;
+            ka) list=("${PROXIES_MAIN[@]}" "${PROXIES_BASE[@]}") ;;
             *) list=("${PROXIES_MAIN[@]}") ;;
         esac
         for p in $(rotate $((r - 1)) "${list[@]}"); do run_one "$r" "$t" "$p"; done
@@ -488,6 +490,15 @@ fmt() { awk -v v="$1" 'BEGIN { if (v == "") print "-"; else if (v >= 100) printf
             "$(awk -v v="$pss" 'BEGIN {printf "%.1f", v / 1024}')" "$errs"
     done
     echo
+    if ((${#PROXIES_BASE[@]})); then
+        echo "Keep-alive of the baseline build ($BASELINE) in the same run:"
+        echo
+        for p in "${PROXIES_BASE[@]}"; do
+            q=pibl-${p#base-}
+            echo "- $p: $(fmt "$(get ka "$p" 3)") req/s ($(ratio "$(get ka "$p" 3)" "$(get ka nginx 3)") × nginx); this build's $q: $(fmt "$(get ka "$q" 3)") ($(ratio "$(get ka "$q" 3)" "$(get ka "$p" 3)") × the baseline)"
+        done
+        echo
+    fi
     echo "Over HTTPS (TLS 1.3, ECDSA P-256; same backends, plain behind the proxy):"
     echo
     echo "| proxy | TLS keep-alive req/s (×) | new TLS conn., resumed (wrk) req/s (×) | full handshakes/s (×) | 1 MiB over TLS MB/s (×) | p50 / p99 ms TLS keep-alive | PSS per TLS conn., KiB | errors |"
