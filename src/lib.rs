@@ -37,6 +37,7 @@ mod signals;
 mod stats;
 mod status;
 mod sys;
+mod systemd;
 pub mod tls;
 
 use std::process::ExitCode;
@@ -94,12 +95,17 @@ fn serve(cli: &Cli) -> Result<(), Error> {
             e,
         )
     })?;
-    let listeners = models::listener::Listeners::bind(&config)?;
+    // Sockets systemd holds for pibl, or the pibl it upgrades hands over,
+    // are used as they are; only what is not given is bound.
+    systemd::take_upgrade_parent();
+    let mut given = systemd::Inherited::take_from_environment()?;
+    let listeners = models::listener::Listeners::open(&config, &mut given)?;
     // Before any shared page of a context, and kept by every reload.
     stats::init()?;
     let mut ctx = Context::build(config)?;
     ctx.https_port = listeners.https_port();
-    ctx.status_listener = status::bind(&ctx.config)?.map(std::sync::Arc::new);
+    ctx.status_listener = status::bind(&ctx.config, &mut given)?.map(std::sync::Arc::new);
+    given.close_rest();
     let temp_dir = &ctx.config.buffering.temp_dir;
     proxy::spool::clear_dir(temp_dir).map_err(|e| {
         Error::os(
@@ -120,6 +126,7 @@ fn serve(cli: &Cli) -> Result<(), Error> {
     let reloader = Reloader {
         path: cli.config.clone(),
         overrides: cli.overrides(),
+        program: models::upgrade::Program::at_start(cli.pid_file.clone()),
     };
     let result = models::run(listeners, ctx, reloader);
     drop(pid_file);
@@ -138,7 +145,17 @@ impl PidFile {
 }
 
 impl Drop for PidFile {
+    /// Removes the file if it is still this process's: after a binary
+    /// upgrade the name holds the new parent's pid, and this one's went to
+    /// `<file>.oldbin`.
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let mut old = self.0.clone().into_os_string();
+        old.push(".oldbin");
+        let mine = format!("{}\n", std::process::id());
+        for path in [self.0.clone(), std::path::PathBuf::from(old)] {
+            if std::fs::read_to_string(&path).is_ok_and(|text| text == mine) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 }

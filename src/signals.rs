@@ -29,15 +29,18 @@ pub static GOT_SIGQUIT: AtomicBool = AtomicBool::new(false);
 pub static GOT_SIGHUP: AtomicBool = AtomicBool::new(false);
 /// SIGUSR1: reopen the log file.
 pub static GOT_SIGUSR1: AtomicBool = AtomicBool::new(false);
+/// SIGUSR2: upgrade the binary (`models::upgrade`).
+pub static GOT_SIGUSR2: AtomicBool = AtomicBool::new(false);
 
 /// The signals the parent handles.
-const PARENT_SIGNALS: [Signal; 6] = [
+const PARENT_SIGNALS: [Signal; 7] = [
     Signal::SIGCHLD,
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGQUIT,
     Signal::SIGHUP,
     Signal::SIGUSR1,
+    Signal::SIGUSR2,
 ];
 /// The signals that stop a child, held back while it serves a request.
 const CHILD_STOP_SIGNALS: [Signal; 2] = [Signal::SIGTERM, Signal::SIGINT];
@@ -48,6 +51,7 @@ extern "C" fn on_signal(signo: libc::c_int) {
         libc::SIGQUIT => &GOT_SIGQUIT,
         libc::SIGHUP => &GOT_SIGHUP,
         libc::SIGUSR1 => &GOT_SIGUSR1,
+        libc::SIGUSR2 => &GOT_SIGUSR2,
         _ => &GOT_SIGTERM,
     };
     flag.store(true, Ordering::Relaxed);
@@ -115,10 +119,13 @@ pub fn install_child(parent_wait_mask: &SigSet) -> SigSet {
         &GOT_SIGQUIT,
         &GOT_SIGHUP,
         &GOT_SIGUSR1,
+        &GOT_SIGUSR2,
     ] {
         flag.store(false, Ordering::Relaxed);
     }
     set_disposition(Signal::SIGCHLD, SigHandler::SigDfl);
+    // An upgrade is the parent's business.
+    set_disposition(Signal::SIGUSR2, SigHandler::SigIgn);
     set_disposition(Signal::SIGQUIT, SigHandler::SigDfl);
     set_disposition(Signal::SIGHUP, SigHandler::SigIgn);
     let _ = handle(Signal::SIGUSR1, SaFlags::SA_RESTART);
@@ -137,6 +144,9 @@ pub fn reset_to_default(parent_wait_mask: &SigSet) {
     for signal in PARENT_SIGNALS {
         set_disposition(signal, SigHandler::SigDfl);
     }
+    // An upgrade is the parent's business; sent to the whole group (as
+    // `systemctl kill` does by default), it must not end a helper.
+    set_disposition(Signal::SIGUSR2, SigHandler::SigIgn);
     let _ = parent_wait_mask.thread_set_mask();
 }
 

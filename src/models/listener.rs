@@ -14,6 +14,7 @@ use crate::config::{Config, Model, Timeouts};
 use crate::diag;
 use crate::error::{Error, describe_io};
 pub use crate::proxy::connection::Port;
+use crate::systemd::Inherited;
 
 /// Connections the kernel completes and queues while the parent is busy
 /// or at max_clients; nginx's default.  (std's TcpListener uses 128, too
@@ -69,11 +70,16 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds what `config` asks for.
-    pub fn bind(config: &Config) -> Result<Listeners, Error> {
+    /// The listeners `config` asks for: those `given` has (by systemd, or
+    /// by the pibl this one upgrades), and the others bound.
+    pub fn open(config: &Config, given: &mut Inherited) -> Result<Listeners, Error> {
+        let mut take_or_bind = |addr| match given.take(addr) {
+            Some(listener) => Ok(listener),
+            None => bind(addr),
+        };
         Ok(Listeners {
-            plain: bind(config.listen_addr())?,
-            tls: config.tls_addr().map(bind).transpose()?,
+            plain: take_or_bind(config.listen_addr())?,
+            tls: config.tls_addr().map(&mut take_or_bind).transpose()?,
         })
     }
 

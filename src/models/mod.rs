@@ -6,7 +6,8 @@
 //! - thread: `thread`, one thread per connection in one process.
 //!
 //! What all three share: the `listener`, the `supervise`or's reloads,
-//! helpers and announcements, and (for the two that fork) `fork`.
+//! helpers and announcements, the binary `upgrade`, and (for the two that
+//! fork) `fork`.
 
 pub mod child;
 pub mod fork;
@@ -15,6 +16,7 @@ pub mod parent;
 pub mod prefork;
 pub mod supervise;
 pub mod thread;
+pub mod upgrade;
 
 use crate::config::Model;
 use crate::error::Error;

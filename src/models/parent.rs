@@ -33,8 +33,11 @@ use crate::models::fork::{self, ForkGate, Spawn};
 use crate::models::listener::{self, Listeners, Port, accept_failed, waiting_connections};
 use crate::models::prefork::Prefork;
 use crate::models::supervise::{self, Helper, Reloader, say_full};
+use crate::models::upgrade::{Program, Upgrade};
 use crate::proxy::Context;
-use crate::signals::{self, GOT_SIGCHLD, GOT_SIGHUP, GOT_SIGQUIT, GOT_SIGTERM, GOT_SIGUSR1};
+use crate::signals::{
+    self, GOT_SIGCHLD, GOT_SIGHUP, GOT_SIGQUIT, GOT_SIGTERM, GOT_SIGUSR1, GOT_SIGUSR2,
+};
 
 /// Most connections accepted, and children forked behind one gate, per
 /// wake-up of the fork model's parent.
@@ -55,6 +58,8 @@ struct Parent {
     /// The worker pool, in the prefork model.
     prefork: Option<Prefork>,
     wait_mask: SigSet,
+    /// A binary upgrade under way (SIGUSR2).
+    upgrade: Upgrade,
 }
 
 /// The fork and prefork models, until pibl is told to stop.
@@ -72,6 +77,7 @@ pub fn run(listeners: Listeners, ctx: Context, reloader: Reloader) -> Result<(),
         helpers: Vec::new(),
         prefork,
         wait_mask,
+        upgrade: Upgrade::default(),
     };
     parent.start_helpers();
     supervise::announce(&parent.listeners, &parent.ctx)?;
@@ -86,11 +92,16 @@ impl Parent {
     /// One turn of the loop: act on the signals that came, then wait for
     /// the next event and serve it.
     fn serve_once(&mut self, reloader: &Reloader) {
+        let program = reloader.program.as_ref();
         if signals::take(&GOT_SIGCHLD) {
-            self.reap();
+            self.reap(program);
         }
         if stopping() {
             return;
+        }
+        if signals::take(&GOT_SIGUSR2) {
+            let status = self.ctx.status_listener.as_deref();
+            self.upgrade.start(program, &self.listeners, status);
         }
         if signals::take(&GOT_SIGHUP) {
             self.reload(reloader);
@@ -152,6 +163,18 @@ impl Parent {
         for _ in 0..batch {
             match self.listeners.get(port).accept() {
                 Ok((stream, peer)) => self.spawn_child(stream, port, peer, gate.as_ref()),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) && !stopping() => {
+                    // Shut down by another process that holds it (an old
+                    // parent that stopped listening for both): it stays
+                    // readable for ever, and ppoll(2), returning at once,
+                    // would never deliver the SIGTERM meant to stop this
+                    // loop.  There is nothing left to serve: stop.
+                    diag!(
+                        "the {port:?} listening socket was shut down by another process; stopping"
+                    );
+                    signals::GOT_SIGTERM.store(true, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
                 Err(e) => {
                     accept_failed(&e);
                     break;
@@ -255,9 +278,12 @@ impl Parent {
     /// Collects every exited child without blocking: a helper is started
     /// again, unless pibl is stopping (a service manager signals every
     /// process of pibl at once), a worker's slot freed.
-    fn reap(&mut self) {
+    fn reap(&mut self, program: Option<&Program>) {
         let stopping = stopping();
         for (pid, status) in reap_children() {
+            if self.upgrade.reaped(pid, status, program) {
+                continue;
+            }
             if let Some(at) = self.helpers.iter().position(|&(_, p)| p == pid) {
                 let (helper, _) = self.helpers.remove(at);
                 if stopping {
@@ -287,6 +313,7 @@ impl Parent {
             helpers,
             prefork,
             wait_mask,
+            upgrade,
         } = self;
         children.extend(helpers.iter().map(|&(_, pid)| pid));
         children.extend(prefork.iter().flat_map(|pool| pool.pids()));
@@ -295,7 +322,8 @@ impl Parent {
         } else {
             ctx.config.shutdown_timeout
         };
-        stop_children(&mut children, listeners, timeout, &wait_mask);
+        let shut = !upgrade.handed_over();
+        stop_children(&mut children, listeners, shut, timeout, &wait_mask);
     }
 }
 
@@ -315,13 +343,18 @@ fn signal_all(children: impl IntoIterator<Item = Pid>, signal: Signal) {
 fn stop_children(
     children: &mut HashSet<Pid>,
     listeners: Listeners,
+    shut: bool,
     timeout: Duration,
     wait_mask: &SigSet,
 ) {
     signals::announce_stop();
     // Prefork workers still serving hold the listeners open.  After the
-    // announcement: an idle one woken in accept(2) by this reads it.
-    listeners.stop_listening();
+    // announcement: an idle one woken in accept(2) by this reads it.  Not
+    // when a new binary serves on them too (`shut` false): SIGTERM, below,
+    // wakes the workers instead.
+    if shut {
+        listeners.stop_listening();
+    }
     drop(listeners);
     supervise::say_stopping(timeout);
     signal_all(children.iter().copied(), Signal::SIGTERM);

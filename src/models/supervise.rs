@@ -15,6 +15,8 @@ use crate::{diag, notice};
 pub struct Reloader {
     pub path: String,
     pub overrides: Overrides,
+    /// What a binary upgrade (SIGUSR2) starts again.
+    pub program: Option<crate::models::upgrade::Program>,
 }
 
 /// Re-reads the configuration for `current`'s model and, when it is
@@ -23,6 +25,17 @@ pub struct Reloader {
 /// Everything is made before anything is changed: a reload that fails at
 /// any step returns `None` and leaves pibl exactly as it was.
 pub fn reload_context(
+    reloader: &Reloader,
+    current: &Context,
+    listeners: &mut Listeners,
+) -> Option<(Context, Vec<TcpListener>)> {
+    crate::systemd::notify("RELOADING=1");
+    let reloaded = reload_context_now(reloader, current, listeners);
+    crate::systemd::notify("READY=1");
+    reloaded
+}
+
+fn reload_context_now(
     reloader: &Reloader,
     current: &Context,
     listeners: &mut Listeners,
@@ -135,6 +148,8 @@ pub fn announce(listeners: &Listeners, ctx: &Context) -> Result<(), Error> {
         backend_count(ctx),
         ctx.config.model.name()
     );
+    crate::systemd::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+    crate::systemd::tell_upgraded_parent();
     Ok(())
 }
 
@@ -183,6 +198,7 @@ fn backend_count(ctx: &Context) -> String {
 /// Says that pibl stops, as nginx's "gracefully shutting down": once the
 /// connections know it (`signals::winding_down`).
 pub fn say_stopping(timeout: Duration) {
+    crate::systemd::notify("STOPPING=1");
     if timeout.is_zero() {
         notice!("stopping now");
     } else {

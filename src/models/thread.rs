@@ -50,9 +50,12 @@ use nix::sys::signal::SigSet;
 use crate::error::{Error, describe_io};
 use crate::models::listener::{self, Listeners, Port, accept_failed};
 use crate::models::supervise::{self, Helper, Reloader, say_full, say_reloaded};
+use crate::models::upgrade::Upgrade;
 use crate::proxy::Context;
 use crate::proxy::connection::Worker;
-use crate::signals::{self, GOT_SIGHUP, GOT_SIGQUIT, GOT_SIGTERM, GOT_SIGUSR1, StopWatch};
+use crate::signals::{
+    self, GOT_SIGCHLD, GOT_SIGHUP, GOT_SIGQUIT, GOT_SIGTERM, GOT_SIGUSR1, GOT_SIGUSR2, StopWatch,
+};
 use crate::{diag, notice};
 
 /// Stack of a connection thread: the relay keeps its buffers on the heap,
@@ -443,6 +446,8 @@ struct Server {
     done: OwnedFd,
     /// Each helper thread runs while its flag is true.
     helpers: Vec<Arc<AtomicBool>>,
+    /// A binary upgrade under way (SIGUSR2).
+    upgrade: Upgrade,
 }
 
 pub fn run(listeners: Listeners, ctx: Context, reloader: Reloader) -> Result<(), Error> {
@@ -470,6 +475,7 @@ pub fn run(listeners: Listeners, ctx: Context, reloader: Reloader) -> Result<(),
         wait_mask,
         done: done_read,
         helpers: Vec::new(),
+        upgrade: Upgrade::default(),
     };
     server.start_helpers();
     while !signals::is_set(&GOT_SIGTERM) && !signals::is_set(&GOT_SIGQUIT) {
@@ -479,6 +485,16 @@ pub fn run(listeners: Listeners, ctx: Context, reloader: Reloader) -> Result<(),
         if signals::take(&GOT_SIGUSR1) {
             crate::log::reopen_all();
             notice!("reopening log files");
+        }
+        let program = reloader.program.as_ref();
+        if signals::take(&GOT_SIGCHLD) {
+            server.upgrade.reap(program);
+        }
+        if signals::take(&GOT_SIGUSR2) {
+            let current = server.shared.current();
+            let listeners = &current.generation.listeners;
+            let status = current.ctx.status_listener.as_deref();
+            server.upgrade.start(program, listeners, status);
         }
         // With no spare, a client is the main thread's to see.
         let listen = server.shared.needs_spare();
@@ -589,7 +605,10 @@ impl Server {
         // Threads still serving hold the listener open.  Before they are
         // told: a connection answered with `Connection: close` is not to
         // find its client's next one queued.
-        self.shared.current().generation.listeners.stop_listening();
+        // Not when a new binary serves on them too (an upgrade).
+        if !self.upgrade.handed_over() {
+            self.shared.current().generation.listeners.stop_listening();
+        }
         let _ = nix::unistd::write(&self.shared.stop.1, b"x");
         let timeout = if signals::is_set(&GOT_SIGQUIT) {
             Duration::ZERO

@@ -26,11 +26,18 @@ use render::Report;
 /// How often the helper looks whether it is to stop, while no one calls.
 const POLL: Duration = Duration::from_millis(500);
 
-/// Binds the status listener `config` asks for, if any.
-pub fn bind(config: &crate::config::Config) -> Result<Option<TcpListener>, crate::error::Error> {
+/// The status listener `config` asks for, if any: the one `given` has
+/// for its address, or one bound now.
+pub fn bind(
+    config: &crate::config::Config,
+    given: &mut crate::systemd::Inherited,
+) -> Result<Option<TcpListener>, crate::error::Error> {
     let Some(status) = &config.status else {
         return Ok(None);
     };
+    if let Some(listener) = given.take(status.addr) {
+        return Ok(Some(listener));
+    }
     let listener = TcpListener::bind(status.addr).map_err(|e| {
         crate::error::Error::os(format!("cannot listen on {} for [status]", status.addr), e)
     })?;

@@ -22,3 +22,4 @@ mod service;
 mod status;
 mod streaming;
 mod tls;
+mod upgrade;
