@@ -3,8 +3,8 @@
 # the built binary against real backends on loopback, once per concurrency
 # model), then lint of the man pages and the systemd unit.  Installs mandoc,
 # groff, systemd-analyze, the HTTPS tests' openssl, curl and sslscan, and
-# the status page's jq, promtool and chromium from Debian's packages when
-# they are missing and it runs as root.
+# the status page's jq, promtool and chromium, and (as root) keepalived and
+# iproute2 from Debian's packages when they are missing and it runs as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +21,11 @@ command -v sslscan >/dev/null || need+=(sslscan)
 command -v jq >/dev/null || need+=(jq)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
+# The high-availability test (tests/ha.sh) runs as root only.
+if ((EUID == 0)); then
+    command -v keepalived >/dev/null || need+=(keepalived)
+    command -v ip >/dev/null || need+=(iproute2)
+fi
 if ((${#need[@]})); then
     if ((EUID == 0)); then
         apt-get update -qq
@@ -40,20 +45,31 @@ for model in prefork thread; do
     PIBL_MODEL=$model cargo test --test it "$@"
 done
 
+# Two pibl hosts behind keepalived, in network namespaces: root only.
+if ((EUID == 0)); then
+    echo "high availability: keepalived and two pibl hosts in network namespaces"
+    cargo build --quiet
+    bash tests/ha.sh target/debug/pibl
+else
+    echo "high availability test skipped: it needs root (network namespaces)"
+fi
+
 echo "lint: man pages"
 # -W warning: warnings and errors fail; the style note that pibl(1) and
 # pibl.conf(5) are not installed yet, where they cross-reference, does not.
 mandoc -Tlint -W warning man/pibl.1 man/pibl.conf.5
 groff -ww -z -mandoc man/pibl.1 man/pibl.conf.5
 
-echo "lint: systemd unit"
+echo "lint: systemd units"
 cargo build --quiet
 unit_dir=$(mktemp -d)
 trap 'rm -rf "$unit_dir"' EXIT
 pibl=$PWD/target/debug/pibl
 sed "s|/usr/local/bin/pibl|$pibl|" contrib/pibl.service >"$unit_dir/pibl.service"
+cp contrib/pibl.socket "$unit_dir/pibl.socket"
 # verify only warns about unknown keys and bad values: any output fails.
-verify=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify --man=no "$unit_dir/pibl.service" 2>&1) || true
+verify=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify --man=no \
+    "$unit_dir/pibl.service" "$unit_dir/pibl.socket" 2>&1) || true
 if [[ -n $verify ]]; then
     echo "$verify" >&2
     exit 1
