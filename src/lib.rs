@@ -98,6 +98,8 @@ fn serve(cli: &Cli) -> Result<(), Error> {
     // Sockets systemd holds for pibl, or the pibl it upgrades hands over,
     // are used as they are; only what is not given is bound.
     systemd::take_upgrade_parent();
+    tls::tickets::take_inherited_ring();
+    proxy::balancer::take_inherited_health();
     let mut given = systemd::Inherited::take_from_environment()?;
     let listeners = models::listener::Listeners::open(&config, &mut given)?;
     // Before any shared page of a context, and kept by every reload.

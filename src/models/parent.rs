@@ -100,8 +100,7 @@ impl Parent {
             return;
         }
         if signals::take(&GOT_SIGUSR2) {
-            let status = self.ctx.status_listener.as_deref();
-            self.upgrade.start(program, &self.listeners, status);
+            self.upgrade.start(program, &self.listeners, &self.ctx);
         }
         if signals::take(&GOT_SIGHUP) {
             self.reload(reloader);

@@ -493,8 +493,7 @@ pub fn run(listeners: Listeners, ctx: Context, reloader: Reloader) -> Result<(),
         if signals::take(&GOT_SIGUSR2) {
             let current = server.shared.current();
             let listeners = &current.generation.listeners;
-            let status = current.ctx.status_listener.as_deref();
-            server.upgrade.start(program, listeners, status);
+            server.upgrade.start(program, listeners, &current.ctx);
         }
         // With no spare, a client is the main thread's to see.
         let listen = server.shared.needs_spare();

@@ -8,6 +8,10 @@
 //! the new one fail first (a bad configuration, a crash), the old one
 //! reaps it, says so, and goes on as if nothing had happened.
 //!
+//! Handed over besides the sockets: the memory file of the TLS ticket keys
+//! (`tls::tickets::UPGRADE_TICKETS`), so sessions resume across the
+//! upgrade, and the backends' health (`proxy::balancer::UPGRADE_HEALTH`).
+//!
 //! The pid file follows the serving parent: the old one renames its file
 //! to `<file>.oldbin` when it starts the new binary, which writes its own
 //! at `<file>`; a failed upgrade renames it back.
@@ -23,7 +27,10 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::models::listener::Listeners;
+use crate::proxy::Context;
+use crate::proxy::balancer::UPGRADE_HEALTH;
 use crate::systemd::{UPGRADE_FDS, UPGRADE_FROM};
+use crate::tls::tickets::UPGRADE_TICKETS;
 use crate::{diag, notice};
 
 /// What starting pibl again takes: resolved at start, since the binary's
@@ -63,12 +70,8 @@ pub struct Upgrade {
 
 impl Upgrade {
     /// SIGUSR2: starts the new binary with `listeners` and `status`.
-    pub fn start(
-        &mut self,
-        program: Option<&Program>,
-        listeners: &Listeners,
-        status: Option<&TcpListener>,
-    ) {
+    pub fn start(&mut self, program: Option<&Program>, listeners: &Listeners, ctx: &Context) {
+        let status = ctx.status_listener.as_deref();
         if let Some(pid) = self.child {
             diag!("upgrade: the new binary (pid {pid}) has not served yet; SIGUSR2 ignored");
             return;
@@ -79,7 +82,9 @@ impl Upgrade {
         };
         let mut handed: Vec<&TcpListener> = listeners.each().map(|(l, _)| l).collect();
         handed.extend(status);
-        let fds: Vec<i32> = handed.iter().map(|l| l.as_raw_fd()).collect();
+        let mut fds: Vec<i32> = handed.iter().map(|l| l.as_raw_fd()).collect();
+        let tickets = crate::tls::tickets::ring_file();
+        fds.extend(tickets);
         if let Some((file, old)) = program.old_pid_file() {
             let _ = std::fs::rename(&file, &old);
         }
@@ -87,7 +92,11 @@ impl Upgrade {
         command
             .args(&program.args)
             .env(UPGRADE_FDS, crate::systemd::fd_list(&handed))
-            .env(UPGRADE_FROM, std::process::id().to_string());
+            .env(UPGRADE_FROM, std::process::id().to_string())
+            .env(UPGRADE_HEALTH, ctx.balancer.health_report());
+        if let Some(fd) = tickets {
+            command.env(UPGRADE_TICKETS, fd.to_string());
+        }
         // SAFETY: between fork and exec the closure only calls fcntl(2),
         // which is async-signal-safe, on descriptors it was given.
         unsafe {

@@ -45,6 +45,25 @@ struct SharedState {
 // SAFETY: atomics only; zero is "no requests yet, every backend up".
 unsafe impl Shareable for SharedState {}
 
+/// The variable that carries the backends' health to the new binary of an
+/// upgrade: one line per backend, `name TAB down-until-ms TAB checked-down`.
+pub const UPGRADE_HEALTH: &str = "PIBL_UPGRADE_HEALTH";
+
+/// The health handed over by the pibl this one upgrades, for the first
+/// balancer made (`take_inherited_health`).
+static INHERITED_HEALTH: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Takes the backends' health the pibl this one upgrades handed over, so
+/// that a backend it had found down stays down.  Called at start, before
+/// any thread.
+pub fn take_inherited_health() {
+    if let Ok(text) = std::env::var(UPGRADE_HEALTH) {
+        // SAFETY: called at start, before pibl starts any thread.
+        unsafe { std::env::remove_var(UPGRADE_HEALTH) };
+        *INHERITED_HEALTH.lock().unwrap_or_else(|p| p.into_inner()) = Some(text);
+    }
+}
+
 #[derive(Clone)]
 pub struct Balancer {
     backends: Vec<Backend>,
@@ -68,12 +87,55 @@ impl Balancer {
             .into_iter()
             .map(BackendSlot)
             .collect();
-        Ok(Balancer {
+        let balancer = Balancer {
             backends,
             health,
             shared: shm::map::<SharedState>()?,
             counters,
-        })
+        };
+        let inherited = INHERITED_HEALTH
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(text) = inherited {
+            balancer.take_health(&text);
+        }
+        Ok(balancer)
+    }
+
+    /// The backends' health as `UPGRADE_HEALTH` carries it.  The times are
+    /// CLOCK_MONOTONIC's, the same in every process of the machine.
+    pub fn health_report(&self) -> String {
+        (0..self.backends.len())
+            .map(|i| {
+                let slot = self.slot(i);
+                format!(
+                    "{}\t{}\t{}\n",
+                    self.backends[i].name,
+                    slot.down_until_ms.load(Ordering::Relaxed),
+                    u8::from(slot.check_down.load(Ordering::Relaxed))
+                )
+            })
+            .collect()
+    }
+
+    /// Takes the health `report` says of backends of the same names.
+    fn take_health(&self, report: &str) {
+        for line in report.lines() {
+            let mut fields = line.split('\t');
+            let (Some(name), Some(until), Some(checked)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let Some(i) = self.backends.iter().position(|b| b.name == name) else {
+                continue;
+            };
+            let slot = self.slot(i);
+            slot.down_until_ms
+                .store(until.parse().unwrap_or(0), Ordering::Relaxed);
+            slot.check_down.store(checked == "1", Ordering::Relaxed);
+        }
     }
 
     pub fn backend(&self, i: usize) -> &Backend {

@@ -219,6 +219,65 @@ impl std::fmt::Debug for Ticketer {
 }
 
 static RING: OnceLock<&'static Ring> = OnceLock::new();
+/// The memory file behind the ring, for a binary upgrade to hand over.
+static RING_FILE: OnceLock<std::os::fd::OwnedFd> = OnceLock::new();
+/// The ring's memory file handed over by the pibl this one upgrades.
+static INHERITED: std::sync::Mutex<Option<std::os::fd::OwnedFd>> = std::sync::Mutex::new(None);
+
+/// The variable that names the ring's memory file during an upgrade.
+pub const UPGRADE_TICKETS: &str = "PIBL_UPGRADE_TICKETS";
+
+/// Takes the ring handed over by the pibl this one upgrades, if any, so
+/// that tickets sealed before the upgrade still open after it.  Called at
+/// start, before any thread.
+pub fn take_inherited_ring() {
+    use std::os::fd::FromRawFd;
+    let Some(fd) = std::env::var(UPGRADE_TICKETS)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return;
+    };
+    // SAFETY: called at start, before pibl starts any thread.
+    unsafe { std::env::remove_var(UPGRADE_TICKETS) };
+    // SAFETY: the descriptor was handed to this process to own.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let _ = nix::fcntl::fcntl(
+        &owned,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    *INHERITED.lock().unwrap_or_else(|p| p.into_inner()) = Some(owned);
+}
+
+/// The ring's memory file, for the upgrade to hand over, once made.
+pub fn ring_file() -> Option<std::os::fd::RawFd> {
+    use std::os::fd::AsRawFd;
+    RING_FILE.get().map(AsRawFd::as_raw_fd)
+}
+
+/// The ring: the one handed over, or a new one with its first key.
+fn make_ring() -> Result<&'static Ring, Error> {
+    let inherited = INHERITED.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(fd) = inherited {
+        match crate::shm::map_inherited::<Ring>(fd) {
+            Ok((ring, fd)) => {
+                let _ = RING_FILE.set(fd);
+                return Ok(ring);
+            }
+            Err(e) => crate::diag!("upgrade: ticket keys not taken over ({e}); new ones made"),
+        }
+    }
+    let (ring, fd) = crate::shm::map_file::<Ring>("pibl-ticket-keys")?;
+    let key = Key::random(&SystemRandom::new()).ok_or_else(|| {
+        Error::os(
+            "cannot make a ticket key",
+            std::io::Error::other("no random"),
+        )
+    })?;
+    ring.slots[0].write(&key, unix_now());
+    let _ = RING_FILE.set(fd);
+    Ok(ring)
+}
 
 impl Ticketer {
     /// The ticketer over the shared ring, mapped and given its first key
@@ -228,14 +287,7 @@ impl Ticketer {
         let ring = match RING.get() {
             Some(ring) => *ring,
             None => {
-                let ring = crate::shm::map::<Ring>()?;
-                let key = Key::random(&SystemRandom::new()).ok_or_else(|| {
-                    Error::os(
-                        "cannot make a ticket key",
-                        std::io::Error::other("no random"),
-                    )
-                })?;
-                ring.slots[0].write(&key, unix_now());
+                let ring = make_ring()?;
                 *RING.get_or_init(|| ring)
             }
         };

@@ -318,3 +318,64 @@ fn readiness_reload_and_stop_are_told_to_the_notify_socket() {
     assert_eq!(next(), "STOPPING=1");
     assert_eq!(proxy.process.wait_exit().code(), Some(0));
 }
+
+/// `openssl s_client` to `port` with `session` (`-sess_out` or
+/// `-sess_in`): what it printed.
+fn s_client(proxy: &Proxy, port: u16, session: &str) -> String {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-servername", "localhost", "-CAfile", "ca.pem", "-ign_eof"])
+        .args([session, "session"])
+        .current_dir(proxy.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /whoami HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn tls_sessions_and_backend_health_survive_an_upgrade() {
+    let backends = Backend::start_many(2);
+    let dir = TempDir::new();
+    let pki = crate::tls::Pki::new("Test CA");
+    pki.leaf(&["localhost"], dir.path(), "site");
+    pki.write_ca(dir.path(), "ca.pem");
+    let mut proxy = ProxyOptions::new(&backends)
+        .config("[tls]\nport = 0\ncert = \"site.pem\"\nkey = \"site.key\"\n")
+        .args(&["--pid-file", "pibl.pid"])
+        .start_in(dir);
+    let tls_port = proxy.tls_addr.unwrap().port();
+    let first = s_client(&proxy, tls_port, "-sess_out");
+    assert!(first.contains("HTTP/1.1 200"), "{first}");
+    // A backend found dead, marked down by the failure.
+    let dead = backends[0].addr.to_string();
+    backends[0].process.signal(Signal::SIGKILL);
+    for _ in 0..2 {
+        assert_eq!(get(proxy.addr, "/whoami").status, 200);
+    }
+    proxy.wait_stderr(&format!("backend {dead} marked down"));
+    let tried = |proxy: &Proxy| proxy.stderr.containing(&format!("backend {dead}: ")).len();
+    let tried_before = tried(&proxy);
+    proxy.process.signal(Signal::SIGUSR2);
+    proxy.wait_stderr("upgrade: serving; the old parent");
+    assert_eq!(proxy.process.wait_exit().code(), Some(0));
+    let _stray = Stray(pid_in(&proxy, "pibl.pid").unwrap());
+    // The new parent opens tickets the old one sealed…
+    let second = s_client(&proxy, tls_port, "-sess_in");
+    assert!(second.contains("Reused, TLSv1.3"), "{second}");
+    assert!(second.contains("HTTP/1.1 200"), "{second}");
+    // …and does not try the backend the old one had found down.
+    for _ in 0..4 {
+        assert_eq!(get(proxy.addr, "/whoami").status, 200);
+    }
+    assert_eq!(tried(&proxy), tried_before, "{:?}", proxy.stderr.snapshot());
+}
