@@ -454,62 +454,60 @@ pub fn metrics(r: &Report) -> String {
     m
 }
 
-fn backend_metrics(m: &mut String, r: &Report) {
-    let each = |m: &mut String, name: &str, value: &dyn Fn(&BackendRow) -> String| {
-        for b in &r.backends {
-            let _ = writeln!(m, "{name}{{backend=\"{}\"}} {}", label(&b.name), value(b));
-        }
-    };
-    family(
-        m,
+/// One sample per backend: a family's name, type, help, and its value.
+type PerBackend = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&BackendRow) -> String,
+);
+
+const PER_BACKEND: [PerBackend; 6] = [
+    (
         "pibl_backend_up",
         "gauge",
         "1 when the backend is in the rotation, 0 when down.",
-    );
-    each(m, "pibl_backend_up", &|b| u8::from(b.up).to_string());
-    family(
-        m,
+        |b| u8::from(b.up).to_string(),
+    ),
+    (
         "pibl_backend_active",
         "gauge",
         "Requests in flight to the backend.",
-    );
-    each(m, "pibl_backend_active", &|b| b.view.active.to_string());
-    family(
-        m,
+        |b| b.view.active.to_string(),
+    ),
+    (
         "pibl_backend_requests_total",
         "counter",
         "Responses received from the backend.",
-    );
-    each(m, "pibl_backend_requests_total", &|b| {
-        b.view.requests.to_string()
-    });
-    family(
-        m,
+        |b| b.view.requests.to_string(),
+    ),
+    (
         "pibl_backend_responses_5xx_total",
         "counter",
         "5xx responses from the backend.",
-    );
-    each(m, "pibl_backend_responses_5xx_total", &|b| {
-        b.view.errors_5xx.to_string()
-    });
-    family(
-        m,
+        |b| b.view.errors_5xx.to_string(),
+    ),
+    (
         "pibl_backend_failures_total",
         "counter",
         "Failed attempts: no connection or no response.",
-    );
-    each(m, "pibl_backend_failures_total", &|b| {
-        b.view.failures.to_string()
-    });
-    family(
-        m,
+        |b| b.view.failures.to_string(),
+    ),
+    (
         "pibl_backend_received_bytes_total",
         "counter",
         "Response body bytes relayed from the backend.",
-    );
-    each(m, "pibl_backend_received_bytes_total", &|b| {
-        b.view.bytes.to_string()
-    });
+        |b| b.view.bytes.to_string(),
+    ),
+];
+
+fn backend_metrics(m: &mut String, r: &Report) {
+    for (name, kind, help, value) in PER_BACKEND {
+        family(m, name, kind, help);
+        for b in &r.backends {
+            let _ = writeln!(m, "{name}{{backend=\"{}\"}} {}", label(&b.name), value(b));
+        }
+    }
     let name = "pibl_backend_response_seconds";
     family(
         m,

@@ -300,11 +300,7 @@ fn a_headless_browser_renders_the_page_with_the_right_numbers() {
 fn pibl_status_prints_the_table_and_the_json() {
     let backends = Backend::start_many(1);
     // pibl status reads the configured port: one free a moment ago.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let proxy = ProxyOptions::new(&backends)
         .config(&format!("[status]\nport = {port}\n"))
         .start();

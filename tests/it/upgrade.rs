@@ -248,11 +248,7 @@ fn an_upgrade_with_a_broken_config_leaves_the_old_parent_serving() {
 #[test]
 fn sockets_from_systemd_are_served_and_not_bound_again() {
     let backends = Backend::start_many(1);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let dir = TempDir::new();
     std::fs::write(
         dir.path().join("pibl.conf"),

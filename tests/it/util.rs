@@ -896,3 +896,13 @@ pub fn fnv1a(state: u64, data: &[u8]) -> u64 {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
+
+/// A loopback port free a moment ago, for what must name its port in a
+/// file before it starts (another process may take it meanwhile).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
