@@ -332,3 +332,42 @@ fn pibl_status_prints_the_table_and_the_json() {
     assert_eq!(none.status.code(), Some(78), "{none:?}");
     assert!(String::from_utf8_lossy(&none.stderr).contains("no status page"));
 }
+
+/// The status listener is a helper's: a client stalling it and others
+/// flooding it hold no request to the proxy, whatever the model.
+#[test]
+fn a_stalled_and_flooded_status_listener_holds_nothing_of_the_proxy() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let backends = Backend::start_many(1);
+    let proxy = status_proxy(&backends, "");
+    let status = status_addr(&proxy);
+    // Connected, and silent: the helper waits on it (client_header_timeout).
+    let _stalled = std::net::TcpStream::connect(status).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tried = Arc::new(AtomicUsize::new(0));
+    let flood: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, tried) = (Arc::clone(&stop), Arc::clone(&tried));
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    // Bounded: with the helper held, the queue fills, and a
+                    // connect would wait on SYN retransmits.
+                    let wait = std::time::Duration::from_millis(200);
+                    if let Ok(mut s) = std::net::TcpStream::connect_timeout(&status, wait) {
+                        use std::io::Write;
+                        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+                        tried.fetch_add(1, Ordering::Relaxed);
+                    }
+                    thread::sleep(std::time::Duration::from_millis(2));
+                }
+            })
+        })
+        .collect();
+    wait_until("the flood under way", || tried.load(Ordering::Relaxed) > 20);
+    for _ in 0..20 {
+        assert_eq!(get(proxy.addr, "/whoami").status, 200);
+    }
+    stop.store(true, Ordering::Relaxed);
+    flood.into_iter().for_each(|t| t.join().unwrap());
+}
