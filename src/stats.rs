@@ -315,17 +315,13 @@ impl BackendSlot {
         Some(&page()?.backends[self.0?])
     }
 
-    /// A request goes to it (`done` when its response is relayed).
-    pub fn begin(self) {
+    /// A request goes to it: counted active until the guard goes, however
+    /// the attempt ends.
+    pub fn begin(self) -> Active {
         if let Some(b) = self.counters() {
             b.active.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    pub fn done(self) {
-        if let Some(b) = self.counters() {
-            b.active.fetch_sub(1, Ordering::Relaxed);
-        }
+        Active(self)
     }
 
     /// It answered `status` after `latency_us` (request sent to head read).
@@ -372,6 +368,17 @@ thread_local! {
     static CURRENT: std::cell::Cell<Option<&'static Slot>> = const { std::cell::Cell::new(None) };
 }
 
+/// A request in flight to a backend (`BackendSlot::begin`).
+pub struct Active(BackendSlot);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.counters() {
+            b.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// This process's or thread's scoreboard slot, held while it serves; what
 /// it does is said with `set_state` and the other `set_` functions, which
 /// write to the seat this thread holds.
@@ -384,11 +391,14 @@ impl Seat {
     /// is free, or without the page.
     pub fn claim(state: State) -> Seat {
         let owner = owner_of(std::process::id(), nix::unistd::gettid().as_raw() as u32);
+        // A plain load first: a compare-and-swap on every taken slot would
+        // take each one's cache line from the process that owns it.
         let slot = page().and_then(|p| {
             p.slots.iter().find(|s| {
-                s.owner
-                    .compare_exchange(0, owner, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
+                s.owner.load(Ordering::Relaxed) == 0
+                    && s.owner
+                        .compare_exchange(0, owner, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
             })
         });
         CURRENT.set(slot);

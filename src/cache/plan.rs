@@ -34,8 +34,8 @@ impl Status {
 
 /// The cache's answer to a request.
 pub enum Decision<'c> {
-    /// A fresh entry that matches the request: send it.
-    Hit(Box<Entry>),
+    /// A fresh entry that matches the request, and its key: send it.
+    Hit(Box<Entry>, String),
     /// Forward the request, and follow the plan with the response.
     Forward(Plan<'c>),
 }
@@ -63,7 +63,9 @@ pub fn consult<'c>(cache: &'c Cache, req: &RequestHead, target: &str) -> Decisio
         return Decision::Forward(Plan::new(cache, key, Status::Bypass, None));
     }
     match cache.lookup(&key) {
-        Lookup::Fresh(entry) if matches_vary(req, &entry.head) => Decision::Hit(Box::new(entry)),
+        Lookup::Fresh(entry) if matches_vary(req, &entry.head) => {
+            Decision::Hit(Box::new(entry), key)
+        }
         Lookup::Fresh(_) => Decision::Forward(Plan::new(cache, key, Status::Miss, None)),
         Lookup::Missing => fill_or_hit(cache, key, req, Status::Miss, None),
         Lookup::Stale(entry) => {
@@ -111,7 +113,7 @@ fn fill_or_hit<'c>(
         Fill::Pass => None,
         Fill::Waited => match cache.lookup(&key) {
             Lookup::Fresh(entry) if matches_vary(req, &entry.head) => {
-                return Decision::Hit(Box::new(entry));
+                return Decision::Hit(Box::new(entry), key);
             }
             // Not stored after all (not cacheable, or a failure): fetch
             // without the lock, so such URLs are not fetched one at a time.
@@ -179,6 +181,11 @@ impl<'c> Plan<'c> {
             });
         }
         Some(head)
+    }
+
+    /// The cache key of the request.
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
     /// After a 304 to a conditional request: the entry, refreshed.

@@ -64,11 +64,11 @@ pub fn forward(
         .as_ref()
         .map(|c| plan::consult(c, req.head, req.target))
     {
-        Some(Decision::Hit(entry)) => {
+        Some(Decision::Hit(entry, key)) => {
             if let Err(e) = drop_body(client, req, ctx.config.limits.max_body) {
                 return ex.refuse_body(client, &e);
             }
-            return from_cache::serve(client, *entry, req, ctx, ex, CacheStatus::Hit);
+            return from_cache::serve(client, *entry, &key, req, ctx, ex, CacheStatus::Hit);
         }
         Some(Decision::Forward(plan)) => {
             ex.cache = Some(plan.status);
@@ -149,7 +149,7 @@ impl Forwarding<'_, '_> {
         while let Some(i) = balancer.pick(&tried) {
             tried.push(i);
             let counters = balancer.stats_slot(i);
-            counters.begin();
+            let _active = counters.begin();
             stats::set_backend(i);
             let asked = Instant::now();
             match self.try_backend(i) {
@@ -159,13 +159,9 @@ impl Forwarding<'_, '_> {
                     counters.answered(answered.0.status, waited);
                     let ex = self.relay(i, answered, plan.as_mut());
                     counters.relayed(ex.body_bytes);
-                    counters.done();
                     return ex;
                 }
-                Err(Failure::ClientFault) => {
-                    counters.done();
-                    return self.ex;
-                }
+                Err(Failure::ClientFault) => return self.ex,
                 Err(Failure::Local(why)) => {
                     // Not the backend's failure: the next is tried, and if
                     // all fail so, the client gets 503 (as from HAProxy):
@@ -182,12 +178,10 @@ impl Forwarding<'_, '_> {
                     balancer.record_failure(i, &why);
                     status = code;
                     if !self.replayable() {
-                        counters.done();
                         return self.ex.backend_failed(self.client, status, false);
                     }
                 }
             }
-            counters.done();
         }
         if tried.is_empty() {
             diag!("no backend is up");
@@ -237,8 +231,9 @@ impl Forwarding<'_, '_> {
         if let Some(plan) = plan {
             if let Some(entry) = plan.revalidated(sent, &resp) {
                 self.pool.discard(from_backend);
-                let status = CacheStatus::Revalidated;
-                return from_cache::serve(self.client, entry, self.req, self.ctx, self.ex, status);
+                let (key, status) = (plan.key(), CacheStatus::Revalidated);
+                let (client, req, ctx) = (self.client, self.req, self.ctx);
+                return from_cache::serve(client, entry, key, req, ctx, self.ex, status);
             }
             whole = plan.wants_whole(client_head);
             store = plan.store(sent, &resp);

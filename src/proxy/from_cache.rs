@@ -16,10 +16,12 @@ use crate::proxy::compress;
 use crate::proxy::exchange::{Client, Exchange};
 use crate::proxy::request::Request;
 
-/// Answers `req` from the cache's `entry`; `status` is what X-Cache says.
+/// Answers `req` from the cache's `entry`, stored under `key`; `status` is
+/// what X-Cache says.
 pub fn serve(
     client: &Client<'_>,
     entry: Entry,
+    key: &str,
     req: &Request<'_>,
     ctx: &Context,
     ex: Exchange,
@@ -33,7 +35,7 @@ pub fn serve(
     if compress::compressible(&entry.head, cfg, ex.tls.is_some()) {
         let coding = compress::wanted(req.head, cfg).filter(|_| entry.body_len >= cfg.min_length);
         if let (Some(coding), Some(cache)) = (coding, &ctx.cache)
-            && let Some(coded) = cache.coded(&cache::key(req.head, req.target), &entry, coding)
+            && let Some(coded) = cache.coded(key, &entry, coding)
         {
             return serve_entry(client, coded, req.head, ex, status, false);
         }
